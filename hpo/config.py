@@ -1,0 +1,300 @@
+"""Study definitions: TOML files in ``studies/`` loaded into frozen, validated dataclasses.
+
+A definition says everything needed to reproduce a study: what is searched, how it is sampled
+and pruned, which data protocol scores it, the trial budget, and the report's reference numbers.
+It is validated once, on load, and every error names the file, the key and the bad value.
+The resolved definition is stored with the study (see :mod:`hpo.study`), so it round-trips
+through :func:`definition_from_dict`.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import tomllib
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from hpo.errors import ConfigError
+
+# Kept here, not imported from hpo.models, so that reading a study file never imports Keras.
+# tests/test_config.py checks that they match the real registries.
+ARCHITECTURE_NAMES = ("base", "deeper_dropout", "batchnorm")
+AUGMENTATION_NAMES = ("none", "standard")
+
+PARAMETERS = ("architecture", "augmentation", "learning_rate", "batch_size", "epochs")
+SAMPLERS = ("grid", "tpe", "random", "fixed")
+PRUNERS = ("none", "median", "hyperband")
+PROTOCOLS = ("validation_split", "test")
+METRICS = ("val_accuracy", "test_accuracy", "val_loss", "test_loss")
+DIRECTIONS = ("maximize", "minimize")
+
+
+@dataclass(frozen=True)
+class Range:
+    """A numeric range sampled by TPE or random search."""
+
+    low: float
+    high: float
+    log: bool = False
+
+
+Values = tuple[Any, ...]  # a categorical choice, or the points of a grid axis
+Spec = Range | Values
+
+
+@dataclass(frozen=True)
+class Reference:
+    """One row of the report's Table 1 for this experiment."""
+
+    params: Mapping[str, Any]
+    test_accuracy: float
+    test_loss: float
+
+
+@dataclass(frozen=True)
+class StudyDefinition:
+    name: str
+    description: str
+    direction: str
+    metric: str
+    sampler: str
+    seed: int
+    pruner: str
+    protocol: str
+    validation_split: float
+    trials: int
+    max_retries: int
+    space: Mapping[str, Spec]
+    experiment: int | None = None
+    references: tuple[Reference, ...] = field(default=())
+
+    @property
+    def grid(self) -> dict[str, list[Any]]:
+        """The GridSampler search space: every parameter as a list of its values."""
+        return {name: list(spec) for name, spec in self.space.items()}  # type: ignore[arg-type]
+
+    @property
+    def grid_points(self) -> list[dict[str, Any]]:
+        names = list(self.space)
+        return [dict(zip(names, combo)) for combo in itertools.product(*self.grid.values())]
+
+    @property
+    def n_trials(self) -> int:
+        """How many trials the study runs: one per grid point, or the budget."""
+        return len(self.grid_points) if self.sampler == "grid" else self.trials
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["space"] = {
+            name: asdict(spec) if isinstance(spec, Range) else list(spec)
+            for name, spec in self.space.items()
+        }
+        data["references"] = [asdict(ref) for ref in self.references]
+        return data
+
+
+def load_definition(path: str | Path) -> StudyDefinition:
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such study file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read study file: {exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    return _parse(raw, str(path))
+
+
+def definition_from_dict(data: Mapping[str, Any], origin: str = "stored definition") -> StudyDefinition:
+    """Rebuild a definition from :meth:`StudyDefinition.to_dict` output."""
+    space = {
+        name: Range(**spec) if isinstance(spec, dict) else tuple(spec)
+        for name, spec in data["space"].items()
+    }
+    refs = tuple(Reference(**ref) for ref in data.get("references", ()))
+    fields = {k: v for k, v in data.items() if k not in ("space", "references")}
+    definition = StudyDefinition(**fields, space=space, references=refs)
+    _validate_space(definition.space, definition.sampler, origin)
+    return definition
+
+
+# --- parsing -----------------------------------------------------------------------------------
+
+_SECTIONS = {
+    "study": {"name", "description", "direction", "metric", "trials", "max_retries", "experiment"},
+    "sampler": {"type", "seed"},
+    "pruner": {"type"},
+    "data": {"protocol", "validation_split"},
+    "space": set(PARAMETERS),
+    "reference": {"test_accuracy", "test_loss", *PARAMETERS},
+}
+
+
+class _Reader:
+    """Reads keys out of one TOML table and names file and key in every error."""
+
+    def __init__(self, origin: str, section: str, table: Any) -> None:
+        self.origin, self.section = origin, section
+        if not isinstance(table, dict):
+            self.fail(section, table, "must be a table")
+        unknown = sorted(set(table) - _SECTIONS[section.split("[")[0]])
+        if unknown:
+            self.fail(f"{section}.{unknown[0]}", table[unknown[0]], "is not a known key")
+        self.table = table
+
+    def fail(self, key: str, value: Any, problem: str) -> None:
+        raise ConfigError(f"{self.origin}: {key} = {value!r} {problem}")
+
+    def get(self, key: str, kind: type | tuple[type, ...], default: Any = ...) -> Any:
+        if key not in self.table:
+            if default is ...:
+                raise ConfigError(f"{self.origin}: {self.section}.{key} is missing")
+            return default
+        value = self.table[key]
+        if isinstance(value, bool) and bool not in (kind if isinstance(kind, tuple) else (kind,)):
+            self.fail(f"{self.section}.{key}", value, f"must be {_kind_name(kind)}")
+        if not isinstance(value, kind):
+            self.fail(f"{self.section}.{key}", value, f"must be {_kind_name(kind)}")
+        return value
+
+    def choice(self, key: str, choices: tuple[str, ...], default: Any = ...) -> str:
+        value = self.get(key, str, default)
+        if value not in choices:
+            self.fail(f"{self.section}.{key}", value, f"must be one of {', '.join(choices)}")
+        return value
+
+
+def _kind_name(kind: type | tuple[type, ...]) -> str:
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    names = {str: "a string", int: "an integer", float: "a number", bool: "true or false",
+             dict: "a table", list: "a list"}
+    return " or ".join(names.get(k, k.__name__) for k in kinds)
+
+
+def _parse(raw: dict[str, Any], origin: str) -> StudyDefinition:
+    unknown = sorted(set(raw) - set(_SECTIONS))
+    if unknown:
+        raise ConfigError(f"{origin}: [{unknown[0]}] is not a known section")
+    study = _Reader(origin, "study", raw.get("study", {}))
+    sampler = _Reader(origin, "sampler", raw.get("sampler", {}))
+    pruner = _Reader(origin, "pruner", raw.get("pruner", {}))
+    data = _Reader(origin, "data", raw.get("data", {}))
+    space_reader = _Reader(origin, "space", raw.get("space", {}))
+
+    name = study.get("name", str)
+    if not name or not all(c.isalnum() or c in "-_." for c in name):
+        study.fail("study.name", name, "must be non-empty letters, digits, '-', '_' or '.'")
+    sampler_type = sampler.choice("type", SAMPLERS)
+    protocol = data.choice("protocol", PROTOCOLS, "validation_split")
+    split = float(data.get("validation_split", (int, float), 0.2 if protocol == "validation_split" else 0.0))
+    if protocol == "validation_split" and not 0.0 < split < 1.0:
+        data.fail("data.validation_split", split, "must be between 0 and 1 (exclusive)")
+    metric = study.choice("metric", METRICS, "val_accuracy")
+    direction = study.choice("direction", DIRECTIONS, "minimize" if metric.endswith("loss") else "maximize")
+
+    trials = study.get("trials", int, 1)
+    if trials < 1:
+        study.fail("study.trials", trials, "must be at least 1")
+    max_retries = study.get("max_retries", int, 2)
+    if max_retries < 0:
+        study.fail("study.max_retries", max_retries, "must be 0 or more")
+    experiment = study.get("experiment", int, None)
+
+    space = {key: _parse_spec(space_reader, key) for key in PARAMETERS if key in space_reader.table}
+    missing = [key for key in PARAMETERS if key not in space]
+    if missing:
+        raise ConfigError(f"{origin}: space.{missing[0]} is missing")
+    _validate_space(space, sampler_type, origin)
+
+    definition = StudyDefinition(
+        name=name,
+        description=study.get("description", str, ""),
+        direction=direction,
+        metric=metric,
+        sampler=sampler_type,
+        seed=sampler.get("seed", int, 0),
+        pruner=pruner.choice("type", PRUNERS, "none"),
+        protocol=protocol,
+        validation_split=split if protocol == "validation_split" else 0.0,
+        trials=trials,
+        max_retries=max_retries,
+        space=space,
+        experiment=experiment,
+        references=tuple(_parse_references(raw.get("reference", []), origin)),
+    )
+    if sampler_type in ("grid", "fixed") and definition.pruner != "none":
+        pruner.fail("pruner.type", definition.pruner, f"cannot be used with the {sampler_type} sampler")
+    return definition
+
+
+def _parse_spec(reader: _Reader, key: str) -> Spec:
+    value = reader.table[key]
+    where = f"space.{key}"
+    if isinstance(value, dict):
+        unknown = sorted(set(value) - {"low", "high", "log"})
+        if unknown or "low" not in value or "high" not in value:
+            reader.fail(where, value, "must be a list of values or a table {low, high, log}")
+        if not all(isinstance(value[k], (int, float)) and not isinstance(value[k], bool) for k in ("low", "high")):
+            reader.fail(where, value, "must have numeric low and high")
+        if not isinstance(value.get("log", False), bool):
+            reader.fail(f"{where}.log", value["log"], "must be true or false")
+        return Range(value["low"], value["high"], value.get("log", False))
+    values = tuple(value) if isinstance(value, list) else (value,)
+    if not values:
+        reader.fail(where, value, "must not be an empty list")
+    return values
+
+
+def _validate_space(space: Mapping[str, Spec], sampler: str, origin: str) -> None:
+    for key, spec in space.items():
+        where = f"{origin}: space.{key}"
+        if isinstance(spec, Range):
+            if sampler in ("grid", "fixed"):
+                raise ConfigError(f"{where} = {{low, high}} needs the tpe or random sampler; "
+                                  f"a {sampler} study takes a list of values")
+            if key in ("architecture", "augmentation"):
+                raise ConfigError(f"{where} must be a list of names, not a range")
+            if not spec.low < spec.high:
+                raise ConfigError(f"{where}: low = {spec.low!r} must be less than high = {spec.high!r}")
+            for bound in (spec.low, spec.high):
+                _check_value(key, bound, where)
+            continue
+        if sampler == "fixed" and len(spec) != 1:
+            raise ConfigError(f"{where} = {list(spec)!r} must be a single value for the fixed sampler")
+        if len(set(spec)) != len(spec):
+            raise ConfigError(f"{where} = {list(spec)!r} lists a value twice")
+        for value in spec:
+            _check_value(key, value, where)
+
+
+def _check_value(key: str, value: Any, where: str) -> None:
+    if key == "architecture" and value not in ARCHITECTURE_NAMES:
+        raise ConfigError(f"{where}: unknown architecture {value!r} (known: {', '.join(ARCHITECTURE_NAMES)})")
+    if key == "augmentation" and value not in AUGMENTATION_NAMES:
+        raise ConfigError(f"{where}: unknown augmentation {value!r} (known: {', '.join(AUGMENTATION_NAMES)})")
+    if key == "learning_rate":
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+            raise ConfigError(f"{where}: learning rate {value!r} must be a number > 0")
+    if key in ("batch_size", "epochs"):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value) or value < 1:
+            raise ConfigError(f"{where}: {key.replace('_', ' ')} {value!r} must be an integer >= 1")
+
+
+def _parse_references(rows: Any, origin: str) -> list[Reference]:
+    if not isinstance(rows, list):
+        raise ConfigError(f"{origin}: reference must be an array of tables ([[reference]])")
+    refs = []
+    for i, row in enumerate(rows):
+        reader = _Reader(origin, f"reference[{i}]", row)
+        acc = float(reader.get("test_accuracy", (int, float)))
+        loss = float(reader.get("test_loss", (int, float)))
+        if not 0.0 <= acc <= 1.0:
+            reader.fail(f"reference[{i}].test_accuracy", acc, "must be between 0 and 1")
+        params = {k: v for k, v in row.items() if k in PARAMETERS}
+        for key, value in params.items():
+            _check_value(key, value, f"{origin}: reference[{i}].{key}")
+        refs.append(Reference(params=params, test_accuracy=acc, test_loss=loss))
+    return refs

@@ -1,0 +1,27 @@
+"""The project's one exception tree.
+
+Library code raises these; the CLI turns each into one line on stderr and exit code 2
+(the traceback only with ``--debug``). Anything else that escapes is a bug, not a user error.
+"""
+
+from __future__ import annotations
+
+
+class HpoError(Exception):
+    """Base of every error a user can act on."""
+
+
+class ConfigError(HpoError):
+    """A study file is missing, malformed or fails validation."""
+
+
+class DataError(HpoError):
+    """A data set is missing, corrupt, or has the wrong shape or labels."""
+
+
+class StorageError(HpoError):
+    """The study database cannot be reached, or holds something that conflicts."""
+
+
+class StudyNotFound(StorageError):
+    """No study of that name in the storage."""

@@ -1,0 +1,161 @@
+"""What a study holds, summarised: trials by state, queue coverage, and the best-trial table.
+
+Read-only. ``hpo status``, ``hpo export`` and ``hpo report`` all build on these functions, so
+they always agree with each other.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from hpo import queue
+from hpo.config import PARAMETERS, StudyDefinition
+
+POINT_STATES = ("pending", "running", "complete", "pruned", "failed")
+
+
+@dataclass
+class StudyStatus:
+    name: str
+    sampler: str
+    trials: dict[str, int]          # trials by Optuna state
+    points: dict[str, int]          # queue slots (grid points) by state
+    duplicates: int                 # slots with more than one COMPLETE trial
+    total_points: int
+    best_value: float | None
+    best_trial: int | None
+    metric: str
+    failed_points: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def done(self) -> bool:
+        return self.points["pending"] == 0 and self.points["running"] == 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "study": self.name, "sampler": self.sampler, "metric": self.metric,
+            "trials": self.trials, "points": {**self.points, "total": self.total_points},
+            "duplicates": self.duplicates, "best_value": self.best_value, "best_trial": self.best_trial,
+            "failed_points": self.failed_points,
+        }
+
+
+def slots(trials: list[FrozenTrial]) -> dict[int, list[FrozenTrial]]:
+    by_slot: dict[int, list[FrozenTrial]] = defaultdict(list)
+    for trial in trials:
+        slot = trial.system_attrs.get(queue.SLOT)
+        if slot is not None:
+            by_slot[int(slot)].append(trial)
+    return by_slot
+
+
+def point_state(attempts: list[FrozenTrial]) -> str:
+    states = {t.state for t in attempts}
+    if TrialState.COMPLETE in states:
+        return "complete"
+    if TrialState.RUNNING in states:
+        return "running"
+    if TrialState.WAITING in states:
+        return "pending"
+    if TrialState.PRUNED in states:
+        return "pruned"
+    return "failed"
+
+
+def study_status(study: optuna.Study, definition: StudyDefinition) -> StudyStatus:
+    trials = study.get_trials(deepcopy=False)
+    by_slot = slots(trials)
+    points: Counter[str] = Counter({s: 0 for s in POINT_STATES})
+    failed_points = []
+    for slot in range(definition.n_trials):
+        state = point_state(by_slot.get(slot, []))
+        points[state] += 1
+        if state == "failed":
+            last = max(by_slot.get(slot, []), key=lambda t: t.number, default=None)
+            failed_points.append({
+                "slot": slot,
+                "params": _params(last) if last else {},
+                "attempts": len(by_slot.get(slot, [])),
+                "error": last.user_attrs.get("error") if last else "never ran",
+            })
+    duplicates = sum(1 for attempts in by_slot.values()
+                     if sum(t.state == TrialState.COMPLETE for t in attempts) > 1)
+    best = _best(study, trials)
+    return StudyStatus(
+        name=study.study_name,
+        sampler=definition.sampler,
+        trials={s.name.lower(): sum(t.state == s for t in trials) for s in TrialState},
+        points=dict(points),
+        duplicates=duplicates,
+        total_points=definition.n_trials,
+        best_value=best.value if best else None,
+        best_trial=best.number if best else None,
+        metric=definition.metric,
+        failed_points=failed_points,
+    )
+
+
+def _best(study: optuna.Study, trials: list[FrozenTrial]) -> FrozenTrial | None:
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    if not complete:
+        return None
+    return study.best_trial
+
+
+def _params(trial: FrozenTrial) -> dict[str, Any]:
+    params = dict(trial.system_attrs.get("fixed_params", {}))
+    params.update(trial.params)
+    return params
+
+
+def best_trial_rows(study: optuna.Study, definition: StudyDefinition) -> list[dict[str, Any]]:
+    """The best-trial table, best first: one row per finished trial that tells something.
+
+    COMPLETE trials are ranked by the study's metric; PRUNED trials follow; a FAIL trial is
+    listed only when its point failed for good (a failure later retried successfully is not a
+    result). WAITING and RUNNING trials are not results yet.
+    """
+    trials = study.get_trials(deepcopy=False)
+    by_slot = slots(trials)
+    final_failures = {slot for slot, attempts in by_slot.items() if point_state(attempts) == "failed"}
+    sign = -1.0 if definition.direction == "maximize" else 1.0
+
+    def key(trial: FrozenTrial) -> tuple[int, float, int]:
+        order = {TrialState.COMPLETE: 0, TrialState.PRUNED: 1}.get(trial.state, 2)
+        value = trial.value if trial.value is not None else float("inf") * -sign
+        return order, sign * value if order < 2 else 0.0, trial.number
+
+    chosen = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)
+              or (t.state == TrialState.FAIL and t.system_attrs.get(queue.SLOT) in final_failures
+                  and t is max(by_slot[t.system_attrs[queue.SLOT]], key=lambda x: x.number))]
+    rows = []
+    rank = 0
+    for trial in sorted(chosen, key=key):
+        if trial.state == TrialState.COMPLETE:
+            rank += 1
+        rows.append(trial_row(trial, rank if trial.state == TrialState.COMPLETE else None))
+    return rows
+
+
+def trial_row(trial: FrozenTrial, rank: int | None) -> dict[str, Any]:
+    params = _params(trial)
+    attrs = trial.user_attrs
+    duration = trial.duration.total_seconds() if trial.duration else None
+    note = "diverged" if attrs.get("diverged") else attrs.get("error", "")
+    return {
+        "rank": rank,
+        "trial": trial.number,
+        **{name: params.get(name) for name in PARAMETERS},
+        "val_accuracy": attrs.get("val_accuracy"),
+        "test_accuracy": attrs.get("test_accuracy"),
+        "test_loss": attrs.get("test_loss"),
+        "epochs": attrs.get("epochs_run", len(trial.intermediate_values) or None),
+        "duration_s": round(duration, 1) if duration is not None else None,
+        "state": trial.state.name,
+        "note": note,
+    }

@@ -1,0 +1,128 @@
+"""Creating and loading studies, with their definition stored beside them.
+
+The resolved definition is a study user attribute, as nanoGPT saves its config in every
+checkpoint: any result can be traced to what produced it, and a worker needs only the study
+name. The sampler and pruner are rebuilt from it on every load.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+import optuna
+
+from hpo import queue
+from hpo.config import StudyDefinition, definition_from_dict
+from hpo.errors import ConfigError, StudyNotFound
+
+log = logging.getLogger(__name__)
+
+DEFINITION = "definition"
+
+
+def make_sampler(definition: StudyDefinition) -> optuna.samplers.BaseSampler:
+    if definition.sampler == "grid":
+        return queue.QueuedGridSampler(definition.grid, seed=definition.seed)
+    if definition.sampler == "tpe":
+        return optuna.samplers.TPESampler(seed=definition.seed, n_startup_trials=10)
+    # "fixed" studies suggest single-valued parameters, which any sampler returns as they are.
+    return optuna.samplers.RandomSampler(seed=definition.seed)
+
+
+def make_pruner(definition: StudyDefinition) -> optuna.pruners.BasePruner:
+    if definition.pruner == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=2)
+    if definition.pruner == "hyperband":
+        return optuna.pruners.HyperbandPruner()
+    return optuna.pruners.NopPruner()
+
+
+def create_study(storage: optuna.storages.BaseStorage, definition: StudyDefinition) -> tuple[optuna.Study, bool]:
+    """Create the study and queue its trials, or load it if it exists with this definition.
+
+    Returns the study and whether it was created now. A different definition under an
+    existing name is refused: its stored results would no longer mean what they say.
+    """
+    wanted = _normalise(definition.to_dict())
+    try:
+        study = optuna.create_study(
+            storage=storage,
+            study_name=definition.name,
+            direction=definition.direction,
+            sampler=make_sampler(definition),
+            pruner=make_pruner(definition),
+        )
+        created = True
+    except optuna.exceptions.DuplicatedStudyError:
+        study = _load(storage, definition)
+        created = False
+    stored = study.user_attrs.get(DEFINITION)
+    if stored is not None:
+        if stored != wanted:
+            raise ConfigError(
+                f"study {definition.name!r} already exists with a different definition "
+                f"({_first_difference(stored, wanted)}); give the changed study a new name"
+            )
+        return study, created
+    # New, or a create that died half-way: queue what is missing, then mark the study ready.
+    added = queue.fill(study, definition)
+    study.set_metric_names([definition.metric])
+    study.set_user_attr(DEFINITION, wanted)
+    _save_note(study, definition)
+    log.info("study %s: %d trials queued", definition.name, added)
+    return study, True
+
+
+def load_study(storage: optuna.storages.BaseStorage, name: str) -> tuple[optuna.Study, StudyDefinition]:
+    """Load a study by name, with its sampler and pruner rebuilt from its stored definition."""
+    try:
+        summaries = {s.study_name: s for s in optuna.get_all_study_summaries(storage)}
+    except KeyError:  # pragma: no cover - defensive
+        summaries = {}
+    if name not in summaries:
+        known = ", ".join(sorted(summaries)) or "none"
+        raise StudyNotFound(f"no study named {name!r} in this storage (studies: {known})")
+    stored = summaries[name].user_attrs.get(DEFINITION)
+    if stored is None:
+        raise StudyNotFound(f"study {name!r} was not created by hpo (no stored definition); run hpo create")
+    definition = definition_from_dict(stored, origin=f"study {name!r}")
+    return _load(storage, definition), definition
+
+
+def _load(storage: optuna.storages.BaseStorage, definition: StudyDefinition) -> optuna.Study:
+    return optuna.load_study(
+        study_name=definition.name,
+        storage=storage,
+        sampler=make_sampler(definition),
+        pruner=make_pruner(definition),
+    )
+
+
+def _normalise(data: dict[str, Any]) -> Any:
+    return json.loads(json.dumps(data))
+
+
+def _first_difference(stored: Any, wanted: Any, path: str = "") -> str:
+    if isinstance(stored, dict) and isinstance(wanted, dict):
+        for key in sorted(set(stored) | set(wanted)):
+            if stored.get(key) != wanted.get(key):
+                return _first_difference(stored.get(key), wanted.get(key), f"{path}.{key}" if path else key)
+    return f"{path}: stored {stored!r}, file says {wanted!r}"
+
+
+def _save_note(study: optuna.Study, definition: StudyDefinition) -> None:
+    """The description and the report's numbers, shown as the study's note in the dashboard."""
+    from optuna_dashboard import save_note  # noqa: PLC0415  (keeps `import hpo.study` light)
+
+    lines = [f"# {definition.name}", "", definition.description, ""]
+    if definition.references:
+        names = sorted({k for ref in definition.references for k in ref.params})
+        lines += ["## The report's Table 1", "",
+                  "| " + " | ".join(names) + " | test accuracy | test loss |",
+                  "|" + "---|" * (len(names) + 2)]
+        for ref in definition.references:
+            cells = [str(ref.params.get(n, "")) for n in names]
+            lines.append(f"| {' | '.join(cells)} | {ref.test_accuracy:.4f} | {ref.test_loss:.2f} |")
+    save_note(study, "\n".join(lines))

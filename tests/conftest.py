@@ -1,0 +1,110 @@
+"""Shared fixtures: study storages on SQLite and on the real PostgreSQL server, and the data set.
+
+Every storage-facing test takes ``storage_url`` and runs twice, once per backend, each time on
+a database of its own that is dropped afterwards.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+# Short heartbeats, so tests of dead workers need not wait half a minute. Set before hpo.storage
+# is imported, and inherited by every worker process a test starts.
+os.environ.setdefault("HPO_HEARTBEAT_INTERVAL", "1")
+os.environ.setdefault("HPO_GRACE_PERIOD", "6")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+ROOT = Path(__file__).resolve().parents[1]
+STUDIES = ROOT / "studies"
+POSTGRES_ADMIN = os.environ.get("HPO_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
+DEFAULT_DATA = ROOT.parent / "shared" / "datasets" / "cifar10-jpeg.tar.gz"
+
+
+def _postgres_available() -> str | None:
+    try:
+        import psycopg  # noqa: PLC0415
+
+        with psycopg.connect(POSTGRES_ADMIN, connect_timeout=3):
+            return None
+    except Exception as exc:  # noqa: BLE001
+        return str(exc).splitlines()[0]
+
+
+@pytest.fixture(scope="session")
+def postgres_admin() -> str:
+    problem = _postgres_available()
+    if problem is not None:
+        if os.environ.get("CI"):
+            pytest.fail(f"PostgreSQL at {POSTGRES_ADMIN} is down in CI: {problem}")
+        pytest.skip(f"PostgreSQL not reachable: {problem}")
+    return POSTGRES_ADMIN
+
+
+def fresh_postgres_database(admin_url: str) -> Iterator[str]:
+    import psycopg  # noqa: PLC0415
+
+    name = f"hpo_test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    host = admin_url.split("@", 1)[1].rsplit("/", 1)[0]
+    user = admin_url.split("//", 1)[1].split("@", 1)[0]
+    try:
+        yield f"postgresql+psycopg://{user}@{host}/{name}"
+    finally:
+        with psycopg.connect(admin_url, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def storage_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A fresh, empty study database on each backend."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'hpo.db'}"
+        return
+    yield from fresh_postgres_database(request.getfixturevalue("postgres_admin"))
+
+
+@pytest.fixture
+def postgres_url(postgres_admin: str) -> Iterator[str]:
+    yield from fresh_postgres_database(postgres_admin)
+
+
+@pytest.fixture(scope="session")
+def data_path() -> str:
+    """The real CIFAR-10 archive (HPO_DATA, or the shared copy beside the project)."""
+    path = os.environ.get("HPO_DATA") or str(DEFAULT_DATA)
+    if not Path(path).exists():
+        pytest.skip(f"no CIFAR-10 archive at {path}; set HPO_DATA")
+    return path
+
+
+@pytest.fixture(scope="session")
+def small_data(data_path: str):  # type: ignore[no-untyped-def]
+    """A stratified subset of the real data: 400 training and 80 test images."""
+    from hpo.data import load_dataset  # noqa: PLC0415
+
+    return load_dataset(data_path, subset=400)
+
+
+def write_study(folder: Path, name: str, body: str) -> Path:
+    """A study file written by a test; ``body`` holds everything but the [study] name."""
+    path = folder / f"{name}.toml"
+    path.write_text(f'[study]\nname = "{name}"\n{body}', encoding="utf-8")
+    return path
+
+
+def run_hpo(*args: str, storage: str | None = None, cwd: Path | None = None, timeout: float = 600,
+            env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run the ``hpo`` command as a user would, in a subprocess."""
+    command = [sys.executable, "-m", "hpo"]
+    if storage:
+        command += ["--storage", storage]
+    return subprocess.run([*command, *args], capture_output=True, text=True, cwd=cwd, timeout=timeout,
+                          env={**os.environ, **(env or {})})
