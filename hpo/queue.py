@@ -66,7 +66,7 @@ def fill(study: optuna.Study, definition: StudyDefinition) -> int:
     Slots already present (a create that was interrupted half-way) are not added twice.
     """
     present = {t.system_attrs.get(SLOT) for t in study.get_trials(deepcopy=False)}
-    search_space = grid_search_space(definition)
+    search_space = grid_search_space(definition) if definition.sampler == "grid" else {}
     added = 0
     for slot in range(definition.n_trials):
         if slot in present:

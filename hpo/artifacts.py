@@ -1,0 +1,127 @@
+"""What a finished trial leaves behind, in an Optuna artifact store the dashboard shows.
+
+For every completed trial: its learning curves and its test-set confusion matrix as PNGs, the
+trained model as a ``.keras`` file, and its metrics as JSON. The store is a folder beside the
+SQLite file by default (``hpo.db`` -> ``hpo-artifacts/``), or one the user names; workers on
+several machines need a folder they all share.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+from pathlib import Path
+from typing import Sequence
+
+import keras
+import matplotlib
+
+matplotlib.use("Agg")  # no display on workers
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import optuna  # noqa: E402
+from optuna.artifacts import FileSystemArtifactStore, upload_artifact  # noqa: E402
+from sqlalchemy.engine import make_url  # noqa: E402
+
+from hpo.data import CLASS_NAMES  # noqa: E402
+from hpo.train import TrainResult  # noqa: E402
+
+log = logging.getLogger(__name__)
+
+
+def artifact_dir(storage_url: str, folder: str | Path | None = None) -> Path:
+    """The artifact folder: as given, beside an SQLite file, or ./hpo-artifacts."""
+    if folder is not None:
+        path = Path(folder)
+    else:
+        url = make_url(storage_url)
+        database = url.database if url.get_backend_name() == "sqlite" else None
+        if database and database != ":memory:":
+            db = Path(database)
+            path = db.with_name(f"{db.stem}-artifacts")
+        else:
+            path = Path("hpo-artifacts")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+class TrialArtifacts:
+    """Uploads a trial's plots, model and metrics; a failure here never fails the trial."""
+
+    def __init__(self, folder: Path, *, save_model: bool = True) -> None:
+        self.store = FileSystemArtifactStore(str(folder))
+        self.save_model = save_model
+
+    def __call__(self, trial: optuna.Trial, result: TrainResult) -> None:
+        try:
+            with tempfile.TemporaryDirectory(prefix="hpo-artifacts-") as tmp:
+                for path in self.write(Path(tmp), trial, result):
+                    upload_artifact(artifact_store=self.store, file_path=str(path), study_or_trial=trial)
+        except Exception as exc:  # noqa: BLE001  (the result matters more than its pictures)
+            log.warning("trial %d: artifacts not saved: %s", trial.number, exc)
+
+    def write(self, folder: Path, trial: optuna.Trial, result: TrainResult) -> list[Path]:
+        title = f"trial {trial.number}: " + ", ".join(f"{k}={v}" for k, v in trial.params.items())
+        paths = [
+            learning_curves(result.history, folder / f"learning_curves_trial{trial.number}.png", title),
+            confusion_matrix_png(result.confusion, folder / f"confusion_matrix_trial{trial.number}.png",
+                                 f"trial {trial.number}: test accuracy {result.test_accuracy:.4f}"),
+        ]
+        metrics = folder / f"metrics_trial{trial.number}.json"
+        metrics.write_text(json.dumps({"trial": trial.number, "params": trial.params,
+                                       **result.metrics(), "history": result.history}, indent=2))
+        paths.append(metrics)
+        if self.save_model:
+            model_path = folder / f"model_trial{trial.number}.keras"
+            _inference_copy(result.model).save(model_path)
+            paths.append(model_path)
+        return paths
+
+
+def _inference_copy(model: keras.Model) -> keras.Model:
+    """The model without its optimizer state: a third of the size, and all a user loads it for."""
+    copy = keras.models.clone_model(model)
+    copy.set_weights(model.get_weights())
+    return copy
+
+
+def learning_curves(history: dict[str, list[float]], path: Path, title: str) -> Path:
+    """Training and validation accuracy and loss per epoch, side by side."""
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, metric in zip(axes, ("accuracy", "loss")):
+        for key, label in ((metric, "training"), (f"val_{metric}", "validation")):
+            values = history.get(key, [])
+            if values:
+                ax.plot(range(1, len(values) + 1), values, marker="o", label=label)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(metric)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle(f"Learning curves, {title}", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def confusion_matrix_png(matrix: np.ndarray, path: Path, title: str,
+                         class_names: Sequence[str] = CLASS_NAMES) -> Path:
+    """Counts per (true class, predicted class), with the count printed in each cell."""
+    fig, ax = plt.subplots(figsize=(7, 6))
+    image = ax.imshow(matrix, cmap="Blues")
+    ax.set_xticks(range(len(class_names)), class_names, rotation=45, ha="right")
+    ax.set_yticks(range(len(class_names)), class_names)
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    threshold = matrix.max() / 2 if matrix.size else 0
+    for (i, j), count in np.ndenumerate(matrix):
+        ax.text(j, i, str(count), ha="center", va="center", fontsize=7,
+                color="white" if count > threshold else "black")
+    fig.colorbar(image, ax=ax)
+    ax.set_title(f"Confusion matrix on the test set, {title}", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+

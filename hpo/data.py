@@ -1,0 +1,374 @@
+"""Load CIFAR-10 from wherever it is, decode it once, and hand it out shuffled.
+
+Sources: the official ``cifar-10-python.tar.gz`` (or its ``cifar-10-batches-py/`` folder), an
+image-folder tree ``train/<class>/*.png|jpg`` + ``test/<class>/...`` (or a tar of one), an ``.npz``
+with ``x_train, y_train, x_test, y_test``, or ``keras.datasets.cifar10`` when nothing is given.
+The decoded arrays are cached as ``.npy`` files, so every later load (by any worker) is a
+memory-mapped read instead of a 15-second JPEG decode.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import io
+import logging
+import math
+import os
+import pickle
+import shutil
+import tarfile
+import tempfile
+import time
+import zipfile
+import zlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from hpo.errors import DataError
+
+log = logging.getLogger(__name__)
+
+CLASS_NAMES: tuple[str, ...] = (
+    "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"
+)
+IMAGE_SHAPE = (32, 32, 3)
+_ARRAYS = ("x_train", "y_train", "x_test", "y_test")
+_BATCHES = ("data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5")
+_CACHE_LAYOUT = "data-v1"  # bump when decoding changes, so stale caches are never read
+
+Arrays = dict[str, np.ndarray]
+
+
+@dataclass(frozen=True, eq=False)
+class Dataset:
+    """CIFAR-10 train and test arrays: uint8 images (N, 32, 32, 3), int64 labels 0..9."""
+
+    x_train: np.ndarray = field(repr=False)
+    y_train: np.ndarray = field(repr=False)
+    x_test: np.ndarray = field(repr=False)
+    y_test: np.ndarray = field(repr=False)
+    source: str
+
+    @property
+    def num_classes(self) -> int:
+        return len(CLASS_NAMES)
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return IMAGE_SHAPE
+
+
+def load_dataset(
+    source: str | os.PathLike[str] | None = None,
+    *,
+    subset: int | None = None,
+    seed: int = 0,
+    cache_dir: str | os.PathLike[str] | None = None,
+) -> Dataset:
+    """Load CIFAR-10 from ``source`` (default: env ``HPO_DATA``, else keras' download).
+
+    The first load decodes and caches under ``cache_dir`` (default: env ``HPO_CACHE``, else
+    ``~/.cache/hpo``). Train and test are shuffled with ``np.random.default_rng(seed)``;
+    ``subset=N`` keeps N training and N // 5 test images, the same number per class (the first
+    classes get the remainder; a class with too few images gives what it has), chosen by the seed.
+    """
+    source = source if source is not None else os.environ.get("HPO_DATA") or None
+    root = Path(cache_dir or os.environ.get("HPO_CACHE") or Path.home() / ".cache" / "hpo")
+    if source is None:
+        description = "keras.datasets.cifar10"
+        arrays = _cached(root / _CACHE_LAYOUT / "keras-cifar10", _load_keras, description)
+    else:
+        path = Path(source).expanduser().resolve()
+        if not path.exists():
+            raise DataError(f"{path}: no such file or directory")
+        entry = root / _CACHE_LAYOUT / _cache_key(path)
+        arrays = _cached(entry, lambda: _decode(path), str(path))
+        description = str(path)
+
+    rng = np.random.default_rng(seed)
+    train = rng.permutation(len(arrays["y_train"]))
+    test = rng.permutation(len(arrays["y_test"]))
+    if subset is not None:
+        if not 10 <= subset <= len(train):
+            raise DataError(f"--subset must be between 10 and {len(train)}, got {subset}")
+        train = _stratified(train, arrays["y_train"], subset)
+        test = _stratified(test, arrays["y_test"], min(subset // 5, len(test)))
+    # Gathering straight from the memory map copies only the rows we keep.
+    return Dataset(
+        x_train=arrays["x_train"][train],
+        y_train=np.asarray(arrays["y_train"][train], dtype=np.int64),
+        x_test=arrays["x_test"][test],
+        y_test=np.asarray(arrays["y_test"][test], dtype=np.int64),
+        source=description,
+    )
+
+
+def validation_split(
+    x: np.ndarray, y: np.ndarray, fraction: float
+) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    """Keras' ``validation_split`` semantics: the LAST ``fraction`` of the arrays is validation.
+
+    Returns views, not copies. Shuffle first (``load_dataset`` does), or the split holds whole
+    classes.
+    """
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"validation fraction must be between 0 and 1, got {fraction}")
+    if len(x) != len(y):
+        raise ValueError(f"x has {len(x)} samples but y has {len(y)}")
+    split_at = int(math.floor(len(x) * (1.0 - fraction)))  # the same formula as keras
+    if split_at in (0, len(x)):
+        raise DataError(f"validation fraction {fraction} of {len(x)} samples leaves a side empty")
+    return (x[:split_at], y[:split_at]), (x[split_at:], y[split_at:])
+
+
+def _stratified(order: np.ndarray, labels: np.ndarray, n: int) -> np.ndarray:
+    """The first n // 10 (+1 for the first n % 10 classes) of each class in ``order``, in order."""
+    y = np.asarray(labels)[order]
+    quota = np.full(len(CLASS_NAMES), n // len(CLASS_NAMES))
+    quota[: n % len(CLASS_NAMES)] += 1
+    by_class = np.argsort(y, kind="stable")
+    starts = np.searchsorted(y[by_class], y[by_class])  # where each item's class run begins
+    rank = np.empty(len(y), dtype=np.int64)
+    rank[by_class] = np.arange(len(y)) - starts
+    return order[rank < quota[y]]
+
+
+# --- cache -------------------------------------------------------------------------------------
+
+
+def _cache_key(path: Path) -> str:
+    """A folder name that changes whenever the source does (path, size, mtime).
+
+    For a folder: every directory's mtime and file names. Stat-ing 60,000 images would take
+    longer than loading the cache, so an image edited in place (same name) goes unnoticed.
+    """
+    digest = hashlib.sha256(str(path).encode())
+    if path.is_dir():
+        for dirpath, dirnames, filenames in os.walk(path):
+            dirnames.sort()
+            digest.update(f"\0{dirpath}\0{os.stat(dirpath).st_mtime_ns}\0".encode())
+            digest.update("\0".join(sorted(filenames)).encode())
+    else:
+        st = path.stat()
+        digest.update(f"\0{st.st_size}\0{st.st_mtime_ns}".encode())
+    return f"{path.name}-{digest.hexdigest()[:16]}"
+
+
+def _read_cache(entry: Path) -> Arrays | None:
+    try:
+        return {name: np.load(entry / f"{name}.npy", mmap_mode="r") for name in _ARRAYS}
+    except (OSError, ValueError):
+        return None
+
+
+def _cached(entry: Path, decode: Callable[[], Arrays], what: str) -> Arrays:
+    """Read ``entry``, or decode and write it; one process decodes while the others wait."""
+    if (arrays := _read_cache(entry)) is not None:
+        return arrays
+    try:
+        entry.parent.mkdir(parents=True, exist_ok=True)
+        lock = open(entry.parent / f"{entry.name}.lock", "w")
+    except OSError as e:
+        raise DataError(f"{entry.parent}: cannot create the data cache ({e.strerror or e})") from e
+    with lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        if (arrays := _read_cache(entry)) is not None:
+            return arrays  # another process built it while we waited
+        log.info("decoding %s (one-time, cached at %s)", what, entry)
+        started = time.monotonic()
+        arrays = decode()
+        log.info("decoded %d images in %.1f s", len(arrays["y_train"]) + len(arrays["y_test"]),
+                 time.monotonic() - started)
+        _write_cache(entry, arrays)
+    return arrays
+
+
+def _write_cache(entry: Path, arrays: Arrays) -> None:
+    # Write aside, then rename: a reader sees the whole entry or none of it.
+    try:
+        shutil.rmtree(entry, ignore_errors=True)  # a damaged entry from an interrupted run
+        tmp = Path(tempfile.mkdtemp(prefix=f"{entry.name}.tmp-", dir=entry.parent))
+        tmp.chmod(0o755)  # mkdtemp's 0700 would hide a shared cache from other users
+        try:
+            for name in _ARRAYS:
+                np.save(tmp / f"{name}.npy", arrays[name])
+            os.replace(tmp, entry)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    except OSError as e:
+        raise DataError(f"{entry.parent}: cannot write the data cache ({e.strerror or e})") from e
+
+
+# --- decoding ----------------------------------------------------------------------------------
+
+
+def _load_keras() -> Arrays:
+    try:
+        import keras  # slow (imports a backend), so only here
+
+        (x_train, y_train), (x_test, y_test) = keras.datasets.cifar10.load_data()
+    except Exception as e:  # any download or import failure; the user's fix is the same
+        reason = (str(e).splitlines() or [type(e).__name__])[0]
+        raise DataError(
+            f"keras.datasets.cifar10: cannot load CIFAR-10 ({reason}); "
+            "set HPO_DATA or pass --data to a local copy, e.g. cifar-10-python.tar.gz"
+        ) from e
+    return _validate("keras.datasets.cifar10", x_train, y_train, x_test, y_test)
+
+
+def _decode(path: Path) -> Arrays:
+    name = path.name.lower()
+    if path.is_dir():
+        try:
+            return _from_members(path, _folder_members(path))
+        except OSError as e:
+            raise DataError(f"{path}: cannot read ({e})") from e
+    if name.endswith(".npz"):
+        return _from_npz(path)
+    if name.endswith((".tar.gz", ".tgz", ".tar")):
+        try:
+            with tarfile.open(path, "r|*") as tar:  # streaming: much faster than random access
+                return _from_members(path, _tar_members(tar))
+        except (tarfile.TarError, EOFError, OSError, zlib.error) as e:
+            raise DataError(f"{path}: corrupt archive ({e})") from e
+    raise DataError(
+        f"{path}: unrecognised data format (expected cifar-10-python.tar.gz, an image folder "
+        "train/<class>/ + test/<class>/ or a .tar.gz of one, or an .npz)"
+    )
+
+
+def _folder_members(root: Path) -> Iterator[tuple[str, Callable[[], bytes]]]:
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        yield path.relative_to(root).as_posix(), path.read_bytes
+
+
+def _tar_members(tar: tarfile.TarFile) -> Iterator[tuple[str, Callable[[], bytes]]]:
+    for member in tar:
+        if member.isfile():
+            # Read now: a streamed tar cannot seek back to this member later.
+            data = tar.extractfile(member).read()  # type: ignore[union-attr]
+            yield member.name.removeprefix("./"), lambda data=data: data
+
+
+def _from_members(path: Path, members: Iterator[tuple[str, Callable[[], bytes]]]) -> Arrays:
+    """Recognise an official-batches or image-folder layout, allowing one leading top folder."""
+    batches: dict[str, Callable[[], bytes]] = {}
+    images: list[tuple[int, int, str, Callable[[], bytes]]] = []  # (split, label, name, read)
+    for name, read in members:
+        parts = name.split("/")
+        if parts[-1] in (*_BATCHES, "test_batch") and len(parts) <= 2:
+            batches[parts[-1]] = read
+        elif len(parts) in (3, 4) and parts[-3] in ("train", "test"):
+            if parts[-1].startswith("."):
+                continue  # macOS resource forks and the like
+            if parts[-2] not in CLASS_NAMES:
+                raise DataError(
+                    f"{path}: unknown class folder {'/'.join(parts[-3:-1])!r} "
+                    f"(expected one of {', '.join(CLASS_NAMES)})"
+                )
+            split = 0 if parts[-3] == "train" else 1
+            images.append((split, CLASS_NAMES.index(parts[-2]), name, read))
+    if batches:
+        return _from_batches(path, batches)
+    if images:
+        return _from_images(path, images)
+    raise DataError(
+        f"{path}: unrecognised data format (no cifar-10-batches-py/data_batch_* and no "
+        "train/<class>/*.png|jpg images)"
+    )
+
+
+_NUMPY_PICKLE_NAMES = ("_reconstruct", "ndarray", "dtype", "_frombuffer", "scalar")
+
+
+class _NumpyOnlyUnpickler(pickle.Unpickler):
+    """The official batches are pickles: allow what a numpy array needs, never arbitrary code."""
+
+    def find_class(self, module: str, name: str) -> object:
+        numpy_ok = module.split(".")[0] == "numpy" and name in _NUMPY_PICKLE_NAMES
+        if numpy_ok or (module, name) == ("_codecs", "encode"):
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"forbidden global {module}.{name}")
+
+
+def _from_batches(path: Path, batches: dict[str, Callable[[], bytes]]) -> Arrays:
+    xs, ys = [], []
+    for name in (*_BATCHES, "test_batch"):
+        if name not in batches:
+            raise DataError(f"{path}: missing CIFAR-10 batch {name!r}")
+        try:
+            batch = _NumpyOnlyUnpickler(io.BytesIO(batches[name]()), encoding="bytes").load()
+            data, labels = np.asarray(batch[b"data"]), np.asarray(batch[b"labels"])
+        except Exception as e:  # unpickling garbage raises nearly anything
+            raise DataError(f"{path}: corrupt CIFAR-10 batch {name!r} ({e!r})") from e
+        if data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
+            shape = data.shape
+            raise DataError(f"{path}: batch {name!r} has data of shape {shape}, expected (N, 3072)")
+        xs.append(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))  # stored as CHW rows
+        ys.append(labels)
+    return _validate(str(path), np.concatenate(xs[:-1]), np.concatenate(ys[:-1]), xs[-1], ys[-1])
+
+
+def _from_images(path: Path, images: list[tuple[int, int, str, Callable[[], bytes]]]) -> Arrays:
+    images.sort(key=lambda item: item[:3])  # split, class, file name: independent of tar order
+    x = np.empty((len(images), *IMAGE_SHAPE), dtype=np.uint8)
+    for i, (_, _, name, read) in enumerate(images):
+        try:
+            with Image.open(io.BytesIO(read())) as image:
+                image.load()
+                mode, (width, height) = image.mode, image.size
+                if (mode, width, height) == ("RGB", 32, 32):
+                    x[i] = image
+        except Exception as e:  # Pillow raises many types for bad bytes
+            raise DataError(f"{path}: {name}: undecodable image ({type(e).__name__}: {e})") from e
+        if (mode, width, height) != ("RGB", 32, 32):
+            raise DataError(f"{path}: {name}: image is {mode} {width}x{height}, expected RGB 32x32")
+    split = np.array([item[0] for item in images])
+    y = np.array([item[1] for item in images], dtype=np.int64)
+    return _validate(str(path), x[split == 0], y[split == 0], x[split == 1], y[split == 1])
+
+
+def _from_npz(path: Path) -> Arrays:
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            missing = [name for name in _ARRAYS if name not in npz.files]
+            if missing:
+                names = ", ".join(missing)
+                raise DataError(f"{path}: missing array(s) {names} (expected {', '.join(_ARRAYS)})")
+            arrays = [npz[name] for name in _ARRAYS]
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        raise DataError(f"{path}: corrupt .npz ({e})") from e
+    return _validate(str(path), *arrays)
+
+
+def _validate(
+    where: str, x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_test: np.ndarray
+) -> Arrays:
+    """Check shapes, dtypes and labels; return uint8 images and flat int64 labels."""
+    arrays: Arrays = {}
+    for split, x, y in (("train", x_train, y_train), ("test", x_test, y_test)):
+        x, y = np.asarray(x), np.asarray(y)
+        if y.ndim == 2 and y.shape[1] == 1:
+            y = y[:, 0]  # keras returns labels as (N, 1)
+        if x.ndim != 4 or x.shape[1:] != IMAGE_SHAPE:
+            raise DataError(f"{where}: x_{split} has shape {x.shape}, expected (N, 32, 32, 3)")
+        if x.dtype != np.uint8:
+            raise DataError(f"{where}: x_{split} has dtype {x.dtype}, expected uint8")
+        if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
+            problem = f"has shape {y.shape} and dtype {y.dtype}, expected (N,) integers"
+            raise DataError(f"{where}: y_{split} {problem}")
+        if len(x) != len(y):
+            counts = f"{len(x)} images in x_{split} but {len(y)} labels in y_{split}"
+            raise DataError(f"{where}: {counts}")
+        if len(x) == 0:
+            raise DataError(f"{where}: the {split} set is empty")
+        bad = y[(y < 0) | (y >= len(CLASS_NAMES))]
+        if bad.size:
+            raise DataError(f"{where}: y_{split} labels out of range 0..9 (found {bad[0]})")
+        arrays[f"x_{split}"], arrays[f"y_{split}"] = x, y.astype(np.int64)
+    return arrays

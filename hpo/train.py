@@ -1,0 +1,155 @@
+"""Training one configuration: build, fit, evaluate. Knows Keras, not Optuna.
+
+The report's loop, made a function: the model is trained on the training images and watched
+on a validation set (the last 20% of the shuffled training set, or the test set where the
+report did that), then scored on the test set, the report's Table 1 columns.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+import keras
+import numpy as np
+
+from hpo.data import Dataset, validation_split
+from hpo.models import build_model, compile_model
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Params:
+    architecture: str
+    augmentation: str
+    learning_rate: float
+    batch_size: int
+    epochs: int
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any]) -> Params:
+        return cls(
+            architecture=str(values["architecture"]),
+            augmentation=str(values["augmentation"]),
+            learning_rate=float(values["learning_rate"]),
+            batch_size=int(values["batch_size"]),
+            epochs=int(values["epochs"]),
+        )
+
+
+@dataclass
+class TrainResult:
+    history: dict[str, list[float]]
+    val_accuracy: float
+    val_loss: float
+    test_accuracy: float
+    test_loss: float
+    epochs_run: int
+    fit_seconds: float
+    build_seconds: float
+    images_per_second: float
+    diverged: bool
+    model: keras.Model = field(repr=False)
+    confusion: np.ndarray = field(repr=False)  # counts[true class, predicted class] on the test set
+
+    def metrics(self) -> dict[str, Any]:
+        """The numbers a trial records: finite floats, or None where training blew up."""
+        return {
+            "val_accuracy": _finite(self.val_accuracy),
+            "val_loss": _finite(self.val_loss),
+            "test_accuracy": _finite(self.test_accuracy),
+            "test_loss": _finite(self.test_loss),
+            "epochs_run": self.epochs_run,
+            "fit_seconds": round(self.fit_seconds, 3),
+            "build_seconds": round(self.build_seconds, 3),
+            "images_per_second": round(self.images_per_second, 1),
+            "diverged": self.diverged,
+        }
+
+
+def split(data: Dataset, protocol: str, fraction: float) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    """(training, validation) arrays for a data protocol."""
+    if protocol == "test":
+        return (data.x_train, data.y_train), (data.x_test, data.y_test)
+    return validation_split(data.x_train, data.y_train, fraction)
+
+
+def train(
+    params: Params,
+    data: Dataset,
+    *,
+    protocol: str = "validation_split",
+    fraction: float = 0.2,
+    seed: int = 0,
+    callbacks: Sequence[keras.callbacks.Callback] = (),
+) -> TrainResult:
+    keras.backend.clear_session()  # a worker trains many models; free the last one's graph
+    keras.utils.set_random_seed(seed)
+    started = time.perf_counter()
+    model = compile_model(build_model(params.architecture, augmentation=params.augmentation),
+                          params.learning_rate)
+    build_seconds = time.perf_counter() - started
+
+    (x_fit, y_fit), validation = split(data, protocol, fraction)
+    started = time.perf_counter()
+    history = model.fit(
+        x_fit, y_fit,
+        batch_size=params.batch_size,
+        epochs=params.epochs,
+        validation_data=validation,
+        callbacks=list(callbacks),
+        verbose=0,
+    ).history
+    fit_seconds = time.perf_counter() - started
+    epochs_run = len(history.get("loss", []))
+
+    probabilities = model.predict(data.x_test, batch_size=1024, verbose=0)
+    test_loss, test_accuracy = (float(v) for v in model.evaluate(
+        data.x_test, data.y_test, batch_size=1024, verbose=0))
+    val_accuracy = float(history["val_accuracy"][-1]) if epochs_run else math.nan
+    val_loss = float(history["val_loss"][-1]) if epochs_run else math.nan
+    diverged = _diverged(history.get("loss", []), test_accuracy, data.num_classes)
+    if diverged:
+        log.info("training diverged: test accuracy %.4f, loss %s", test_accuracy, history["loss"][-1:])
+    return TrainResult(
+        history={k: [float(v) for v in values] for k, values in history.items()},
+        val_accuracy=val_accuracy,
+        val_loss=val_loss,
+        test_accuracy=test_accuracy,
+        test_loss=test_loss,
+        epochs_run=epochs_run,
+        fit_seconds=fit_seconds,
+        build_seconds=build_seconds,
+        images_per_second=len(x_fit) * epochs_run / fit_seconds if fit_seconds > 0 else 0.0,
+        diverged=diverged,
+        model=model,
+        confusion=confusion_matrix(data.y_test, np.argmax(probabilities, axis=1), data.num_classes),
+    )
+
+
+def _diverged(losses: Sequence[float], test_accuracy: float, num_classes: int) -> bool:
+    """True when training blew up or learned nothing: the report's 10% rows at lr 0.01.
+
+    A model that learned nothing has a training loss no better than guessing uniformly,
+    ln(classes), and scores near chance on the test set.
+    """
+    if not losses:
+        return False
+    final = losses[-1]
+    if not math.isfinite(final):
+        return True
+    return final >= 0.99 * math.log(num_classes) and test_accuracy <= 1.5 / num_classes
+
+
+def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> np.ndarray:
+    matrix = np.zeros((num_classes, num_classes), dtype=np.int64)
+    np.add.at(matrix, (np.asarray(y_true, dtype=np.int64), np.asarray(y_pred, dtype=np.int64)), 1)
+    return matrix
+
+
+def _finite(value: float) -> float | None:
+    return round(value, 6) if math.isfinite(value) else None

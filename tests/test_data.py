@@ -1,0 +1,528 @@
+"""Tests for hpo.data: every source format, bad inputs, shuffling, subsets and the decode cache."""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import subprocess
+import sys
+import tarfile
+import time
+import types
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from hpo.data import CLASS_NAMES, Dataset, load_dataset, validation_split
+from hpo.errors import DataError
+
+REAL_DATA = os.environ.get("HPO_DATA")  # read before the autouse fixture clears it
+REPO = Path(__file__).resolve().parents[1]
+Arrays = dict[str, np.ndarray]
+
+
+@pytest.fixture(autouse=True)
+def _isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No test reads the user's HPO_DATA or writes to ~/.cache/hpo."""
+    monkeypatch.delenv("HPO_DATA", raising=False)
+    monkeypatch.setenv("HPO_CACHE", str(tmp_path / "default-cache"))
+
+
+def _arrays(per_class_train: int = 4, per_class_test: int = 2, seed: int = 1) -> Arrays:
+    """Random images grouped by class, as the archives store them."""
+    rng = np.random.default_rng(seed)
+    out: Arrays = {}
+    for split, per_class in (("train", per_class_train), ("test", per_class_test)):
+        n = per_class * len(CLASS_NAMES)
+        out[f"x_{split}"] = rng.integers(0, 256, size=(n, 32, 32, 3), dtype=np.uint8)
+        out[f"y_{split}"] = np.repeat(np.arange(len(CLASS_NAMES)), per_class).astype(np.int64)
+    return out
+
+
+def _write_npz(path: Path, arrays: Arrays) -> Path:
+    np.savez(path, **arrays)
+    return path
+
+
+def _write_image_folder(root: Path, arrays: Arrays, ext: str = "png") -> Path:
+    for split in ("train", "test"):
+        for i, (x, y) in enumerate(zip(arrays[f"x_{split}"], arrays[f"y_{split}"], strict=True)):
+            folder = root / split / CLASS_NAMES[y]
+            folder.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(x).save(folder / f"{i:04d}.{ext}")
+    return root
+
+
+def _write_batches(root: Path, arrays: Arrays) -> Path:
+    """A fake official ``cifar-10-batches-py`` folder: pickled CHW rows, five train batches."""
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    chw = {s: arrays[f"x_{s}"].transpose(0, 3, 1, 2).reshape(-1, 3072) for s in ("train", "test")}
+    parts = np.array_split(np.arange(len(chw["train"])), 5)
+    batches = {f"data_batch_{i + 1}": ("train", idx) for i, idx in enumerate(parts)}
+    batches["test_batch"] = ("test", np.arange(len(chw["test"])))
+    for name, (split, idx) in batches.items():
+        batch = {b"data": chw[split][idx], b"labels": arrays[f"y_{split}"][idx].tolist()}
+        (folder / name).write_bytes(pickle.dumps(batch, protocol=2))
+    (folder / "batches.meta").write_bytes(pickle.dumps({b"label_names": list(CLASS_NAMES)}))
+    return folder
+
+
+def _write_tar(folder: Path, path: Path, *, top: str | None) -> Path:
+    mode = "w" if path.suffix == ".tar" else "w:gz"
+    with tarfile.open(path, mode) as tar:
+        for child in sorted(folder.iterdir(), reverse=True):  # order must not matter
+            tar.add(child, arcname=f"{top}/{child.name}" if top else child.name)
+    return path
+
+
+def _shuffled(arrays: Arrays, seed: int = 0) -> Arrays:
+    """What load_dataset promises: train, then test, permuted by default_rng(seed)."""
+    rng = np.random.default_rng(seed)
+    train, test = rng.permutation(len(arrays["y_train"])), rng.permutation(len(arrays["y_test"]))
+    return {k: v[train if k.endswith("train") else test] for k, v in arrays.items()}
+
+
+FORMATS: dict[str, Callable[[Path, Arrays], Path]] = {
+    "npz": lambda d, a: _write_npz(d / "cifar.npz", a),
+    "image folder": lambda d, a: _write_image_folder(d / "images", a),
+    "image tar.gz with top folder": lambda d, a: _write_tar(
+        _write_image_folder(d / "images", a), d / "images.tar.gz", top="cifar10"
+    ),
+    "image tar without top folder": lambda d, a: _write_tar(
+        _write_image_folder(d / "images", a), d / "images.tar", top=None
+    ),
+    "official batches folder": lambda d, a: _write_batches(d, a),
+    "official tar.gz": lambda d, a: _write_tar(
+        _write_batches(d / "src", a), d / "cifar-10-python.tar.gz", top="cifar-10-batches-py"
+    ),
+}
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_every_format_gives_the_same_shuffled_arrays(fmt: str, tmp_path: Path) -> None:
+    arrays = _arrays()
+    source = FORMATS[fmt](tmp_path, arrays)
+    data = load_dataset(source, cache_dir=tmp_path / "cache")
+    expected = _shuffled(arrays, seed=0)
+    assert data.x_train.shape == (40, 32, 32, 3) and data.x_test.shape == (20, 32, 32, 3)
+    assert data.x_train.dtype == np.uint8 and data.y_train.dtype == np.int64
+    for name, want in expected.items():
+        np.testing.assert_array_equal(getattr(data, name), want, err_msg=name)
+    assert data.source == str(source.resolve())
+    assert data.num_classes == 10 and data.input_shape == (32, 32, 3)
+
+
+def test_jpeg_folder_decodes_close_to_the_original(tmp_path: Path) -> None:
+    arrays = _arrays(per_class_train=1, per_class_test=1)
+    for split in ("train", "test"):  # flat colours survive JPEG almost exactly
+        colours = np.linspace(0, 255, 30, dtype=np.uint8).reshape(10, 1, 1, 3)
+        arrays[f"x_{split}"] = np.broadcast_to(colours, (10, 32, 32, 3)).copy()
+    data = load_dataset(_write_image_folder(tmp_path / "jpg", arrays, "jpg"), seed=3)
+    expected = _shuffled(arrays, seed=3)
+    np.testing.assert_array_equal(data.y_train, expected["y_train"])
+    error = np.abs(data.x_train.astype(int) - expected["x_train"].astype(int))
+    assert error.max() <= 3
+
+
+def test_labels_of_shape_n_by_1_are_flattened(tmp_path: Path) -> None:
+    arrays = _arrays()
+    column = {k: v[:, None] if k.startswith("y") else v for k, v in arrays.items()}
+    data = load_dataset(_write_npz(tmp_path / "c.npz", column))
+    assert data.y_train.shape == (40,) and data.y_test.shape == (20,)
+    np.testing.assert_array_equal(data.y_train, _shuffled(arrays)["y_train"])
+
+
+def test_repr_is_short(tmp_path: Path) -> None:
+    data = load_dataset(_write_npz(tmp_path / "c.npz", _arrays()))
+    assert repr(data) == f"Dataset(source={str(tmp_path / 'c.npz')!r})"
+
+
+# --- bad inputs --------------------------------------------------------------------------------
+
+
+def _npz_with(**changes: np.ndarray) -> Callable[[Path], Path]:
+    return lambda d: _write_npz(d / "bad.npz", {**_arrays(), **changes})
+
+
+def _folder_with_image(name: str, image: Image.Image | bytes) -> Callable[[Path], Path]:
+    def build(d: Path) -> Path:
+        root = _write_image_folder(d / "images", _arrays(1, 1))
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(image, bytes):
+            (root / name).write_bytes(image)
+        else:
+            image.save(root / name)
+        return root
+
+    return build
+
+
+def _batches_with(name: str, content: bytes) -> Callable[[Path], Path]:
+    def build(d: Path) -> Path:
+        folder = _write_batches(d, _arrays())
+        (folder / name).write_bytes(content)
+        return folder
+
+    return build
+
+
+def _batch(data: np.ndarray, labels: list[int]) -> bytes:
+    return pickle.dumps({b"data": data, b"labels": labels})
+
+
+def _truncated_tar_gz(d: Path) -> Path:
+    path = _write_tar(_write_image_folder(d / "images", _arrays()), d / "t.tar.gz", top=None)
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    return path
+
+
+def _only_train(d: Path) -> Path:
+    root = _write_image_folder(d / "images", _arrays(1, 1))
+    for f in (root / "test").rglob("*.png"):
+        f.unlink()
+    return root
+
+
+def _unknown_class(d: Path) -> Path:
+    root = _write_image_folder(d / "images", _arrays(1, 1))
+    (root / "train" / "airplane").rename(root / "train" / "unicorn")
+    return root
+
+
+class _Evil:
+    def __reduce__(self) -> tuple[object, ...]:
+        return (os.mkdir, ("/tmp/hpo-test-pwned",))
+
+
+def _text(d: Path, name: str, content: str = "hello") -> Path:
+    (d / name).parent.mkdir(parents=True, exist_ok=True)
+    (d / name).write_text(content)
+    return d / name
+
+
+BAD: dict[str, tuple[Callable[[Path], Path], str]] = {
+    "missing file": (lambda d: d / "nope.tar.gz", "no such file or directory"),
+    "unknown file type": (lambda d: _text(d, "data.txt"), "unrecognised data format"),
+    "folder of nothing": (lambda d: _text(d, "f/readme.txt").parent, "unrecognised data format"),
+    "garbage tar.gz": (lambda d: _text(d, "x.tar.gz", "garbage"), "corrupt archive"),
+    "truncated tar.gz": (_truncated_tar_gz, "corrupt archive"),
+    "garbage npz": (lambda d: _text(d, "x.npz", "garbage"), "corrupt .npz"),
+    "npz without x_test": (
+        lambda d: _write_npz(d / "bad.npz", {k: v for k, v in _arrays().items() if k != "x_test"}),
+        "missing array(s) x_test",
+    ),
+    "npz wrong image shape": (
+        _npz_with(x_train=np.zeros((40, 32, 32), np.uint8)),
+        "x_train has shape (40, 32, 32), expected (N, 32, 32, 3)",
+    ),
+    "npz float images": (
+        _npz_with(x_test=np.zeros((20, 32, 32, 3), np.float32)),
+        "x_test has dtype float32, expected uint8",
+    ),
+    "npz length mismatch": (
+        _npz_with(y_train=np.zeros(39, np.int64)),
+        "40 images in x_train but 39 labels in y_train",
+    ),
+    "npz label 12": (
+        _npz_with(y_test=np.full(20, 12)),
+        "y_test labels out of range 0..9 (found 12)",
+    ),
+    "npz label -1": (_npz_with(y_train=np.full(40, -1)), "labels out of range 0..9 (found -1)"),
+    "npz empty train": (
+        _npz_with(x_train=np.zeros((0, 32, 32, 3), np.uint8), y_train=np.zeros(0, np.int64)),
+        "the train set is empty",
+    ),
+    "folder without test images": (_only_train, "the test set is empty"),
+    "unknown class folder": (_unknown_class, "unknown class folder 'train/unicorn'"),
+    "undecodable image": (
+        _folder_with_image("train/cat/bad.png", b"not a png"),
+        "train/cat/bad.png: undecodable image",
+    ),
+    "16x16 image": (
+        _folder_with_image("test/dog/small.png", Image.new("RGB", (16, 16))),
+        "test/dog/small.png: image is RGB 16x16, expected RGB 32x32",
+    ),
+    "grayscale image": (
+        _folder_with_image("train/cat/grey.png", Image.new("L", (32, 32))),
+        "image is L 32x32, expected RGB 32x32",
+    ),
+    "batches without test_batch": (
+        lambda d: _write_batches(d, _arrays()).joinpath("test_batch").unlink() or d,
+        "missing CIFAR-10 batch 'test_batch'",
+    ),
+    "garbage batch": (_batches_with("data_batch_3", b"garbage"), "corrupt CIFAR-10 batch"),
+    "batch label 10": (
+        _batches_with("test_batch", _batch(np.zeros((2, 3072), np.uint8), [0, 10])),
+        "y_test labels out of range 0..9 (found 10)",
+    ),
+    "batch of 3000 values": (
+        _batches_with("data_batch_1", _batch(np.zeros((2, 3000), np.uint8), [0, 1])),
+        "batch 'data_batch_1' has data of shape (2, 3000), expected (N, 3072)",
+    ),
+    "pickle that runs code": (
+        _batches_with("data_batch_2", pickle.dumps(_Evil())),
+        "forbidden global posix.mkdir",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", BAD)
+def test_bad_input_is_one_line_naming_the_path_and_the_problem(case: str, tmp_path: Path) -> None:
+    build, problem = BAD[case]
+    source = build(tmp_path)
+    with pytest.raises(DataError) as info:
+        load_dataset(source, cache_dir=tmp_path / "cache")
+    message = str(info.value)
+    assert str(source.resolve()) in message and problem in message
+    assert "\n" not in message
+    assert not Path("/tmp/hpo-test-pwned").exists()
+
+
+@pytest.mark.parametrize("subset", [5, 9, 41])
+def test_subset_out_of_range(subset: int, tmp_path: Path) -> None:
+    with pytest.raises(DataError, match=f"--subset must be between 10 and 40, got {subset}$"):
+        load_dataset(_write_npz(tmp_path / "c.npz", _arrays()), subset=subset)
+
+
+def test_unwritable_cache_is_a_data_error(tmp_path: Path) -> None:
+    blocker = _text(tmp_path, "not-a-folder")
+    with pytest.raises(DataError, match="cannot create the data cache"):
+        load_dataset(_write_npz(tmp_path / "c.npz", _arrays()), cache_dir=blocker)
+
+
+# --- shuffling and subsets ---------------------------------------------------------------------
+
+
+@pytest.fixture
+def big_npz(tmp_path: Path) -> Path:
+    return _write_npz(tmp_path / "big.npz", _arrays(per_class_train=100, per_class_test=50))
+
+
+def test_shuffle_mixes_classes_into_the_validation_part(big_npz: Path) -> None:
+    data = load_dataset(big_npz)
+    _, (_, y_val) = validation_split(data.x_train, data.y_train, 0.2)
+    assert set(y_val) == set(range(10))
+    assert np.bincount(y_val, minlength=10).max() < 0.2 * len(y_val)
+
+
+def test_same_seed_same_order_other_seed_other_order(big_npz: Path) -> None:
+    a, b, c = load_dataset(big_npz, seed=7), load_dataset(big_npz, seed=7), load_dataset(big_npz)
+    np.testing.assert_array_equal(a.x_train, b.x_train)
+    np.testing.assert_array_equal(a.y_test, b.y_test)
+    assert not np.array_equal(a.y_train, c.y_train)
+
+
+@pytest.mark.parametrize("subset", [10, 25, 333, 1000])
+def test_subset_is_stratified_shuffled_and_deterministic(subset: int, big_npz: Path) -> None:
+    data = load_dataset(big_npz, subset=subset, seed=4)
+    train_quota = [subset // 10 + (c < subset % 10) for c in range(10)]
+    test_n = subset // 5
+    test_quota = [test_n // 10 + (c < test_n % 10) for c in range(10)]
+    assert np.bincount(data.y_train, minlength=10).tolist() == train_quota
+    assert np.bincount(data.y_test, minlength=10).tolist() == test_quota
+    assert len(data.x_train) == subset and len(data.x_test) == test_n
+    if subset >= 25:
+        assert not np.all(np.diff(data.y_train) >= 0)  # not grouped by class
+    again = load_dataset(big_npz, subset=subset, seed=4)
+    np.testing.assert_array_equal(data.x_train, again.x_train)
+    np.testing.assert_array_equal(data.x_test, again.x_test)
+    # The subset's images are the full set's images with those labels.
+    full = np.load(big_npz)
+    rows = {bytes(x): y for x, y in zip(full["x_train"], full["y_train"], strict=True)}
+    assert all(rows[bytes(x)] == y for x, y in zip(data.x_train, data.y_train, strict=True))
+
+
+# --- validation_split --------------------------------------------------------------------------
+
+
+def test_validation_split_takes_the_last_fraction_like_keras() -> None:
+    x, y = np.arange(10) * 10, np.arange(10)
+    (x_fit, y_fit), (x_val, y_val) = validation_split(x, y, 0.25)
+    assert x_fit.tolist() == list(range(0, 70, 10)) and y_fit.tolist() == list(range(7))
+    assert x_val.tolist() == [70, 80, 90] and y_val.tolist() == [7, 8, 9]
+    (x_fit, _), (x_val, _) = validation_split(np.zeros(50000), np.zeros(50000), 0.1)
+    assert (len(x_fit), len(x_val)) == (45000, 5000)
+
+
+@pytest.mark.parametrize("fraction", [0.0, 1.0, -0.1, 1.5])
+def test_validation_split_rejects_a_fraction_outside_0_1(fraction: float) -> None:
+    with pytest.raises(ValueError, match="between 0 and 1"):
+        validation_split(np.zeros(10), np.zeros(10), fraction)
+
+
+def test_validation_split_refuses_an_empty_side() -> None:
+    with pytest.raises(DataError, match="leaves a side empty"):
+        validation_split(np.zeros(1), np.zeros(1), 0.5)
+
+
+# --- cache -------------------------------------------------------------------------------------
+
+
+def _entries(cache: Path) -> list[Path]:
+    return sorted(p for p in (cache / "data-v1").iterdir() if p.is_dir())
+
+
+def test_second_load_reads_the_cache(tmp_path: Path) -> None:
+    source = _write_image_folder(tmp_path / "images", _arrays())
+    first = load_dataset(source, cache_dir=tmp_path / "cache")
+    [entry] = _entries(tmp_path / "cache")
+    assert entry.name.startswith("images-")
+    names = sorted(p.name for p in entry.iterdir())
+    assert names == ["x_test.npy", "x_train.npy", "y_test.npy", "y_train.npy"]
+    second = load_dataset(source, cache_dir=tmp_path / "cache")
+    for name in ("x_train", "y_train", "x_test", "y_test"):
+        np.testing.assert_array_equal(getattr(first, name), getattr(second, name))
+    # Proof that the second load came from the cache, not from the images: doctor the cache.
+    np.save(entry / "x_train.npy", np.zeros((40, 32, 32, 3), np.uint8))
+    assert not load_dataset(source, cache_dir=tmp_path / "cache").x_train.any()
+
+
+def test_a_changed_source_is_decoded_again(tmp_path: Path) -> None:
+    source = _write_npz(tmp_path / "c.npz", _arrays())
+    load_dataset(source, cache_dir=tmp_path / "cache")
+    changed = _arrays()
+    changed["y_train"] = np.full(40, 3)
+    _write_npz(source, changed)
+    os.utime(source, ns=(0, 10**9))  # a different mtime even on coarse file systems
+    data = load_dataset(source, cache_dir=tmp_path / "cache")
+    assert set(data.y_train) == {3}
+    assert len(_entries(tmp_path / "cache")) == 2
+
+
+def test_an_image_added_to_a_folder_is_decoded_again(tmp_path: Path) -> None:
+    source = _write_image_folder(tmp_path / "images", _arrays())
+    assert len(load_dataset(source, cache_dir=tmp_path / "cache").y_train) == 40
+    Image.new("RGB", (32, 32)).save(source / "train" / "cat" / "extra.png")
+    assert len(load_dataset(source, cache_dir=tmp_path / "cache").y_train) == 41
+
+
+def test_cache_dir_defaults_to_hpo_cache(tmp_path: Path) -> None:
+    load_dataset(_write_npz(tmp_path / "c.npz", _arrays()))
+    assert len(_entries(tmp_path / "default-cache")) == 1
+
+
+_CHILD = """
+import logging, sys, time
+from pathlib import Path
+import numpy as np
+from hpo.data import load_dataset
+logging.basicConfig(level=logging.INFO)
+go = Path(sys.argv[1])
+while not go.exists():
+    time.sleep(0.005)
+data = load_dataset(sys.argv[2], cache_dir=sys.argv[3])
+np.savez(sys.argv[4], x_train=data.x_train, y_train=data.y_train, x_test=data.x_test)
+"""
+
+
+def test_concurrent_cold_loads_decode_once_and_agree(tmp_path: Path) -> None:
+    # 600 PNGs take long enough to decode that the three processes overlap.
+    source = _write_image_folder(tmp_path / "images", _arrays(50, 10))
+    go, cache = tmp_path / "go", tmp_path / "cache"
+    pythonpath = os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])
+    env = {**os.environ, "PYTHONPATH": pythonpath}
+    args = [sys.executable, "-c", _CHILD, str(go), str(source), str(cache)]
+    children = [
+        subprocess.Popen([*args, f"{tmp_path}/{i}"], env=env, stderr=subprocess.PIPE, text=True)
+        for i in range(3)
+    ]
+    time.sleep(1.0)  # let all three import and reach the starting line
+    go.touch()
+    logs = [child.communicate(timeout=60)[1] for child in children]
+    assert [child.returncode for child in children] == [0, 0, 0], logs
+    assert sum(log.count("decoding ") for log in logs) == 1, logs
+    results = [np.load(tmp_path / f"{i}.npz") for i in range(3)]
+    for other in results[1:]:
+        for name in ("x_train", "y_train", "x_test"):
+            np.testing.assert_array_equal(results[0][name], other[name])
+    assert [p.name for p in (cache / "data-v1").iterdir() if ".tmp-" in p.name] == []
+    assert len(_entries(cache)) == 1
+
+
+# --- keras.datasets ----------------------------------------------------------------------------
+
+
+def _fake_keras(monkeypatch: pytest.MonkeyPatch, load_data: Callable[[], object]) -> None:
+    fake = types.ModuleType("keras")
+    fake.datasets = types.SimpleNamespace(cifar10=types.SimpleNamespace(load_data=load_data))
+    monkeypatch.setitem(sys.modules, "keras", fake)
+
+
+def test_no_source_and_no_internet_says_how_to_point_at_a_copy(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    def offline() -> object:
+        raise OSError("URL fetch failure on https://www.cs.toronto.edu/...\nmore detail")
+
+    _fake_keras(monkeypatch, offline)
+    with pytest.raises(DataError) as info:
+        load_dataset(cache_dir=tmp_path / "cache")
+    message = str(info.value)
+    assert "keras.datasets.cifar10" in message and "URL fetch failure" in message
+    assert "HPO_DATA" in message and "--data" in message and "\n" not in message
+
+
+def test_keras_source_is_flattened_shuffled_and_cached(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    arrays = _arrays()
+    calls = []
+
+    def load_data() -> object:  # keras gives labels as (N, 1) uint8
+        calls.append(1)
+        y_train, y_test = (arrays[k][:, None].astype(np.uint8) for k in ("y_train", "y_test"))
+        return (arrays["x_train"], y_train), (arrays["x_test"], y_test)
+
+    _fake_keras(monkeypatch, load_data)
+    for _ in range(2):
+        data = load_dataset(cache_dir=tmp_path / "cache")
+        np.testing.assert_array_equal(data.y_train, _shuffled(arrays)["y_train"])
+    assert data.source == "keras.datasets.cifar10" and data.y_train.dtype == np.int64
+    assert calls == [1]
+    assert (tmp_path / "cache" / "data-v1" / "keras-cifar10" / "x_train.npy").is_file()
+
+
+def test_hpo_data_is_the_default_source(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    source = _write_npz(tmp_path / "c.npz", _arrays())
+    monkeypatch.setenv("HPO_DATA", str(source))
+    assert load_dataset().source == str(source)
+
+
+# --- the real archive (HPO_DATA) ---------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def real(tmp_path_factory: pytest.TempPathFactory) -> tuple[Dataset, Path]:
+    if not REAL_DATA:
+        pytest.skip("set HPO_DATA to a CIFAR-10 copy to test the real archive")
+    cache = tmp_path_factory.mktemp("real-cache")
+    return load_dataset(REAL_DATA, cache_dir=cache), cache  # decodes 60,000 images once
+
+
+def test_real_archive_has_cifar10s_shape_and_balance(real: tuple[Dataset, Path]) -> None:
+    data, _ = real
+    assert data.x_train.shape == (50000, 32, 32, 3) and data.x_test.shape == (10000, 32, 32, 3)
+    assert data.x_train.dtype == np.uint8 and data.y_train.dtype == np.int64
+    assert np.bincount(data.y_train).tolist() == [5000] * 10
+    assert np.bincount(data.y_test).tolist() == [1000] * 10
+    # Shuffled: the last 20% (keras' validation part) holds every class in fair measure.
+    assert np.bincount(data.y_train[40000:], minlength=10).min() > 800
+
+
+def test_real_archive_loads_from_cache_fast(real: tuple[Dataset, Path], caplog) -> None:
+    data, cache = real
+    started = time.perf_counter()
+    with caplog.at_level(logging.INFO, logger="hpo.data"):
+        again = load_dataset(REAL_DATA, cache_dir=cache)
+    elapsed = time.perf_counter() - started
+    assert "decoding" not in caplog.text
+    assert elapsed < 3.0  # a re-decode takes ~15 s; the cache takes ~0.1 s
+    assert np.array_equal(data.x_train, again.x_train)  # assert_array_equal takes seconds here
+    small = load_dataset(REAL_DATA, cache_dir=cache, subset=1000)
+    assert np.bincount(small.y_train).tolist() == [100] * 10
+    assert np.bincount(small.y_test).tolist() == [20] * 10
