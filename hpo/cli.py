@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -142,7 +143,11 @@ def worker(ctx: click.Context, study: str, data: str | None, subset: int | None,
     click.echo(f"worker done: {summary.complete} complete, {summary.pruned} pruned, "
                f"{summary.failed} failed", err=True)
     if summary.interrupted:
-        ctx.exit(130)
+        # Everything is in the database. TensorFlow's interpreter teardown can take seconds on
+        # a busy machine, longer than a container's stop grace period: skip it.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(130)
 
 
 def _artifact_hook(ctx: click.Context, folder: str | None):  # type: ignore[no-untyped-def]
@@ -258,3 +263,23 @@ def _artifact_folder(ctx: click.Context, folder: str | None) -> Path | None:
 
     return artifact_dir(_storage_url(ctx), folder)
 
+
+
+@main.command()
+@click.argument("studies", nargs=-1)
+@click.option("--output", "-o", required=True, type=click.Path(file_okay=False), metavar="DIR",
+              help="Folder for report.md, its CSV files and figures (created if needed).")
+@click.option("--artifacts", envvar="HPO_ARTIFACTS", metavar="DIR", help="Artifact folder (see hpo worker).")
+@click.pass_context
+def report(ctx: click.Context, studies: tuple[str, ...], output: str, artifacts: str | None) -> None:
+    """Write the report into DIR: Table 1 reproduced, figures and findings.
+
+    Without STUDIES, covers every study of the report's experiments in the storage; other
+    studies named here get their best-trial table and their best trial's plots.
+    """
+    from hpo.report import write_report  # noqa: PLC0415
+
+    path = write_report(_open(ctx, heartbeat=False), list(studies), Path(output),
+                        artifacts=_artifact_folder(ctx, artifacts), storage_url=_storage_url(ctx),
+                        best_columns=EXPORT_COLUMNS)
+    click.echo(f"wrote {path}", err=True)

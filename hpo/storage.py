@@ -68,12 +68,21 @@ def open_storage(url: str | None = None, *, heartbeat: bool = True,
         engine_kwargs["connect_args"] = {"timeout": SQLITE_BUSY_TIMEOUT_S}
 
     def connect() -> optuna.storages.RDBStorage:
-        return optuna.storages.RDBStorage(
-            url,
-            engine_kwargs=engine_kwargs,
-            heartbeat_interval=HEARTBEAT_INTERVAL if heartbeat else None,
-            grace_period=GRACE_PERIOD if heartbeat else None,
-        )
+        for attempt in range(3):
+            try:
+                return optuna.storages.RDBStorage(
+                    url,
+                    engine_kwargs=engine_kwargs,
+                    heartbeat_interval=HEARTBEAT_INTERVAL if heartbeat else None,
+                    grace_period=GRACE_PERIOD if heartbeat else None,
+                )
+            except sqlalchemy.exc.DatabaseError as exc:
+                # Workers starting together on a new database race to create its tables;
+                # the loser finds them made, and simply opens the storage again.
+                if attempt == 2 or not any(s in str(exc) for s in ("already exists", "duplicate key")):
+                    raise
+                log.debug("tables created by another process meanwhile; opening again")
+        raise AssertionError("unreachable")
 
     try:
         storage = retrying(connect, what=f"connect to {_safe(url)}", timeout=retry_for)
