@@ -1,0 +1,133 @@
+"""Tests for hpo.models: the report's architectures, their registry and compilation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+
+from hpo.augment import RandomAffine
+from hpo.errors import ConfigError
+from hpo.models import ARCHITECTURES, build_model, compile_model
+
+# The report's layer stacks, after the shared Rescaling(1/255) front.
+LAYERS = {
+    "base": ["Conv2D", "MaxPooling2D", "Flatten", "Dense", "Dense"],
+    "deeper_dropout": [
+        "Conv2D", "MaxPooling2D", "Dropout", "Conv2D", "MaxPooling2D", "Flatten", "Dense", "Dropout", "Dense",
+    ],
+    "batchnorm": ["Conv2D", "BatchNormalization", "MaxPooling2D", "Flatten", "Dense", "BatchNormalization", "Dense"],
+}
+
+
+def _count(weights: list) -> int:
+    return sum(int(np.prod(w.shape)) for w in weights)
+
+
+def test_registry_keys() -> None:
+    assert list(ARCHITECTURES) == ["base", "deeper_dropout", "batchnorm"]
+
+
+@pytest.mark.parametrize(
+    ("architecture", "trainable", "non_trainable"),
+    [
+        # conv 3*3*3*32+32 = 896; 15*15*32 = 7200 -> dense 7200*128+128 = 921,728; 128*10+10 = 1,290
+        ("base", 923_914, 0),
+        # + conv 3*3*32*128+128 = 36,992; 6*6*128 = 4608 -> dense 4608*128+128 = 589,952
+        ("deeper_dropout", 629_130, 0),
+        # base + BN gamma/beta 2*32 + 2*128 = 320 trainable, moving mean/variance 320 not
+        ("batchnorm", 924_234, 320),
+    ],
+)
+def test_parameter_counts(architecture: str, trainable: int, non_trainable: int) -> None:
+    model = build_model(architecture)
+    assert _count(model.trainable_weights) == trainable
+    assert _count(model.non_trainable_weights) == non_trainable
+
+
+@pytest.mark.parametrize("architecture", list(LAYERS))
+def test_layer_order(architecture: str) -> None:
+    model = build_model(architecture)
+    assert [type(layer).__name__ for layer in model.layers] == ["Rescaling", *LAYERS[architecture]]
+
+
+def test_layer_settings_follow_the_report() -> None:
+    model = build_model("deeper_dropout")
+    convs = [layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D)]
+    assert [(c.filters, c.kernel_size, c.activation.__name__) for c in convs] == [
+        (32, (3, 3), "relu"), (128, (3, 3), "relu"),
+    ]
+    assert [layer.rate for layer in model.layers if isinstance(layer, keras.layers.Dropout)] == [0.25, 0.5]
+    assert model.layers[-1].activation.__name__ == "softmax"
+    assert model.layers[0].scale == pytest.approx(1 / 255)
+
+
+def test_augmentation_sits_before_rescaling() -> None:
+    model = build_model("batchnorm", augmentation="standard", seed=1)
+    assert isinstance(model.layers[0], RandomAffine)
+    assert model.layers[0].flip_probability == 0.5
+    assert type(model.layers[1]).__name__ == "Rescaling"
+    # The augmentation adds no weights.
+    assert _count(model.trainable_weights) == 924_234
+
+
+def test_unknown_architecture_names_the_bad_value() -> None:
+    with pytest.raises(ConfigError, match=r"'resnet'.*base, deeper_dropout, batchnorm"):
+        build_model("resnet")
+
+
+def test_unknown_augmentation_names_the_bad_value() -> None:
+    with pytest.raises(ConfigError, match=r"'mixup'"):
+        build_model("base", augmentation="mixup")
+
+
+def test_output_is_a_distribution_over_num_classes() -> None:
+    model = build_model("base", num_classes=4, input_shape=(16, 16, 3))
+    x = np.random.default_rng(0).integers(0, 256, size=(3, 16, 16, 3)).astype("uint8")
+    probs = keras.ops.convert_to_numpy(model(x))
+    assert probs.shape == (3, 4)
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
+    # uint8 and float pixels are the same input.
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(model(x.astype("float32"))), probs, rtol=1e-5)
+
+
+def test_builds_do_not_share_layers() -> None:
+    a, b = build_model("base"), build_model("base")
+    assert not set(map(id, a.layers)) & set(map(id, b.layers))
+
+
+def test_compile_uses_adam_and_the_report_loss() -> None:
+    model = compile_model(build_model("base"), 0.01, jit_compile=False, steps_per_execution=4)
+    assert isinstance(model.optimizer, keras.optimizers.Adam)
+    assert float(keras.ops.convert_to_numpy(model.optimizer.learning_rate)) == pytest.approx(0.01)
+    assert model.loss == "sparse_categorical_crossentropy"
+    assert model.steps_per_execution == 4
+
+
+@pytest.mark.parametrize("learning_rate", [0.0, -1e-3, float("nan"), "fast"])
+def test_compile_rejects_bad_learning_rates(learning_rate: object) -> None:
+    with pytest.raises(ConfigError, match="learning_rate"):
+        compile_model(build_model("base"), learning_rate)  # type: ignore[arg-type]
+
+
+def test_augmented_model_trains_under_xla_and_round_trips(tmp_path: Path) -> None:
+    # torch's jit_compile means torch.compile, not XLA; the point here is XLA.
+    jit = keras.backend.backend() != "torch"
+    keras.utils.set_random_seed(0)
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, size=(64, 32, 32, 3)).astype("uint8")
+    y = rng.integers(0, 10, size=(64,))
+    model = compile_model(build_model("batchnorm", augmentation="standard", seed=0), 1e-3, jit_compile=jit)
+    history = model.fit(x, y, batch_size=32, epochs=1, verbose=0)
+    # Keras silently drops to jit_compile=False for layers that do not support XLA.
+    assert model.jit_compile is jit
+    assert np.isfinite(history.history["loss"][0])
+
+    path = tmp_path / "m.keras"
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    assert isinstance(loaded.layers[0], RandomAffine)
+    assert loaded.layers[0].get_config() == model.layers[0].get_config()
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0), rtol=1e-5, atol=1e-6)
