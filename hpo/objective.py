@@ -58,6 +58,14 @@ class EpochReporter(keras.callbacks.Callback):
             raise optuna.TrialPruned(f"pruned after epoch {epoch + 1} (val_accuracy {value:.4f})")
 
 
+def _record(trial: optuna.Trial, attrs: Mapping[str, Any]) -> None:
+    def write() -> None:
+        for key, value in attrs.items():
+            trial.set_user_attr(key, value)
+
+    retrying(write, what="record the trial's attributes")
+
+
 def run_trial(
     trial: optuna.Trial,
     definition: StudyDefinition,
@@ -66,18 +74,16 @@ def run_trial(
     environment: Mapping[str, Any] | None = None,
     on_complete: TrialHook | None = None,
 ) -> float:
-    params = suggest(trial, definition)
+    params = retrying(lambda: suggest(trial, definition), what="suggest parameters")
     seed = trial_seed(definition, trial)
-    attrs = {"seed": seed, "data": data.source, "train_images": int(len(data.x_train)), **(environment or {})}
-    for key, value in attrs.items():
-        trial.set_user_attr(key, value)
+    _record(trial, {"seed": seed, "data": data.source, "train_images": int(len(data.x_train)),
+                    **(environment or {})})
     log.info("trial %d: %s (seed %d)", trial.number, params, seed)
 
     result = train(params, data, protocol=definition.protocol, fraction=definition.validation_split,
                    seed=seed, callbacks=[EpochReporter(trial)])
     metrics = result.metrics()
-    for key, value in metrics.items():
-        trial.set_user_attr(key, value)
+    _record(trial, metrics)
     if on_complete is not None:
         on_complete(trial, result)
 
