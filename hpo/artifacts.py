@@ -12,9 +12,8 @@ import json
 import logging
 import tempfile
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
-import keras
 import matplotlib
 
 matplotlib.use("Agg")  # no display on workers
@@ -25,7 +24,11 @@ from optuna.artifacts import FileSystemArtifactStore, upload_artifact  # noqa: E
 from sqlalchemy.engine import make_url  # noqa: E402
 
 from hpo.data import CLASS_NAMES  # noqa: E402
-from hpo.train import TrainResult  # noqa: E402
+
+if TYPE_CHECKING:
+    import keras
+
+    from hpo.train import TrainResult
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +84,8 @@ class TrialArtifacts:
 
 def _inference_copy(model: keras.Model) -> keras.Model:
     """The model without its optimizer state: a third of the size, and all a user loads it for."""
+    import keras  # noqa: PLC0415  (only workers, which have it loaded already, save models)
+
     copy = keras.models.clone_model(model)
     copy.set_weights(model.get_weights())
     return copy

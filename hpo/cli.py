@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import sys
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -126,6 +127,7 @@ def worker(ctx: click.Context, study: str, data: str | None, subset: int | None,
     """Run trials of STUDY (a name or a .toml file) until it is done."""
     from hpo import device  # noqa: PLC0415
 
+    started = time.perf_counter()
     device.apply(threads)
     from hpo.data import load_dataset  # noqa: PLC0415
     from hpo.objective import run_trial  # noqa: PLC0415
@@ -133,8 +135,10 @@ def worker(ctx: click.Context, study: str, data: str | None, subset: int | None,
 
     storage, optuna_study, definition = _study_ref(ctx, study, create=True)
     dataset = load_dataset(data, subset=subset)
-    environment = {**device.describe(), "subset": subset}
     on_complete = _artifact_hook(ctx, artifacts)
+    # Paid once per worker, not per trial: imports, connecting, loading the data.
+    environment = {**device.describe(), "subset": subset,
+                   "worker_startup_seconds": round(time.perf_counter() - started, 2)}
     summary = run_worker(
         optuna_study,
         lambda trial: run_trial(trial, definition, dataset, environment=environment, on_complete=on_complete),
@@ -182,6 +186,9 @@ def launch(ctx: click.Context, study_file: str, workers: int | None, gpus: str |
             args += [flag, str(value)]
     code = launcher.launch(study, definition, _storage_url(ctx), placements, args,
                            Path(log_dir) / definition.name)
+    storage_flag = f" --storage {ctx.obj['storage']}" if ctx.obj["storage"] else ""
+    click.echo(f"best trials: hpo{storage_flag} export {definition.name}\n"
+               f"dashboard:   hpo{storage_flag} dashboard   (then open http://127.0.0.1:8080)", err=True)
     ctx.exit(code)
 
 
@@ -267,7 +274,7 @@ def _artifact_folder(ctx: click.Context, folder: str | None) -> Path | None:
 
 @main.command()
 @click.argument("studies", nargs=-1)
-@click.option("--output", "-o", required=True, type=click.Path(file_okay=False), metavar="DIR",
+@click.option("--output", "-o", required=True, type=click.Path(), metavar="DIR",
               help="Folder for report.md, its CSV files and figures (created if needed).")
 @click.option("--artifacts", envvar="HPO_ARTIFACTS", metavar="DIR", help="Artifact folder (see hpo worker).")
 @click.pass_context
