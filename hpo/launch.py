@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence, TextIO
@@ -55,6 +56,15 @@ def default_workers(gpus: Sequence[str], cpus: int | None = None) -> int:
     return max(1, (cpus or os.cpu_count() or 1) // 2)
 
 
+def describe(placements: Sequence[Placement]) -> str:
+    """'2 x 1 thread' or 'gpu 0: 2, gpu 1: 2', for the launch message."""
+    gpus = Counter(p.gpu for p in placements if p.gpu is not None)
+    if gpus:
+        return ", ".join(f"gpu {gpu}: {n}" for gpu, n in gpus.items())
+    threads = Counter(p.threads for p in placements)
+    return ", ".join(f"{n} x {t} thread{'s' if t != 1 else ''}" for t, n in threads.items())
+
+
 def worker_command(study: str, storage_url: str, worker_args: Sequence[str]) -> list[str]:
     return [sys.executable, "-m", "hpo", "--storage", storage_url, "worker", study, *worker_args]
 
@@ -82,7 +92,7 @@ def launch(
             start_new_session=True,  # Ctrl-C reaches us only; we forward it once, as SIGTERM
         ))
         logfile.close()
-    where = ", ".join(f"gpu {p.gpu}" if p.gpu else f"{p.threads} threads" for p in placements)
+    where = describe(placements)
     print(f"hpo: {len(procs)} workers on study {definition.name} ({where}); logs in {log_dir}/",
           file=out, flush=True)
 

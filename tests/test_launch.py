@@ -1,0 +1,47 @@
+"""How hpo launch places workers and reports progress."""
+
+from __future__ import annotations
+
+import io
+
+from hpo.launch import Placement, Progress, default_workers, describe, plan
+from hpo.results import StudyStatus
+
+
+def test_cpu_workers_split_the_cores_between_them() -> None:
+    assert plan(2, cpus=2) == [Placement(1, None)] * 2
+    assert plan(1, cpus=2) == [Placement(2, None)]
+    assert plan(4, cpus=2) == [Placement(1, None)] * 4  # never zero threads
+    assert plan(2, cpus=8, threads=3) == [Placement(3, None)] * 2  # the flag wins
+    assert describe(plan(2, cpus=2)) == "2 x 1 thread"
+
+
+def test_gpu_workers_go_round_robin() -> None:
+    placements = plan(5, gpus=["0", "1"])
+    assert [p.gpu for p in placements] == ["0", "1", "0", "1", "0"]
+    assert describe(placements) == "gpu 0: 3, gpu 1: 2"
+    assert default_workers(["0", "1"]) == 4 and default_workers([], cpus=2) == 1
+
+
+def _status(complete: int, running: int, failed: int = 0, best: float | None = None) -> StudyStatus:
+    pending = 27 - complete - running - failed
+    return StudyStatus(name="exp3", sampler="grid", trials={}, total_points=27, duplicates=0,
+                       points={"pending": pending, "running": running, "complete": complete,
+                               "pruned": 0, "failed": failed},
+                       best_value=best, best_trial=None, metric="val_accuracy")
+
+
+def test_progress_line_counts_and_estimates_time_left() -> None:
+    now = [100.0]
+    out = io.StringIO()
+    progress = Progress(out, 27, clock=lambda: now[0])
+    progress.show(_status(0, 2))
+    now[0] += 60
+    progress.show(_status(3, 2, best=0.61234))
+    now[0] += 60
+    progress.show(_status(3, 2, best=0.61234))  # nothing new: no new line when not a terminal
+    lines = out.getvalue().splitlines()
+    assert lines[0] == "exp3: 0/27 done, 2 running, 0 failed, best val_accuracy -, 0m00s elapsed, ETA -"
+    # 3 trials in 60 s, 24 left: 8 minutes.
+    assert lines[1] == "exp3: 3/27 done, 2 running, 0 failed, best val_accuracy 0.6123, 1m00s elapsed, ETA 8m00s"
+    assert len(lines) == 2
