@@ -90,7 +90,7 @@ def train(
     keras.backend.clear_session()  # a worker trains many models; free the last one's graph
     keras.utils.set_random_seed(seed)
     started = time.perf_counter()
-    model = compile_model(build_model(params.architecture, augmentation=params.augmentation),
+    model = compile_model(build_model(params.architecture, augmentation=params.augmentation, seed=seed),
                           params.learning_rate)
     build_seconds = time.perf_counter() - started
 
