@@ -202,10 +202,12 @@ def status(ctx: click.Context, study: str | None, fmt: str) -> None:
 
     from hpo import queue  # noqa: PLC0415
     from hpo.results import study_status  # noqa: PLC0415
-    from hpo.study import load_study  # noqa: PLC0415
+    from hpo.study import DEFINITION, load_study  # noqa: PLC0415
 
     storage = _open(ctx)
-    names = [study] if study else [s.study_name for s in optuna.get_all_study_summaries(storage)]
+    # Without a name: every study hpo created (other Optuna studies may share the database).
+    names = [study] if study else [s.study_name for s in optuna.get_all_study_summaries(storage)
+                                   if DEFINITION in s.user_attrs]
     statuses = []
     for name in names:
         optuna_study, definition = load_study(storage, name)

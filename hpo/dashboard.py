@@ -12,6 +12,8 @@ from pathlib import Path
 
 import optuna
 
+from hpo.errors import HpoError
+
 log = logging.getLogger(__name__)
 
 
@@ -34,4 +36,7 @@ def serve(storage: optuna.storages.BaseStorage, *, host: str = "127.0.0.1", port
                     "and change every study in this storage", host, port)
     log.info("dashboard on http://%s:%d/ (Ctrl-C to stop)", host if host != "0.0.0.0" else "127.0.0.1", port)
     store = FileSystemArtifactStore(str(artifacts)) if artifacts is not None else None
-    run_server(storage, host=host, port=port, artifact_store=store)
+    try:
+        run_server(storage, host=host, port=port, artifact_store=store)
+    except OSError as exc:  # port taken, address not on this machine, ...
+        raise HpoError(f"cannot serve the dashboard on {host}:{port}: {exc.strerror or exc}") from None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import socket
 from pathlib import Path
 
 import pytest
@@ -129,6 +130,15 @@ def test_bad_data_is_one_line_and_exit_code_2(tmp_path: Path) -> None:
     corrupt.write_bytes(b"\x1f\x8b not really gzip")
     _user_error(run_hpo("worker", str(study), "--data", str(corrupt), storage=db,
                         env={"HPO_CACHE": str(tmp_path / "cache")}), "corrupt.tar.gz")
+
+
+def test_dashboard_on_a_taken_port_is_one_line(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run_hpo("dashboard", "--port", str(port), storage=f"sqlite:///{tmp_path / 'hpo.db'}", timeout=60)
+    _user_error(result, f"127.0.0.1:{port}", "in use")
 
 
 def test_debug_shows_the_traceback(tmp_path: Path) -> None:
