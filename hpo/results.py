@@ -79,7 +79,7 @@ def study_status(study: optuna.Study, definition: StudyDefinition) -> StudyStatu
             last = max(by_slot.get(slot, []), key=lambda t: t.number, default=None)
             failed_points.append({
                 "slot": slot,
-                "params": _params(last) if last else {},
+                "params": trial_params(last) if last else {},
                 "attempts": len(by_slot.get(slot, [])),
                 "error": last.user_attrs.get("error") if last else "never ran",
             })
@@ -107,7 +107,8 @@ def _best(study: optuna.Study, trials: list[FrozenTrial]) -> FrozenTrial | None:
     return study.best_trial
 
 
-def _params(trial: FrozenTrial) -> dict[str, Any]:
+def trial_params(trial: FrozenTrial) -> dict[str, Any]:
+    """A trial's parameters, including those fixed on a retry that has not suggested them yet."""
     params = dict(trial.system_attrs.get("fixed_params", {}))
     params.update(trial.params)
     return params
@@ -143,7 +144,7 @@ def best_trial_rows(study: optuna.Study, definition: StudyDefinition) -> list[di
 
 
 def trial_row(trial: FrozenTrial, rank: int | None) -> dict[str, Any]:
-    params = _params(trial)
+    params = trial_params(trial)
     attrs = trial.user_attrs
     duration = trial.duration.total_seconds() if trial.duration else None
     note = "diverged" if attrs.get("diverged") else attrs.get("error", "")

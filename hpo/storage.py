@@ -79,7 +79,7 @@ def open_storage(url: str | None = None, *, heartbeat: bool = True,
             except sqlalchemy.exc.DatabaseError as exc:
                 # Workers starting together on a new database race to create its tables;
                 # the loser finds them made, and simply opens the storage again.
-                if attempt == 2 or not any(s in str(exc) for s in ("already exists", "duplicate key")):
+                if attempt == 2 or not any(s in str(exc) for s in ("already exists", "duplicate key", "UNIQUE constraint failed")):
                     raise
                 log.debug("tables created by another process meanwhile; opening again")
         raise AssertionError("unreachable")

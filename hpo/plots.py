@@ -1,0 +1,135 @@
+"""The report's figures: the experiment 3 grid as heatmaps, and each best trial's own plots.
+
+The heatmaps put the measured test accuracy above the report's, on one colour scale, so the
+two can be compared at a glance. A best trial's learning curves are redrawn from the history in
+its metrics artifact, and its confusion matrix is the PNG the worker already rendered.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import optuna  # noqa: E402
+from matplotlib.colors import Normalize  # noqa: E402
+from matplotlib.patches import Rectangle  # noqa: E402
+from optuna.artifacts import FileSystemArtifactStore, download_artifact, get_all_artifact_meta  # noqa: E402
+from optuna.trial import FrozenTrial  # noqa: E402
+
+log = logging.getLogger(__name__)
+
+Cell = tuple[float, int, int]  # learning rate, batch size, epochs
+
+
+def grid_heatmap(rows: Sequence[Mapping[str, Any]], path: Path, title: str) -> Path:
+    """Test accuracy over learning rate x batch size, one panel per epoch count.
+
+    The top row is the measured mean (with the number of runs), the bottom row the report's
+    number; both share one colour scale. A cell not run yet is grey, hatched and says so.
+    """
+    lrs = sorted({float(r["learning_rate"]) for r in rows}, reverse=True)
+    batches = sorted({int(r["batch_size"]) for r in rows})
+    epochs = sorted({int(r["epochs"]) for r in rows})
+    measured = {_cell(r): (r["mean_test_accuracy"], r["n"]) for r in rows}
+    report = {_cell(r): (r["report_accuracy"], None) for r in rows}
+    values = [v for v, _ in [*measured.values(), *report.values()] if v is not None]
+    low, high = (min(values), max(values)) if values else (0.0, 1.0)
+    norm = Normalize(vmin=low, vmax=high if high > low else low + 0.01)
+    cmap = plt.get_cmap("viridis").copy()
+    cmap.set_bad("#e0e0e0")
+
+    fig, axes = plt.subplots(2, len(epochs), figsize=(max(8.0, 3.6 * len(epochs) + 1.5), 7.2),
+                             squeeze=False, layout="constrained")
+    image = None
+    for i, (label, data) in enumerate((("measured (mean of n runs)", measured), ("the report", report))):
+        for j, epoch in enumerate(epochs):
+            ax = axes[i][j]
+            grid = np.array([[_value(data, (lr, b, epoch)) for b in batches] for lr in lrs], dtype=float)
+            image = ax.imshow(np.ma.masked_invalid(grid), cmap=cmap, norm=norm)
+            for (y, x), value in np.ndenumerate(grid):
+                _annotate(ax, x, y, value, data.get((lrs[y], batches[x], epoch), (None, None))[1], cmap, norm)
+            ax.set_xticks(range(len(batches)), [str(b) for b in batches])
+            ax.set_yticks(range(len(lrs)), [f"{lr:g}" for lr in lrs])
+            ax.set_xlabel("batch size")
+            ax.set_ylabel("learning rate")
+            ax.set_title(f"{label}, {epoch} epoch{'' if epoch == 1 else 's'}", fontsize=10)
+    fig.colorbar(image, ax=axes, label="test accuracy", shrink=0.8)
+    fig.suptitle(title)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def _cell(row: Mapping[str, Any]) -> Cell:
+    return float(row["learning_rate"]), int(row["batch_size"]), int(row["epochs"])
+
+
+def _value(data: Mapping[Cell, tuple[float | None, int | None]], cell: Cell) -> float:
+    value = data.get(cell, (None, None))[0]
+    return math.nan if value is None else float(value)
+
+
+def _annotate(ax: Any, x: int, y: int, value: float, runs: int | None, cmap: Any, norm: Normalize) -> None:
+    if math.isnan(value):
+        ax.add_patch(Rectangle((x - 0.5, y - 0.5), 1, 1, fill=False, hatch="//", edgecolor="#999999", lw=0))
+        ax.text(x, y, "not run", ha="center", va="center", fontsize=9, color="#444444")
+        return
+    red, green, blue, _ = cmap(norm(value))
+    colour = "white" if 0.299 * red + 0.587 * green + 0.114 * blue < 0.5 else "black"
+    text = f"{value:.3f}" if runs is None else f"{value:.3f}\nn={runs}"
+    ax.text(x, y, text, ha="center", va="center", fontsize=9, color=colour)
+
+
+def best_trial_figures(storage: optuna.storages.BaseStorage, trial: FrozenTrial, folder: Path,
+                       place: Callable[[str], Path], stem: str) -> tuple[dict[str, Path], str | None]:
+    """The trial's learning curves and confusion matrix as files from ``place(name)``.
+
+    Returns the figures made, by kind, and what went missing, if anything: a trial without
+    artifacts is reported, never an error.
+    """
+    from hpo.artifacts import learning_curves  # noqa: PLC0415  (imports Keras)
+
+    metas = {meta.filename: meta for meta in get_all_artifact_meta(trial, storage=storage)}
+    metrics = next((m for name, m in metas.items()
+                    if name.startswith("metrics_trial") and name.endswith(".json")), None)
+    matrix = next((m for name, m in metas.items()
+                   if name.startswith("confusion_matrix_trial") and name.endswith(".png")), None)
+    if metrics is None and matrix is None:
+        return {}, "no artifacts were recorded (learning curves, confusion matrix)"
+    store = FileSystemArtifactStore(str(folder))
+    figures: dict[str, Path] = {}
+    missing = []
+    with tempfile.TemporaryDirectory(prefix="hpo-report-") as tmp:
+        try:
+            if metrics is None:
+                raise FileNotFoundError("no metrics artifact")
+            local = Path(tmp) / "metrics.json"
+            download_artifact(artifact_store=store, file_path=str(local), artifact_id=metrics.artifact_id)
+            history = json.loads(local.read_text(encoding="utf-8"))["history"]
+            title = f"best trial {trial.number}: " + ", ".join(
+                f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in trial.params.items())
+            figures["learning curves"] = learning_curves(history, place(f"{stem}_learning_curves.png"), title)
+        except (OSError, KeyError, ValueError, optuna.artifacts.exceptions.ArtifactNotFound) as exc:
+            log.warning("trial %d: learning curves not drawn: %s", trial.number, exc)
+            missing.append("learning curves")
+        try:
+            if matrix is None:
+                raise FileNotFoundError("no confusion matrix artifact")
+            local = Path(tmp) / "confusion.png"
+            download_artifact(artifact_store=store, file_path=str(local), artifact_id=matrix.artifact_id)
+            figures["confusion matrix"] = Path(shutil.copyfile(local, place(f"{stem}_confusion_matrix.png")))
+        except (OSError, optuna.artifacts.exceptions.ArtifactNotFound) as exc:
+            log.warning("trial %d: confusion matrix not copied: %s", trial.number, exc)
+            missing.append("confusion matrix")
+    problem = f"{' and '.join(missing)} not found in the artifact folder {folder}" if missing else None
+    return figures, problem
