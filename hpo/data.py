@@ -96,8 +96,10 @@ def load_dataset(
     if subset is not None:
         if not 10 <= subset <= len(train):
             raise DataError(f"--subset must be between 10 and {len(train)}, got {subset}")
-        train = _stratified(train, arrays["y_train"], subset)
-        test = _stratified(test, arrays["y_test"], min(subset // 5, len(test)))
+        # Shuffled again after the selection: kept in draw order, the classes that fill their
+        # quota first would crowd the front, and a validation split (the tail) would miss them.
+        train = rng.permutation(_stratified(train, arrays["y_train"], subset))
+        test = rng.permutation(_stratified(test, arrays["y_test"], min(subset // 5, len(test))))
     # Gathering straight from the memory map copies only the rows we keep.
     return Dataset(
         x_train=arrays["x_train"][train],

@@ -337,6 +337,20 @@ def test_subset_is_stratified_shuffled_and_deterministic(subset: int, big_npz: P
     assert all(rows[bytes(x)] == y for x, y in zip(data.x_train, data.y_train, strict=True))
 
 
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_validation_split_of_a_small_subset_holds_every_class(seed: int, tmp_path: Path) -> None:
+    """The tail of a subset is as mixed as its head (a validation split takes the tail).
+
+    A small quota out of a large class is where this goes wrong: kept in draw order, the
+    classes that fill their quota first never reach the tail.
+    """
+    path = _write_npz(tmp_path / "large.npz", _arrays(per_class_train=1000, per_class_test=10))
+    data = load_dataset(path, subset=1000, seed=seed)
+    _, (_, y_val) = validation_split(data.x_train, data.y_train, 0.2)
+    counts = np.bincount(y_val, minlength=10)
+    assert counts.min() >= 5, counts
+
+
 # --- validation_split --------------------------------------------------------------------------
 
 
