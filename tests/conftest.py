@@ -79,10 +79,12 @@ def postgres_url(postgres_admin: str) -> Iterator[str]:
 @pytest.fixture(scope="session")
 def data_path() -> str:
     """The real CIFAR-10 archive (HPO_DATA, or the shared copy beside the project)."""
-    path = os.environ.get("HPO_DATA") or str(DEFAULT_DATA)
-    if not Path(path).exists():
+    # Absolute: tests run hpo in other working directories.
+    path = Path(os.environ.get("HPO_DATA") or DEFAULT_DATA).resolve()
+    if not path.exists():
         pytest.skip(f"no CIFAR-10 archive at {path}; set HPO_DATA")
-    return path
+    os.environ["HPO_DATA"] = str(path)
+    return str(path)
 
 
 @pytest.fixture(scope="session")
