@@ -49,11 +49,27 @@ def plan(n_workers: int, *, gpus: Sequence[str] = (), threads: int | None = None
     return [Placement(threads, None) for _ in range(n_workers)]
 
 
-def default_workers(gpus: Sequence[str], cpus: int | None = None) -> int:
-    """Without -n: two workers per GPU (they share it well), else one per two cores."""
+WORKER_MEMORY_GIB = 2  # a TensorFlow worker holding CIFAR-10 peaks near 1.3 GiB
+
+
+def default_workers(gpus: Sequence[str], cpus: int | None = None, memory_gib: float | None = None) -> int:
+    """Without -n: two workers per GPU (they share it well); on a CPU, one single-threaded
+    worker per core, as memory allows.
+
+    Measured on 2 cores (BENCHMARKS.md, c): two 1-thread workers gave 1.24 times the trials
+    per hour of one 2-thread worker; these small models do not use two threads well.
+    """
     if gpus:
         return 2 * len(gpus)
-    return max(1, (cpus or os.cpu_count() or 1) // 2)
+    memory_gib = memory_gib if memory_gib is not None else _memory_gib()
+    return max(1, min(cpus or os.cpu_count() or 1, int(memory_gib // WORKER_MEMORY_GIB)))
+
+
+def _memory_gib() -> float:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    except (ValueError, OSError):
+        return 8.0
 
 
 def describe(placements: Sequence[Placement]) -> str:

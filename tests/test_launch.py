@@ -20,7 +20,13 @@ def test_gpu_workers_go_round_robin() -> None:
     placements = plan(5, gpus=["0", "1"])
     assert [p.gpu for p in placements] == ["0", "1", "0", "1", "0"]
     assert describe(placements) == "gpu 0: 3, gpu 1: 2"
-    assert default_workers(["0", "1"]) == 4 and default_workers([], cpus=2) == 1
+    assert default_workers(["0", "1"]) == 4
+
+
+def test_cpu_default_is_one_worker_per_core_as_memory_allows() -> None:
+    assert default_workers([], cpus=2, memory_gib=24) == 2
+    assert default_workers([], cpus=64, memory_gib=16) == 8
+    assert default_workers([], cpus=4, memory_gib=1) == 1
 
 
 def _status(complete: int, running: int, failed: int = 0, best: float | None = None) -> StudyStatus:
