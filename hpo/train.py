@@ -53,6 +53,7 @@ class TrainResult:
     build_seconds: float
     images_per_second: float
     diverged: bool
+    xla: bool  # whether the training step ran XLA-compiled (Keras' "auto": off on a CPU)
     model: keras.Model = field(repr=False)
     confusion: np.ndarray = field(repr=False)  # counts[true class, predicted class] on the test set
 
@@ -68,6 +69,10 @@ class TrainResult:
             "build_seconds": round(self.build_seconds, 3),
             "images_per_second": round(self.images_per_second, 1),
             "diverged": self.diverged,
+            # Op determinism would turn XLA off and slow the GPU; runs are seeded instead, and
+            # repeat to within float noise on one machine (BENCHMARKS.md, c).
+            "xla": self.xla,
+            "deterministic_ops": False,
         }
 
 
@@ -126,6 +131,7 @@ def train(
         build_seconds=build_seconds,
         images_per_second=len(x_fit) * epochs_run / fit_seconds if fit_seconds > 0 else 0.0,
         diverged=diverged,
+        xla=bool(getattr(model, "jit_compile", False)),
         model=model,
         confusion=confusion_matrix(data.y_test, np.argmax(probabilities, axis=1), data.num_classes),
     )
