@@ -70,7 +70,7 @@ class TrainResult:
             "images_per_second": round(self.images_per_second, 1),
             "diverged": self.diverged,
             # Op determinism would turn XLA off and slow the GPU; runs are seeded instead, and
-            # repeat to within float noise on one machine (BENCHMARKS.md, c).
+            # repeat exactly on one CPU machine (tests/test_objective.py; BENCHMARKS.md, c).
             "xla": self.xla,
             "deterministic_ops": False,
         }
