@@ -110,3 +110,15 @@ def test_trial_seed_is_distinct_per_trial() -> None:
     definition = load_definition(Path(__file__).resolve().parents[1] / "studies" / "exp1.toml")
     seeds = {trial_seed(definition, study.ask()) for _ in range(5)}
     assert len(seeds) == 5
+
+
+def test_test_columns_match_keras_evaluate(small_data) -> None:  # type: ignore[no-untyped-def]
+    """The report's columns come from one predict pass; they equal model.evaluate's."""
+    from hpo.train import Params, train
+
+    result = train(Params("base", "none", 0.001, 64, 1), small_data, seed=3)
+    loss, accuracy = result.model.evaluate(small_data.x_test, small_data.y_test, verbose=0)
+    assert result.test_loss == pytest.approx(loss, rel=1e-5)
+    assert result.test_accuracy == pytest.approx(accuracy, abs=1e-6)
+    assert result.confusion.sum() == len(small_data.y_test)
+    assert result.confusion.trace() == round(accuracy * len(small_data.y_test))
