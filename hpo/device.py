@@ -23,6 +23,12 @@ def worker_environment(threads: int | None = None, gpu: str | None = None) -> di
         "TF_FORCE_GPU_ALLOW_GROWTH": "true",
         "XLA_PYTHON_CLIENT_PREALLOCATE": "false",
         "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"),
+        # Under JAX, trials of one shape share compiled steps across trials and workers.
+        # JAX caches only compiles over 1 s by default; a small CNN's steps are shorter.
+        "JAX_COMPILATION_CACHE_DIR": os.environ.get(
+            "JAX_COMPILATION_CACHE_DIR", os.path.join(os.path.expanduser("~"), ".cache", "hpo", "jax")),
+        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+        "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
     }
     if threads is not None:
         value = str(threads)
@@ -41,10 +47,10 @@ def worker_environment(threads: int | None = None, gpu: str | None = None) -> di
 def apply(threads: int | None = None) -> None:
     """Configure this process; call before Keras is imported."""
     for key, value in worker_environment(threads).items():
-        if key in ("TF_FORCE_GPU_ALLOW_GROWTH", "XLA_PYTHON_CLIENT_PREALLOCATE", "TF_CPP_MIN_LOG_LEVEL"):
-            os.environ.setdefault(key, value)
+        if key.endswith("_THREADS"):
+            os.environ[key] = value  # asked for with --threads
         else:
-            os.environ[key] = value
+            os.environ.setdefault(key, value)  # the user's own setting wins
 
 
 def describe() -> dict[str, Any]:

@@ -41,11 +41,11 @@ class Placement:
 
 def plan(n_workers: int, *, gpus: Sequence[str] = (), threads: int | None = None,
          cpus: int | None = None) -> list[Placement]:
-    """Round-robin workers over GPUs; on a CPU, split the cores so threads never oversubscribe."""
-    if gpus:
-        return [Placement(threads, gpus[i % len(gpus)]) for i in range(n_workers)]
+    """Round-robin workers over GPUs, and split the cores so their threads never oversubscribe."""
     if threads is None:
         threads = max(1, (cpus or os.cpu_count() or 1) // n_workers)
+    if gpus:
+        return [Placement(threads, gpus[i % len(gpus)]) for i in range(n_workers)]
     return [Placement(threads, None) for _ in range(n_workers)]
 
 

@@ -17,7 +17,8 @@ def test_cpu_workers_split_the_cores_between_them() -> None:
 
 
 def test_gpu_workers_go_round_robin() -> None:
-    placements = plan(5, gpus=["0", "1"])
+    placements = plan(5, gpus=["0", "1"], cpus=16)
+    assert {p.threads for p in placements} == {3}
     assert [p.gpu for p in placements] == ["0", "1", "0", "1", "0"]
     assert describe(placements) == "gpu 0: 3, gpu 1: 2"
     assert default_workers(["0", "1"]) == 4

@@ -1,0 +1,432 @@
+"""Benchmark (a): one ``hpo worker`` trial against the report's plain Keras script.
+
+Both sides train the base model (Conv2D 32, MaxPool, Flatten, Dense 128, Dense 10) with Adam
+0.001, sparse cross-entropy, batch 32, on the same ``--subset`` training images, validated on
+the same test images, for ``--epochs`` epochs:
+
+- plain: the report's script. ``Sequential`` with ``input_shape``, the images normalised
+  ``x / 255.0`` up front (float64 NumPy, as the TensorFlow CIFAR-10 tutorial does),
+  ``model.fit(..., validation_data=(x_test, y_test))``, then ``model.evaluate``.
+- hpo: the real ``hpo worker STUDY --max-trials 1`` command (hpo.cli, run in-process) on a
+  fresh SQLite study holding one trial of an exp1-like definition: storage, heartbeats,
+  ``load_dataset``, ``run_trial`` with its per-epoch ``EpochReporter`` (a database write per
+  epoch), test-set predict/evaluate, and the artifacts (plots, ``.keras`` model, metrics JSON).
+
+Each run is a fresh subprocess, and the two sides alternate (plain, hpo, hpo, plain, ...):
+start-up costs (interpreter, imports, TensorFlow's first graph trace) exist only in a fresh
+process, a second fit in one process would reuse warmed allocators and thread pools and favour
+whichever runs second, and alternating the order cancels a drifting machine load.
+
+Timing: a callback records the start of every epoch and the end of training, so an epoch's time
+includes validation and every other callback (hpo's database report among them). The first
+epoch holds the graph trace; "per epoch" is the mean of epochs 2..E, and "first-epoch extra" is
+epoch 1 minus that. hpo's side is instrumented by wrapping ``hpo.data.load_dataset`` and
+``hpo.objective.run_trial`` and subclassing ``hpo.objective.EpochReporter`` in the child; the
+wrapped functions themselves run unchanged.
+
+    python bench/bench_overhead.py --subset 10000 --epochs 3 --repeats 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULT_PREFIX = "RESULT "
+
+STUDY_TOML = """\
+# Written by bench/bench_overhead.py: experiment 1's trial with the benchmark's epoch count.
+[study]
+name = "overhead"
+description = "bench_overhead: base model, Adam 0.001, batch 32, validated on the test set."
+metric = "val_accuracy"
+direction = "maximize"
+trials = 1
+max_retries = 0
+
+[sampler]
+type = "fixed"
+seed = 1
+
+[data]
+protocol = "test"
+
+[space]
+architecture = "base"
+augmentation = "none"
+learning_rate = 0.001
+batch_size = 32
+epochs = {epochs}
+"""
+
+
+# --- the machine -------------------------------------------------------------------------------
+
+
+def machine() -> dict[str, Any]:
+    model = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"nproc": len(os.sched_getaffinity(0)), "cpu": model, "load": os.getloadavg()}
+
+
+def describe_machine(label: str) -> None:
+    m = machine()
+    load = " ".join(f"{v:.2f}" for v in m["load"])
+    print(f"machine ({label}): nproc {m['nproc']}, cpu {m['cpu']!r}, load average {load}", flush=True)
+
+
+# --- children: one training run each, reporting a JSON line ------------------------------------
+
+
+def epoch_times(begins: list[float], end: float) -> list[float]:
+    marks = [*begins, end]
+    return [b - a for a, b in zip(marks, marks[1:])]
+
+
+def machine_busy() -> float:
+    """CPU seconds the whole machine has been busy (all processes), from /proc/stat."""
+    try:
+        fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    except OSError:
+        return float("nan")
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(v) for v in fields[:8])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+class Marks:
+    """Wall time, this process's CPU time and the machine's busy time at each mark."""
+
+    def __init__(self) -> None:
+        self.wall: list[float] = []
+        self.cpu: list[float] = []
+        self.busy: list[float] = []
+
+    def mark(self) -> None:
+        self.wall.append(time.time())
+        self.cpu.append(time.process_time())
+        self.busy.append(machine_busy())
+
+    def summary(self) -> dict[str, list[float]]:
+        """Per epoch: wall seconds, CPU seconds, and cores used by OTHER processes meanwhile."""
+        wall = epoch_times(self.wall[:-1], self.wall[-1])
+        cpu = epoch_times(self.cpu[:-1], self.cpu[-1])
+        busy = epoch_times(self.busy[:-1], self.busy[-1])
+        others = [max(0.0, b - c) / w for b, c, w in zip(busy, cpu, wall)]
+        return {"epochs": wall, "cpu_epochs": cpu, "others_cores": others}
+
+
+def child_plain(args: argparse.Namespace) -> dict[str, Any]:
+    t0 = args.t0
+    import keras
+    from keras import layers, models
+
+    from hpo.data import load_dataset  # the same arrays as hpo's side; the report used load_data()
+
+    imported = time.time()
+    data = load_dataset(args.data, subset=args.subset)
+    x_train, x_test = data.x_train / 255.0, data.x_test / 255.0
+    y_train, y_test = data.y_train, data.y_test
+    loaded = time.time()
+
+    model = models.Sequential([
+        layers.Conv2D(32, (3, 3), activation="relu", input_shape=(32, 32, 3)),
+        layers.MaxPooling2D((2, 2)),
+        layers.Flatten(),
+        layers.Dense(128, activation="relu"),
+        layers.Dense(10, activation="softmax"),
+    ])
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    built = time.time()
+
+    marks = Marks()
+
+    class Clock(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch: int, logs: Any = None) -> None:
+            marks.mark()
+
+        def on_train_end(self, logs: Any = None) -> None:
+            marks.mark()
+
+    clock = Clock()
+    fit_started = time.time()
+    model.fit(x_train, y_train, epochs=args.epochs, validation_data=(x_test, y_test),
+              callbacks=[clock], verbose=0)
+    _, accuracy = model.evaluate(x_test, y_test, verbose=0)
+    done = time.time()
+    return {
+        "start_imports": imported - t0,
+        "data_load": loaded - imported,
+        "build_compile": built - loaded,
+        "fit_setup": marks.wall[0] - fit_started,
+        **marks.summary(),
+        "after_fit": done - marks.wall[-1],  # fit's tear-down, then evaluate
+        "test_accuracy": float(accuracy),
+        "done": done - t0,
+    }
+
+
+def child_hpo(args: argparse.Namespace) -> dict[str, Any]:
+    t0 = args.t0
+    marks: dict[str, float] = {}
+    from hpo import device
+
+    device.apply(None)  # what `hpo worker` does first (no --threads given)
+    import keras  # noqa: F401
+    import optuna
+
+    import hpo.artifacts  # the worker's artifact hook; imports matplotlib
+    import hpo.data
+    import hpo.objective
+    import hpo.worker  # noqa: F401
+    from hpo.cli import main
+
+    marks["imported"] = time.time()
+
+    load_dataset = hpo.data.load_dataset
+    run_trial = hpo.objective.run_trial
+
+    def timed_load(*a: Any, **kw: Any) -> Any:
+        marks["load_start"] = time.time()
+        data = load_dataset(*a, **kw)
+        marks["load_end"] = time.time()
+        return data
+
+    def timed_run_trial(trial: optuna.Trial, *a: Any, **kw: Any) -> float:
+        marks["trial_start"] = time.time()
+        value = run_trial(trial, *a, **kw)
+        marks["trial_end"] = time.time()
+        marks["trial_id"] = trial._trial_id
+        return value
+
+    epochs = Marks()
+
+    class TimedReporter(hpo.objective.EpochReporter):
+        def on_epoch_begin(self, epoch: int, logs: Any = None) -> None:
+            epochs.mark()
+
+        def on_train_end(self, logs: Any = None) -> None:
+            epochs.mark()
+
+    upload = hpo.artifacts.TrialArtifacts.__call__
+
+    def timed_upload(self: Any, *a: Any, **kw: Any) -> None:
+        started = time.time()
+        upload(self, *a, **kw)
+        marks["artifacts"] = time.time() - started
+
+    hpo.artifacts.TrialArtifacts.__call__ = timed_upload
+    hpo.data.load_dataset = timed_load
+    hpo.objective.run_trial = timed_run_trial
+    hpo.objective.EpochReporter = TimedReporter
+
+    argv = ["--storage", args.storage, "worker", "overhead", "--subset", str(args.subset),
+            "--artifacts", args.artifacts, "--max-trials", "1"]
+    if args.data:
+        argv += ["--data", args.data]
+    main(argv, standalone_mode=False)
+    done = time.time()
+
+    from hpo.storage import open_storage
+
+    trial = open_storage(args.storage, heartbeat=False).get_trial(marks["trial_id"])
+    if trial.state.name != "COMPLETE":
+        raise SystemExit(f"the hpo trial ended {trial.state.name}: {trial.user_attrs.get('error')}")
+    build = float(trial.user_attrs["build_seconds"])
+    fit = float(trial.user_attrs["fit_seconds"])
+    return {
+        "start_imports": marks["imported"] - t0,
+        "storage_study": marks["load_start"] - marks["imported"],
+        "data_load": marks["load_end"] - marks["load_start"],
+        "claim_describe": marks["trial_start"] - marks["load_end"],
+        "build_compile": build,
+        "fit_setup": (epochs.wall[0] - marks["trial_start"]) - build,  # suggest, attrs, split, fit start
+        **epochs.summary(),
+        # predict, evaluate, confusion matrix and metric attributes; then the artifacts
+        "after_fit": marks["trial_end"] - epochs.wall[-1] - marks["artifacts"],
+        "artifacts": marks["artifacts"],
+        "worker_exit": done - marks["trial_end"],  # tell, then the loop finds the queue empty
+        "fit_seconds_recorded": fit,
+        "test_accuracy": trial.user_attrs.get("test_accuracy"),
+        "done": done - t0,
+    }
+
+
+# --- the parent: alternate the two sides, then summarise ---------------------------------------
+
+
+def create_study(folder: Path, epochs: int) -> str:
+    import warnings
+
+    import optuna
+
+    from hpo.config import load_definition
+    from hpo.storage import open_storage
+    from hpo.study import create_study as create
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    study_file = folder / "overhead.toml"
+    study_file.write_text(STUDY_TOML.format(epochs=epochs), encoding="utf-8")
+    url = f"sqlite:///{folder / 'hpo.db'}"
+    create(open_storage(url, heartbeat=False), load_definition(study_file))
+    return url
+
+
+def run_child(side: str, args: argparse.Namespace, folder: Path) -> dict[str, Any]:
+    command = [sys.executable, str(Path(__file__).resolve()), "--child", side,
+               "--subset", str(args.subset), "--epochs", str(args.epochs)]
+    if args.data:
+        command += ["--data", args.data]
+    if side == "hpo":
+        command += ["--storage", create_study(folder, args.epochs),
+                    "--artifacts", str(folder / "artifacts")]
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONWARNINGS": "ignore"}
+    t0 = time.time()
+    proc = subprocess.run([*command, "--t0", repr(t0)], capture_output=True, text=True, env=env,
+                          cwd=folder)
+    wall = time.time() - t0
+    lines = [line for line in proc.stdout.splitlines() if line.startswith(RESULT_PREFIX)]
+    if proc.returncode != 0 or not lines:
+        sys.stderr.write(proc.stderr[-4000:])
+        raise SystemExit(f"{side} run failed with exit code {proc.returncode}")
+    result = json.loads(lines[-1][len(RESULT_PREFIX):])
+    result["process_wall"] = wall
+    result["process_exit"] = wall - result["done"]
+    return result
+
+
+def steady(epochs: list[float]) -> float:
+    return statistics.mean(epochs[1:]) if len(epochs) > 1 else epochs[0]
+
+
+Runs = dict[str, list[dict[str, Any]]]  # "plain" / "hpo" -> one result per repeat
+
+PHASES = (  # (label, result key, how often a worker pays it)
+    ("process start + imports", "start_imports", "per worker"),
+    ("storage + study load", "storage_study", "per worker"),
+    ("data load (+ /255 for plain)", "data_load", "per worker"),
+    ("describe device, artifact store, claim trial", "claim_describe", "per worker"),
+    ("model build + compile", "build_compile", "per trial"),
+    ("fit set-up (before epoch 1)", "fit_setup", "per trial"),
+    ("first-epoch extra (trace)", "first_epoch_extra", "per trial"),
+    ("after fit (evaluate; hpo: predict + evaluate)", "after_fit", "per trial"),
+    ("artifacts (plots, .keras model, JSON)", "artifacts", "per trial"),
+    ("worker loop exit", "worker_exit", "per worker"),
+    ("interpreter exit", "process_exit", "per worker"),
+)
+
+
+def summarise(runs: Runs) -> None:
+    for side in ("plain", "hpo"):
+        for r in runs[side]:
+            r["per_epoch"] = steady(r["epochs"])
+            r["cpu_per_epoch"] = steady(r["cpu_epochs"])
+            r["first_epoch_extra"] = r["epochs"][0] - r["per_epoch"]
+    print_runs(runs)
+    print_per_epoch(runs)
+    print_fixed_costs(runs)
+
+
+def print_runs(runs: Runs) -> None:
+    print("\nper run (seconds):")
+    for side in ("plain", "hpo"):
+        for i, r in enumerate(runs[side]):
+            epochs = " ".join(f"{e:.2f}" for e in r["epochs"])
+            cpu = " ".join(f"{e:.2f}" for e in r["cpu_epochs"])
+            others = " ".join(f"{e:.2f}" for e in r["others_cores"])
+            print(f"  {side:5s} #{i}: epochs [{epochs}] per-epoch {r['per_epoch']:.3f}; cpu [{cpu}]; "
+                  f"other processes' cores [{others}]; process {r['process_wall']:.1f}; "
+                  f"test acc {r['test_accuracy']:.4f}")
+
+
+def print_per_epoch(runs: Runs) -> None:
+    ratios = [h["per_epoch"] / p["per_epoch"] for p, h in zip(runs["plain"], runs["hpo"])]
+    med = {side: statistics.median(r["per_epoch"] for r in runs[side]) for side in runs}
+    print("\nper epoch, epochs 2..E (median over repeats):")
+    print(f"  plain {med['plain']:.3f} s   hpo {med['hpo']:.3f} s")
+    print(f"  ratio hpo/plain: median of paired ratios {statistics.median(ratios):.3f} "
+          f"(each: {', '.join(f'{x:.3f}' for x in ratios)}); ratio of medians "
+          f"{med['hpo'] / med['plain']:.3f}; target <= 1.03")
+    cpu_ratios = [h["cpu_per_epoch"] / p["cpu_per_epoch"] for p, h in zip(runs["plain"], runs["hpo"])]
+    cpu = {side: statistics.median(r["cpu_per_epoch"] for r in runs[side]) for side in runs}
+    print(f"  process CPU time per epoch (all threads; less disturbed by other jobs): plain "
+          f"{cpu['plain']:.3f} s, hpo {cpu['hpo']:.3f} s, median of paired ratios "
+          f"{statistics.median(cpu_ratios):.3f} (each: {', '.join(f'{x:.3f}' for x in cpu_ratios)})")
+    others = {side: statistics.median(x for r in runs[side] for x in r["others_cores"][1:]) for side in runs}
+    print(f"  other processes on the machine used a median {others['plain']:.2f} cores during plain's "
+          f"epochs 2..E and {others['hpo']:.2f} during hpo's")
+
+
+def print_fixed_costs(runs: Runs) -> None:
+    print("\nfixed costs (median seconds):")
+    print(f"  {'phase':48s} {'plain':>8s} {'hpo':>8s}  kind")
+    for label, key, kind in PHASES:
+        cells = []
+        for side in ("plain", "hpo"):
+            values = [r[key] for r in runs[side] if key in r]
+            cells.append(f"{statistics.median(values):8.2f}" if values else f"{'-':>8s}")
+        print(f"  {label:48s} {cells[0]} {cells[1]}  {kind}")
+    for side in ("plain", "hpo"):
+        per_trial = [sum(r.get(k, 0.0) for _, k, kind in PHASES if kind == "per trial") for r in runs[side]]
+        per_worker = [sum(r.get(k, 0.0) for _, k, kind in PHASES if kind == "per worker") for r in runs[side]]
+        print(f"  {side}: fixed per trial {statistics.median(per_trial):.2f} s, "
+              f"once per worker {statistics.median(per_worker):.2f} s, "
+              f"whole process {statistics.median(r['process_wall'] for r in runs[side]):.1f} s")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--subset", type=int, default=10000, help="training images (test: N/5)")
+    parser.add_argument("--epochs", type=int, default=3, help="epochs per run (>= 2)")
+    parser.add_argument("--repeats", type=int, default=3, help="runs of each side, alternated")
+    parser.add_argument("--data", default=os.environ.get("HPO_DATA"), help="[env HPO_DATA]")
+    parser.add_argument("--child", choices=("plain", "hpo"), help=argparse.SUPPRESS)
+    parser.add_argument("--t0", type=float, help=argparse.SUPPRESS)
+    parser.add_argument("--storage", help=argparse.SUPPRESS)
+    parser.add_argument("--artifacts", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+
+    if args.child:
+        result = child_plain(args) if args.child == "plain" else child_hpo(args)
+        print(RESULT_PREFIX + json.dumps(result), flush=True)
+        return
+
+    if args.epochs < 2:
+        parser.error("--epochs must be at least 2: epoch 1 holds the graph trace")
+    describe_machine("start")
+    print(f"subset {args.subset} train / {args.subset // 5} test images, {args.epochs} epochs, "
+          f"batch 32, {args.repeats} repeats, data {args.data or 'keras download'}", flush=True)
+    runs: Runs = {"plain": [], "hpo": []}
+    with tempfile.TemporaryDirectory(prefix="bench-overhead-") as tmp:
+        for i in range(args.repeats):
+            order = ("plain", "hpo") if i % 2 == 0 else ("hpo", "plain")
+            for side in order:
+                folder = Path(tmp) / f"{side}-{i}"
+                folder.mkdir()
+                result = run_child(side, args, folder)
+                runs[side].append(result)
+                print(f"  repeat {i} {side:5s}: per-epoch {steady(result['epochs']):.3f} s, "
+                      f"process {result['process_wall']:.1f} s, load {os.getloadavg()[0]:.2f}",
+                      flush=True)
+    summarise(runs)
+    describe_machine("end")
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(ROOT))
+    main()
