@@ -33,6 +33,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from machine import describe_machine  # bench/machine.py; bench/ is on sys.path when run as a script
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULT_PREFIX = "RESULT "
 
@@ -62,22 +64,8 @@ CONFIGS = (
 BASELINE = CONFIGS[0].name
 
 
-def machine() -> dict[str, Any]:
-    model = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"nproc": len(os.sched_getaffinity(0)), "cpu": model, "load": os.getloadavg()}
 
 
-def describe_machine(label: str) -> None:
-    m = machine()
-    load = " ".join(f"{v:.2f}" for v in m["load"])
-    print(f"machine ({label}): nproc {m['nproc']}, cpu {m['cpu']!r}, load average {load}", flush=True)
 
 
 # --- child: one configuration --------------------------------------------------------------------

@@ -40,6 +40,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from machine import describe_machine  # bench/machine.py; bench/ is on sys.path when run as a script
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULT_PREFIX = "RESULT "
 
@@ -69,25 +71,7 @@ epochs = {epochs}
 """
 
 
-# --- the machine -------------------------------------------------------------------------------
 
-
-def machine() -> dict[str, Any]:
-    model = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"nproc": len(os.sched_getaffinity(0)), "cpu": model, "load": os.getloadavg()}
-
-
-def describe_machine(label: str) -> None:
-    m = machine()
-    load = " ".join(f"{v:.2f}" for v in m["load"])
-    print(f"machine ({label}): nproc {m['nproc']}, cpu {m['cpu']!r}, load average {load}", flush=True)
 
 
 # --- children: one training run each, reporting a JSON line ------------------------------------

@@ -38,6 +38,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from machine import describe_machine  # bench/machine.py; bench/ is on sys.path when run as a script
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULT_PREFIX = "RESULT "
 LEARNING_RATES = (0.01, 0.001, 0.0001)
@@ -45,28 +47,8 @@ BATCH_SIZES = (32, 64, 128)
 EPOCHS = (5, 10, 15)
 
 
-def machine() -> dict[str, Any]:
-    model = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    gpu = "none found"
-    if shutil.which("nvidia-smi"):
-        query = ["nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"]
-        out = subprocess.run(query, capture_output=True, text=True)
-        gpu = out.stdout.strip().replace("\n", "; ") or f"nvidia-smi failed: {out.stderr.strip()}"
-    return {"nproc": len(os.sched_getaffinity(0)), "cpu": model, "gpu": gpu, "load": os.getloadavg()}
 
 
-def describe_machine(label: str) -> None:
-    m = machine()
-    load = " ".join(f"{v:.2f}" for v in m["load"])
-    print(f"machine ({label}): nproc {m['nproc']}, cpu {m['cpu']!r}, gpu {m['gpu']}, "
-          f"load average {load}", flush=True)
 
 
 def scaled_epochs(scale: float) -> list[int]:

@@ -8,7 +8,6 @@ import json
 import socket
 from pathlib import Path
 
-import pytest
 
 from conftest import STUDIES, run_hpo, write_study
 
