@@ -71,9 +71,6 @@ epochs = {epochs}
 """
 
 
-
-
-
 # --- children: one training run each, reporting a JSON line ------------------------------------
 
 
