@@ -28,6 +28,7 @@ from hpo import plots, tables
 from hpo.config import PARAMETERS, Range, Reference, StudyDefinition
 from hpo.errors import ConfigError, HpoError
 from hpo.results import best_trial_rows, trial_params
+from hpo.storage import display_url
 from hpo.study import load_study
 
 log = logging.getLogger(__name__)
@@ -261,7 +262,7 @@ def write_report(storage: optuna.storages.BaseStorage, names: Sequence[str], out
     experiments, others = select(storage, names)
     rows = [row for result in experiments for row in result.rows]
     md = ["# hpo report", "",
-          f"Storage `{_hide_password(storage_url)}`, "
+          f"Storage `{display_url(storage_url)}`, "
           f"written {datetime.datetime.now().isoformat(timespec='seconds')}.", "",
           "## Findings", "", *findings(experiments, others), ""]
     md += _table1_section(out, experiments, rows, named=bool(names))
@@ -278,12 +279,6 @@ def write_report(storage: optuna.storages.BaseStorage, names: Sequence[str], out
     path.write_text("\n".join(md) + "\n", encoding="utf-8")
     log.info("report written to %s", path)
     return path
-
-
-def _hide_password(url: str) -> str:
-    from sqlalchemy.engine import make_url  # noqa: PLC0415
-
-    return make_url(url).render_as_string(hide_password=True)
 
 
 def _table1_section(out: Output, experiments: Sequence[StudyResult], rows: list[dict[str, Any]], *,

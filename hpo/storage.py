@@ -85,9 +85,9 @@ def open_storage(url: str | None = None, *, heartbeat: bool = True,
         raise AssertionError("unreachable")
 
     try:
-        storage = retrying(connect, what=f"connect to {_safe(url)}", timeout=retry_for)
+        storage = retrying(connect, what=f"connect to {display_url(url)}", timeout=retry_for)
     except TRANSIENT_ERRORS as exc:
-        raise StorageError(f"cannot connect to {_safe(url)}: {_first_line(exc)}") from None
+        raise StorageError(f"cannot connect to {display_url(url)}: {_first_line(exc)}") from None
     if parsed.get_backend_name() == "sqlite":
         _serialize_sqlite(storage.engine)
     return storage
@@ -140,7 +140,8 @@ def retrying(fn: Callable[[], T], *, what: str, timeout: float = 120.0) -> T:
             delay = min(delay * 2, 8.0)
 
 
-def _safe(url: str) -> str:
+def display_url(url: str) -> str:
+    """The URL as it may be shown or logged: with its password hidden."""
     return make_url(url).render_as_string(hide_password=True)
 
 
