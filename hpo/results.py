@@ -85,7 +85,7 @@ def study_status(study: optuna.Study, definition: StudyDefinition) -> StudyStatu
             })
     duplicates = sum(1 for attempts in by_slot.values()
                      if sum(t.state == TrialState.COMPLETE for t in attempts) > 1)
-    best = _best(study, trials)
+    best = _best(trials, definition.direction)
     return StudyStatus(
         name=study.study_name,
         sampler=definition.sampler,
@@ -100,11 +100,11 @@ def study_status(study: optuna.Study, definition: StudyDefinition) -> StudyStatu
     )
 
 
-def _best(study: optuna.Study, trials: list[FrozenTrial]) -> FrozenTrial | None:
+def _best(trials: list[FrozenTrial], direction: str) -> FrozenTrial | None:
+    """The best COMPLETE trial among ``trials`` (already read; study.best_trial reads them again)."""
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
-    if not complete:
-        return None
-    return study.best_trial
+    pick = max if direction == "maximize" else min
+    return pick(complete, key=lambda t: t.value, default=None)
 
 
 def trial_params(trial: FrozenTrial) -> dict[str, Any]:
