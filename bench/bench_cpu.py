@@ -23,20 +23,19 @@ The baseline, ``auto t2/2``, is what ``hpo launch -n 1`` runs on a 2-core machin
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from machine import describe_machine  # bench/machine.py; bench/ is on sys.path when run as a script
+from clock import Marks, epoch_clock, steady  # bench/ is on sys.path when run as a script
+from machine import describe_machine
+from subproc import emit, read_result
 
 ROOT = Path(__file__).resolve().parents[1]
-RESULT_PREFIX = "RESULT "
 
 
 @dataclass(frozen=True)
@@ -87,30 +86,11 @@ def child(args: argparse.Namespace, config: Config) -> dict[str, Any]:
     keras.utils.set_random_seed(0)
     model = compile_model(build_model("base"), 0.001, jit_compile=config.jit_compile())
 
-    class Clock(keras.callbacks.Callback):
-        """Wall and process CPU time at every epoch start and at the end of training."""
-
-        def __init__(self) -> None:
-            super().__init__()
-            self.wall: list[float] = []
-            self.cpu: list[float] = []
-
-        def mark(self) -> None:
-            self.wall.append(time.perf_counter())
-            self.cpu.append(time.process_time())
-
-        def on_epoch_begin(self, epoch: int, logs: Any = None) -> None:
-            self.mark()
-
-        def on_train_end(self, logs: Any = None) -> None:
-            self.mark()
-
-    clock = Clock()
+    marks = Marks()
     history = model.fit(x_fit, y_fit, batch_size=32, epochs=args.epochs, validation_data=validation,
-                        callbacks=[clock], verbose=0).history
+                        callbacks=[epoch_clock(marks)], verbose=0).history
     return {
-        "epochs": [b - a for a, b in zip(clock.wall, clock.wall[1:])],
-        "cpu_epochs": [b - a for a, b in zip(clock.cpu, clock.cpu[1:])],
+        **marks.summary(),
         "images": len(x_fit),
         "jit_effective": bool(model.jit_compile),
         "os_threads": len(os.listdir("/proc/self/task")),
@@ -132,14 +112,9 @@ def run_child(config: Config, args: argparse.Namespace) -> dict[str, Any]:
     if args.data:
         command += ["--data", args.data]
     proc = subprocess.run(command, capture_output=True, text=True, env=env)
-    lines = [line for line in proc.stdout.splitlines() if line.startswith(RESULT_PREFIX)]
-    if proc.returncode != 0 or not lines:
-        sys.stderr.write(proc.stderr[-4000:])
-        raise SystemExit(f"{config.name}: child failed with exit code {proc.returncode}")
-    result = json.loads(lines[-1][len(RESULT_PREFIX):])
-    steady = result["epochs"][1:] or result["epochs"]
-    result["per_epoch"] = statistics.mean(steady)
-    result["cpu_per_epoch"] = statistics.mean(result["cpu_epochs"][1:] or result["cpu_epochs"])
+    result = read_result(proc, f"{config.name}: child")
+    result["per_epoch"] = steady(result["epochs"])
+    result["cpu_per_epoch"] = steady(result["cpu_epochs"])
     result["first_extra"] = result["epochs"][0] - result["per_epoch"]
     result["images_per_second"] = result["images"] / result["per_epoch"]
     return result
@@ -182,7 +157,7 @@ def main() -> None:
 
     by_name = {c.name: c for c in CONFIGS}
     if args.child:
-        print(RESULT_PREFIX + json.dumps(child(args, by_name[args.child])), flush=True)
+        emit(child(args, by_name[args.child]))
         return
 
     if args.epochs < 2:

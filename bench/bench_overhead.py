@@ -30,7 +30,6 @@ wrapped functions themselves run unchanged.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import subprocess
@@ -40,10 +39,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from machine import describe_machine  # bench/machine.py; bench/ is on sys.path when run as a script
+from clock import Marks, epoch_clock, steady  # bench/ is on sys.path when run as a script
+from machine import describe_machine
+from subproc import emit, read_result
 
 ROOT = Path(__file__).resolve().parents[1]
-RESULT_PREFIX = "RESULT "
 
 STUDY_TOML = """\
 # Written by bench/bench_overhead.py: experiment 1's trial with the benchmark's epoch count.
@@ -74,46 +74,8 @@ epochs = {epochs}
 # --- children: one training run each, reporting a JSON line ------------------------------------
 
 
-def epoch_times(begins: list[float], end: float) -> list[float]:
-    marks = [*begins, end]
-    return [b - a for a, b in zip(marks, marks[1:])]
-
-
-def machine_busy() -> float:
-    """CPU seconds the whole machine has been busy (all processes), from /proc/stat."""
-    try:
-        fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
-    except OSError:
-        return float("nan")
-    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(v) for v in fields[:8])
-    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
-
-
-class Marks:
-    """Wall time, this process's CPU time and the machine's busy time at each mark."""
-
-    def __init__(self) -> None:
-        self.wall: list[float] = []
-        self.cpu: list[float] = []
-        self.busy: list[float] = []
-
-    def mark(self) -> None:
-        self.wall.append(time.time())
-        self.cpu.append(time.process_time())
-        self.busy.append(machine_busy())
-
-    def summary(self) -> dict[str, list[float]]:
-        """Per epoch: wall seconds, CPU seconds, and cores used by OTHER processes meanwhile."""
-        wall = epoch_times(self.wall[:-1], self.wall[-1])
-        cpu = epoch_times(self.cpu[:-1], self.cpu[-1])
-        busy = epoch_times(self.busy[:-1], self.busy[-1])
-        others = [max(0.0, b - c) / w for b, c, w in zip(busy, cpu, wall)]
-        return {"epochs": wall, "cpu_epochs": cpu, "others_cores": others}
-
-
 def child_plain(args: argparse.Namespace) -> dict[str, Any]:
     t0 = args.t0
-    import keras
     from keras import layers, models
 
     from hpo.data import load_dataset  # the same arrays as hpo's side; the report used load_data()
@@ -135,15 +97,7 @@ def child_plain(args: argparse.Namespace) -> dict[str, Any]:
     built = time.time()
 
     marks = Marks()
-
-    class Clock(keras.callbacks.Callback):
-        def on_epoch_begin(self, epoch: int, logs: Any = None) -> None:
-            marks.mark()
-
-        def on_train_end(self, logs: Any = None) -> None:
-            marks.mark()
-
-    clock = Clock()
+    clock = epoch_clock(marks)
     fit_started = time.time()
     model.fit(x_train, y_train, epochs=args.epochs, validation_data=(x_test, y_test),
               callbacks=[clock], verbose=0)
@@ -281,18 +235,10 @@ def run_child(side: str, args: argparse.Namespace, folder: Path) -> dict[str, An
     proc = subprocess.run([*command, "--t0", repr(t0)], capture_output=True, text=True, env=env,
                           cwd=folder)
     wall = time.time() - t0
-    lines = [line for line in proc.stdout.splitlines() if line.startswith(RESULT_PREFIX)]
-    if proc.returncode != 0 or not lines:
-        sys.stderr.write(proc.stderr[-4000:])
-        raise SystemExit(f"{side} run failed with exit code {proc.returncode}")
-    result = json.loads(lines[-1][len(RESULT_PREFIX):])
+    result = read_result(proc, f"{side} run")
     result["process_wall"] = wall
     result["process_exit"] = wall - result["done"]
     return result
-
-
-def steady(epochs: list[float]) -> float:
-    return statistics.mean(epochs[1:]) if len(epochs) > 1 else epochs[0]
 
 
 Runs = dict[str, list[dict[str, Any]]]  # "plain" / "hpo" -> one result per repeat
@@ -384,7 +330,7 @@ def main() -> None:
 
     if args.child:
         result = child_plain(args) if args.child == "plain" else child_hpo(args)
-        print(RESULT_PREFIX + json.dumps(result), flush=True)
+        emit(result)
         return
 
     if args.epochs < 2:

@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib.util
-import json
 import math
 import os
 import shutil
@@ -39,9 +38,9 @@ from pathlib import Path
 from typing import Any
 
 from machine import describe_machine  # bench/machine.py; bench/ is on sys.path when run as a script
+from subproc import emit, read_result
 
 ROOT = Path(__file__).resolve().parents[1]
-RESULT_PREFIX = "RESULT "
 LEARNING_RATES = (0.01, 0.001, 0.0001)
 BATCH_SIZES = (32, 64, 128)
 EPOCHS = (5, 10, 15)
@@ -121,11 +120,7 @@ def run_sequential(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
     proc = subprocess.run(command, capture_output=True, text=True, env=child_env(None), cwd=folder)
     wall = time.perf_counter() - started
     (folder / "sequential.log").write_text(proc.stderr)
-    lines = [line for line in proc.stdout.splitlines() if line.startswith(RESULT_PREFIX)]
-    if proc.returncode != 0 or not lines:
-        sys.stderr.write(proc.stderr[-4000:])
-        raise SystemExit(f"the sequential loop failed with exit code {proc.returncode}")
-    result = json.loads(lines[-1][len(RESULT_PREFIX):])
+    result = read_result(proc, "the sequential loop")
     trials = result["trials"]
     return {"mode": "sequential", "wall": wall, "complete": len(trials), "device": result["device"],
             "epochs": sum(t["epochs"] for t in trials),
@@ -228,7 +223,7 @@ def main() -> None:
     args.workers = args.workers or "1,2,4,8"
 
     if args.child_sequential:
-        print(RESULT_PREFIX + json.dumps(child_sequential(args)), flush=True)
+        emit(child_sequential(args))
         return
     if importlib.util.find_spec("jax") is None:
         raise SystemExit("gpu_grid.py runs under KERAS_BACKEND=jax: install jax "
