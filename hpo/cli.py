@@ -226,6 +226,8 @@ def status(ctx: click.Context, study: str | None, fmt: str) -> None:
     } for s in statuses]
     click.echo(tables.render(rows, "table"), nl=False)
     for s in statuses:
+        if s.running_epochs:
+            click.echo(f"{s.name}: running trials at epoch {s.running_progress()}")
         for point in s.failed_points:
             click.echo(f"{s.name}: point {point['slot']} {point['params']} failed after "
                        f"{point['attempts']} attempts: {point['error']}")

@@ -177,7 +177,8 @@ class Progress:
         if self.first_done is None:
             self.first_done = done  # trials finished before this launch say nothing of its speed
         best = f"{status.best_value:.4f}" if status.best_value is not None else "-"
-        return (f"{status.name}: {done}/{self.total} done, {p['running']} running, "
+        running = f" (epochs {status.running_progress()})" if status.running_epochs else ""
+        return (f"{status.name}: {done}/{self.total} done, {p['running']} running{running}, "
                 f"{p['failed']} failed, best {status.metric} {best}")
 
     def _eta(self, status: StudyStatus) -> str:

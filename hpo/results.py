@@ -31,10 +31,16 @@ class StudyStatus:
     best_trial: int | None
     metric: str
     failed_points: list[dict[str, Any]] = field(default_factory=list)
+    # Per RUNNING trial, oldest first: (epochs reported so far, epochs planned or None if unknown yet)
+    running_epochs: list[tuple[int, int | None]] = field(default_factory=list)
 
     @property
     def done(self) -> bool:
         return self.points["pending"] == 0 and self.points["running"] == 0
+
+    def running_progress(self) -> str:
+        """Epochs done of each running trial, "3/10, 0/5" ("?" before a trial has its params)."""
+        return ", ".join(f"{done}/{planned if planned is not None else '?'}" for done, planned in self.running_epochs)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -42,6 +48,7 @@ class StudyStatus:
             "trials": self.trials, "points": {**self.points, "total": self.total_points},
             "duplicates": self.duplicates, "best_value": self.best_value, "best_trial": self.best_trial,
             "failed_points": self.failed_points,
+            "running_epochs": [{"done": done, "planned": planned} for done, planned in self.running_epochs],
         }
 
 
@@ -97,7 +104,14 @@ def study_status(study: optuna.Study, definition: StudyDefinition) -> StudyStatu
         best_trial=best.number if best else None,
         metric=definition.metric,
         failed_points=failed_points,
+        running_epochs=[_epochs(t) for t in trials if t.state == TrialState.RUNNING],
     )
+
+
+def _epochs(trial: FrozenTrial) -> tuple[int, int | None]:
+    """Epochs a running trial has reported (one intermediate value each) and epochs it will run."""
+    planned = trial.params.get("epochs")
+    return len(trial.intermediate_values), int(planned) if planned is not None else None
 
 
 def _best(trials: list[FrozenTrial], direction: str) -> FrozenTrial | None:

@@ -30,12 +30,13 @@ def test_cpu_default_is_one_worker_per_core_as_memory_allows() -> None:
     assert default_workers([], cpus=4, memory_gib=1) == 1
 
 
-def _status(complete: int, running: int, failed: int = 0, best: float | None = None) -> StudyStatus:
+def _status(complete: int, running: int, failed: int = 0, best: float | None = None,
+            epochs: list[tuple[int, int | None]] | None = None) -> StudyStatus:
     pending = 27 - complete - running - failed
     return StudyStatus(name="exp3", sampler="grid", trials={}, total_points=27, duplicates=0,
                        points={"pending": pending, "running": running, "complete": complete,
                                "pruned": 0, "failed": failed},
-                       best_value=best, best_trial=None, metric="val_accuracy")
+                       best_value=best, best_trial=None, metric="val_accuracy", running_epochs=epochs or [])
 
 
 def test_progress_line_counts_and_estimates_time_left() -> None:
@@ -52,3 +53,15 @@ def test_progress_line_counts_and_estimates_time_left() -> None:
     # 3 trials in 60 s, 24 left: 8 minutes.
     assert lines[1] == "exp3: 3/27 done, 2 running, 0 failed, best val_accuracy 0.6123, 1m00s elapsed, ETA 8m00s"
     assert len(lines) == 2
+
+
+def test_progress_line_shows_each_running_trials_epoch() -> None:
+    """A 10-epoch trial on the full data takes many minutes: the line moves with every epoch."""
+    out = io.StringIO()
+    progress = Progress(out, 27, clock=lambda: 0.0)
+    progress.show(_status(0, 2, epochs=[(3, 10), (0, None)]))
+    progress.show(_status(0, 2, epochs=[(4, 10), (0, 5)]))
+    assert out.getvalue().splitlines() == [
+        "exp3: 0/27 done, 2 running (epochs 3/10, 0/?), 0 failed, best val_accuracy -, 0m00s elapsed, ETA -",
+        "exp3: 0/27 done, 2 running (epochs 4/10, 0/5), 0 failed, best val_accuracy -, 0m00s elapsed, ETA -",
+    ]

@@ -146,6 +146,20 @@ def test_own_live_trial_is_not_recovered(storage_url: str, tmp_path: Path) -> No
     assert study._storage.get_trial(trial._trial_id).system_attrs[queue.WORKER].endswith(f":{os.getpid()}")
 
 
+def test_status_shows_how_many_epochs_each_running_trial_has_done(storage_url: str, tmp_path: Path) -> None:
+    study, definition = _study(storage_url, tmp_path, SMALL_GRID.replace("epochs = [1]", "epochs = [3]"))
+    first, second = queue.claim(study), queue.claim(study)
+    assert first is not None and second is not None
+    for name, values in definition.grid.items():
+        first.suggest_categorical(name, values)
+    first.report(0.31, step=1)
+    first.report(0.42, step=2)  # second has not suggested its params yet
+    status = study_status(study, definition)
+    assert status.running_epochs == [(2, 3), (0, None)]
+    assert status.running_progress() == "2/3, 0/?"
+    assert status.to_dict()["running_epochs"] == [{"done": 2, "planned": 3}, {"done": 0, "planned": None}]
+
+
 def test_unknown_study_is_a_clear_error(storage_url: str) -> None:
     with pytest.raises(StudyNotFound, match="no study named 'nope'"):
         load_study(open_storage(storage_url), "nope")
