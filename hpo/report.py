@@ -36,9 +36,11 @@ log = logging.getLogger(__name__)
 NOISE_FLOOR = 0.01   # run-to-run noise of one training, in test accuracy (seed README)
 OTHER_TABLE_ROWS = 10  # best trials shown for a study outside Table 1
 LISTED_ROWS = 8       # rows beyond noise spelled out in the findings
-NOISE_RULE = ("a row differs from the report beyond run-to-run noise when "
-              "|diff_accuracy| > max(0.01, 2·std/√n): one percentage point (the noise of a single "
-              "run), or twice the standard error of the measured mean where that is larger")
+NOISE_TEST = "|diff_accuracy| > max(0.01, 2·std·√(1 + 1/n))"
+NOISE_RULE = (f"a row differs from the report beyond run-to-run noise when {NOISE_TEST}: the report's "
+              "number is ONE training run, so the difference between it and the mean of n measured "
+              "runs varies with standard deviation std·√(1 + 1/n), std being the measured runs' "
+              "spread; at least one percentage point (a single run's noise) where that is larger")
 
 TABLE1_COLUMNS = ("study", "experiment", "architecture", "learning_rate", "batch_size", "epochs",
                   "augmentation", "n", "mean_test_accuracy", "std_test_accuracy", "mean_test_loss",
@@ -89,9 +91,10 @@ def same_params(wanted: Mapping[str, Any], actual: Mapping[str, Any]) -> bool:
 
 
 def tolerance(std: float | None, n: int) -> float:
+    """Two standard deviations of (mean of n runs - one run), floored at one point (see NOISE_RULE)."""
     if std is None or n < 2:
         return NOISE_FLOOR
-    return max(NOISE_FLOOR, 2 * std / math.sqrt(n))
+    return max(NOISE_FLOOR, 2 * std * math.sqrt(1 + 1 / n))
 
 
 def table1_rows(result: StudyResult) -> list[dict[str, Any]]:
@@ -178,7 +181,7 @@ def _beyond_noise(rows: Sequence[dict[str, Any]], run: int) -> list[str]:
     beyond = sorted((row for row in rows if BEYOND_NOISE in row["note"]), key=lambda r: -abs(r["diff_accuracy"]))
     below = sum(row["diff_accuracy"] < 0 for row in beyond)
     lines = [f"- Rows that differ from the report beyond run-to-run noise "
-             f"(|diff_accuracy| > max(0.01, 2·std/√n)): {len(beyond)} of the {run} rows run"
+             f"({NOISE_TEST}): {len(beyond)} of the {run} rows run"
              + (f", {below} below the report and {len(beyond) - below} above; largest first:" if beyond else ".")]
     lines += [f"  - experiment {row['experiment']}, {_describe(row)}: measured {row['mean_test_accuracy']:.4f}, "
               f"report {row['report_accuracy']:.4f}, diff {row['diff_accuracy']:+.4f} "
