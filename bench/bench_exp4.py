@@ -39,6 +39,7 @@ from typing import Any
 
 from clock import Marks, epoch_clock, steady  # bench/ is on sys.path when run as a script
 from machine import describe_machine
+from report_code import batchnorm_model
 from subproc import emit, read_result
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -50,7 +51,6 @@ SIDES = ("report", "hpo")
 
 def child_report(args: argparse.Namespace) -> dict[str, Any]:
     import keras
-    from keras import layers, models
 
     from bench_augment import image_data_generator  # the report's ImageDataGenerator settings
     from hpo.data import load_dataset  # the same images as hpo's side; the report used load_data()
@@ -58,15 +58,7 @@ def child_report(args: argparse.Namespace) -> dict[str, Any]:
     keras.utils.set_random_seed(args.seed)
     data = load_dataset(args.data, subset=args.subset)
     x_train, x_test = data.x_train / 255.0, data.x_test / 255.0
-    model = models.Sequential([
-        layers.Conv2D(32, (3, 3), activation="relu", input_shape=(32, 32, 3)),
-        layers.BatchNormalization(),
-        layers.MaxPooling2D((2, 2)),
-        layers.Flatten(),
-        layers.Dense(128, activation="relu"),
-        layers.BatchNormalization(),
-        layers.Dense(10, activation="softmax"),
-    ])
+    model = batchnorm_model()
     model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     datagen = image_data_generator()
     datagen.fit(x_train)

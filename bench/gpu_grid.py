@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from machine import describe_machine  # bench/machine.py; bench/ is on sys.path when run as a script
+from report_code import base_model
 from subproc import emit, read_result
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -64,7 +65,6 @@ def scaled_epochs(scale: float) -> list[int]:
 def child_sequential(args: argparse.Namespace) -> dict[str, Any]:
     import jax
     import keras
-    from keras import layers, models
 
     from hpo.data import load_dataset
 
@@ -76,13 +76,7 @@ def child_sequential(args: argparse.Namespace) -> dict[str, Any]:
         for epochs in scaled_epochs(args.epochs_scale):
             for lr in LEARNING_RATES:
                 started = time.perf_counter()
-                model = models.Sequential([
-                    layers.Conv2D(32, (3, 3), activation="relu", input_shape=(32, 32, 3)),
-                    layers.MaxPooling2D((2, 2)),
-                    layers.Flatten(),
-                    layers.Dense(128, activation="relu"),
-                    layers.Dense(10, activation="softmax"),
-                ])
+                model = base_model()
                 model.compile(optimizer=keras.optimizers.Adam(learning_rate=lr),
                               loss="sparse_categorical_crossentropy", metrics=["accuracy"])
                 model.fit(x_train, y_train, epochs=epochs, batch_size=batch, validation_split=0.2,
