@@ -110,3 +110,20 @@ def run_hpo(*args: str, storage: str | None = None, cwd: Path | None = None, tim
         command += ["--storage", storage]
     return subprocess.run([*command, *args], capture_output=True, text=True, cwd=cwd, timeout=timeout,
                           env={**os.environ, **(env or {})})
+
+
+def ok(result: subprocess.CompletedProcess[str]) -> None:
+    """The command succeeded; on failure, show the end of what it said."""
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+def user_error(result: subprocess.CompletedProcess[str], *fragments: str) -> str:
+    """The command refused its input as a user error: exit code 2 and one ``hpo: error:`` line
+    holding every fragment, no traceback. Returns that line."""
+    assert result.returncode == 2, (result.returncode, result.stderr[-2000:])
+    lines = [line for line in result.stderr.splitlines() if line.startswith("hpo: error:")]
+    assert len(lines) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], (fragment, lines[0])
+    return lines[0]

@@ -9,7 +9,7 @@ import socket
 from pathlib import Path
 
 
-from conftest import STUDIES, run_hpo, write_study
+from conftest import STUDIES, ok, run_hpo, user_error, write_study
 
 GRID = """
 [sampler]
@@ -26,26 +26,24 @@ epochs = [1]
 """
 
 
-def _ok(result) -> None:  # type: ignore[no-untyped-def]
-    assert result.returncode == 0, result.stderr[-3000:]
 
 
 def test_create_launch_export_runs_the_whole_grid(tmp_path: Path, data_path: str) -> None:
     study = write_study(tmp_path, "smallgrid", GRID)
     db = f"sqlite:///{tmp_path / 'hpo.db'}"
-    _ok(run_hpo("create", str(study), storage=db))
+    ok(run_hpo("create", str(study), storage=db))
     status = run_hpo("status", "smallgrid", "--format", "json", storage=db)
-    _ok(status)
+    ok(status)
     assert json.loads(status.stdout)[0]["points"]["pending"] == 4
 
     launched = run_hpo("launch", str(study), "-n", "2", "--data", data_path, "--subset", "300",
                        "--logs", str(tmp_path / "logs"), storage=db, cwd=tmp_path)
-    _ok(launched)
+    ok(launched)
     assert "2 workers on study smallgrid" in launched.stderr
     assert "4/4 done, 0 running, 0 failed" in launched.stderr
 
     exported = run_hpo("export", "smallgrid", "--format", "csv", storage=db)
-    _ok(exported)
+    ok(exported)
     rows = list(csv.DictReader(io.StringIO(exported.stdout)))
     assert {(float(r["learning_rate"]), int(r["batch_size"])) for r in rows} == \
         {(lr, b) for lr in (0.01, 0.001) for b in (64, 128)}
@@ -59,7 +57,7 @@ def test_create_launch_export_runs_the_whole_grid(tmp_path: Path, data_path: str
     best = rows[0]
     for fmt in ("table", "md", "json", "latex", "html"):
         out = tmp_path / f"best.{fmt}"
-        _ok(run_hpo("export", "smallgrid", "--format", fmt, "--output", str(out), storage=db))
+        ok(run_hpo("export", "smallgrid", "--format", fmt, "--output", str(out), storage=db))
         text = out.read_text().replace("\\_", "_")
         for column in ("rank", "trial", "learning_rate", "val_accuracy", "test_accuracy", "test_loss", "state"):
             assert column in text, (fmt, column)
@@ -75,47 +73,40 @@ def test_create_launch_export_runs_the_whole_grid(tmp_path: Path, data_path: str
 
     # Workers that find nothing left to do exit at once, and add nothing.
     again = run_hpo("worker", "smallgrid", "--data", data_path, "--subset", "300", storage=db)
-    _ok(again)
+    ok(again)
     assert "0 complete" in again.stderr
 
 
 def test_status_lists_every_study(tmp_path: Path) -> None:
     db = f"sqlite:///{tmp_path / 'hpo.db'}"
     for name in ("exp1", "exp3", "search"):
-        _ok(run_hpo("create", str(STUDIES / f"{name}.toml"), storage=db))
+        ok(run_hpo("create", str(STUDIES / f"{name}.toml"), storage=db))
     result = run_hpo("status", "--format", "json", storage=db)
-    _ok(result)
+    ok(result)
     totals = {s["study"]: s["points"]["total"] for s in json.loads(result.stdout)}
     assert totals == {"exp1": 3, "exp3": 27, "search": 40}
     table = run_hpo("status", storage=db)
-    _ok(table)
+    ok(table)
     assert table.stdout.splitlines()[0].split()[:3] == ["study", "sampler", "pending"]
 
 
-def _user_error(result, *fragments: str) -> None:  # type: ignore[no-untyped-def]
-    assert result.returncode == 2, (result.returncode, result.stderr[-2000:])
-    lines = [line for line in result.stderr.splitlines() if line.startswith("hpo: error:")]
-    assert len(lines) == 1, result.stderr
-    assert "Traceback" not in result.stderr
-    for fragment in fragments:
-        assert fragment in lines[0]
 
 
 def test_bad_input_is_one_line_and_exit_code_2(tmp_path: Path) -> None:
     db = f"sqlite:///{tmp_path / 'hpo.db'}"
-    _user_error(run_hpo("create", str(tmp_path / "missing.toml"), storage=db), "missing.toml", "no such study file")
+    user_error(run_hpo("create", str(tmp_path / "missing.toml"), storage=db), "missing.toml", "no such study file")
     bad = write_study(tmp_path, "bad", GRID.replace("[0.01, 0.001]", "[0.01, -1]"))
-    _user_error(run_hpo("create", str(bad), storage=db), "bad.toml", "space.learning_rate", "-1")
-    _user_error(run_hpo("export", "nope", storage=db), "no study named 'nope'")
-    _user_error(run_hpo("status", "nope", storage=db), "no study named 'nope'")
-    _user_error(run_hpo("status", storage="mysql://x@y/z"), "only sqlite and postgresql")
-    _user_error(run_hpo("status", storage="postgresql+psycopg://postgres@127.0.0.1:1/none"), "cannot connect")
+    user_error(run_hpo("create", str(bad), storage=db), "bad.toml", "space.learning_rate", "-1")
+    user_error(run_hpo("export", "nope", storage=db), "no study named 'nope'")
+    user_error(run_hpo("status", "nope", storage=db), "no study named 'nope'")
+    user_error(run_hpo("status", storage="mysql://x@y/z"), "only sqlite and postgresql")
+    user_error(run_hpo("status", storage="postgresql+psycopg://postgres@127.0.0.1:1/none"), "cannot connect")
 
     # A changed definition under an existing name: refused, and the stored study is untouched.
     study = write_study(tmp_path, "smallgrid", GRID)
-    _ok(run_hpo("create", str(study), storage=db))
+    ok(run_hpo("create", str(study), storage=db))
     study.write_text(study.read_text().replace("epochs = [1]", "epochs = [1, 2]"))
-    _user_error(run_hpo("create", str(study), storage=db), "different definition", "space.epochs")
+    user_error(run_hpo("create", str(study), storage=db), "different definition", "space.epochs")
     status = run_hpo("status", "smallgrid", "--format", "json", storage=db)
     assert json.loads(status.stdout)[0]["points"]["total"] == 4
 
@@ -123,11 +114,11 @@ def test_bad_input_is_one_line_and_exit_code_2(tmp_path: Path) -> None:
 def test_bad_data_is_one_line_and_exit_code_2(tmp_path: Path) -> None:
     db = f"sqlite:///{tmp_path / 'hpo.db'}"
     study = write_study(tmp_path, "smallgrid", GRID)
-    _user_error(run_hpo("worker", str(study), "--data", str(tmp_path / "nowhere.tar.gz"), storage=db),
+    user_error(run_hpo("worker", str(study), "--data", str(tmp_path / "nowhere.tar.gz"), storage=db),
                 "nowhere.tar.gz")
     corrupt = tmp_path / "corrupt.tar.gz"
     corrupt.write_bytes(b"\x1f\x8b not really gzip")
-    _user_error(run_hpo("worker", str(study), "--data", str(corrupt), storage=db,
+    user_error(run_hpo("worker", str(study), "--data", str(corrupt), storage=db,
                         env={"HPO_CACHE": str(tmp_path / "cache")}), "corrupt.tar.gz")
 
 
@@ -137,7 +128,7 @@ def test_dashboard_on_a_taken_port_is_one_line(tmp_path: Path) -> None:
         taken.listen()
         port = taken.getsockname()[1]
         result = run_hpo("dashboard", "--port", str(port), storage=f"sqlite:///{tmp_path / 'hpo.db'}", timeout=60)
-    _user_error(result, f"127.0.0.1:{port}", "in use")
+    user_error(result, f"127.0.0.1:{port}", "in use")
 
 
 def test_debug_shows_the_traceback(tmp_path: Path) -> None:

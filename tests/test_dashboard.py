@@ -22,7 +22,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from conftest import ROOT, run_hpo, write_study
+from conftest import ROOT, ok, run_hpo, write_study
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
@@ -140,8 +140,6 @@ def browser(tmp_path: Path) -> Iterator[Any]:
         driver.quit()
 
 
-def _ok(result: subprocess.CompletedProcess[str]) -> None:
-    assert result.returncode == 0, result.stderr[-3000:]
 
 
 def _wait_for_text(driver: Any, *texts: str, timeout: float = 30.0) -> str:
@@ -191,7 +189,7 @@ def test_dashboard_shows_the_study_its_trials_artifacts_and_note(
 
     db = f"sqlite:///{tmp_path / 'hpo.db'}"
     study_file = write_study(tmp_path, "dashgrid", TINY_GRID)
-    _ok(run_hpo("worker", str(study_file), "--data", data_path, "--subset", "200", storage=db, cwd=tmp_path))
+    ok(run_hpo("worker", str(study_file), "--data", data_path, "--subset", "200", storage=db, cwd=tmp_path))
     trials = optuna.load_study(study_name="dashgrid", storage=db).get_trials()
     assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.COMPLETE]
 
@@ -286,7 +284,7 @@ learning_rate = 0.001
 batch_size = 32
 epochs = 6
 """)
-    _ok(run_hpo("create", str(study_file), storage=db))
+    ok(run_hpo("create", str(study_file), storage=db))
     study = optuna.load_study(study_name="live", storage=db)
     log = (tmp_path / "worker.log").open("w")
     worker = subprocess.Popen([sys.executable, "-m", "hpo", "--storage", db, "worker", "live",

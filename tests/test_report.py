@@ -16,7 +16,7 @@ import pytest
 from optuna.distributions import CategoricalDistribution
 from optuna.trial import TrialState
 
-from conftest import ROOT, STUDIES, run_hpo, write_study
+from conftest import ROOT, STUDIES, ok, run_hpo, user_error, write_study
 from hpo.config import load_definition
 from hpo.errors import HpoError
 from hpo.report import Output, reference_params, safe_name, tolerance
@@ -101,16 +101,8 @@ epochs = 1
 """
 
 
-def _ok(result: subprocess.CompletedProcess[str]) -> None:
-    assert result.returncode == 0, result.stderr[-3000:]
 
 
-def _user_error(result: subprocess.CompletedProcess[str], *fragments: str) -> None:
-    assert result.returncode == 2, (result.returncode, result.stderr[-2000:])
-    lines = [line for line in result.stderr.splitlines() if line.startswith("hpo: error:")]
-    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
 
 
 def _csv(path: Path) -> list[dict[str, str]]:
@@ -142,7 +134,7 @@ def test_report_measures_table1_from_the_trials(tmp_path: Path, data_path: str) 
              (("grid3", GRID3), ("fixed1", FIXED1), ("other", OTHER))]
     # The database exists before the workers start: workers racing to create a new SQLite file's
     # tables is a separate matter, for hpo.storage's own tests.
-    _ok(run_hpo("create", str(files[0]), storage=db))
+    ok(run_hpo("create", str(files[0]), storage=db))
     workers = [subprocess.Popen([sys.executable, "-m", "hpo", "--storage", db, "worker", str(f),
                                  "--data", data_path, "--subset", "200"],
                                 cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -153,7 +145,7 @@ def test_report_measures_table1_from_the_trials(tmp_path: Path, data_path: str) 
 
     out = tmp_path / "out"
     result = run_hpo("report", "--output", str(out), storage=db, cwd=tmp_path)
-    _ok(result)
+    ok(result)
     report = (out / "report.md").read_text()
 
     # Table 1: the experiments' reference rows in order, measured as the mean of their trials.
@@ -202,7 +194,7 @@ def test_report_measures_table1_from_the_trials(tmp_path: Path, data_path: str) 
     assert f"Best trial: {best_fixed} " in report.split("### fixed1", 1)[1]
 
     # A study named on the command line that is no experiment gets its best-trial table.
-    _ok(run_hpo("report", "grid3", "other", "--output", str(tmp_path / "out2"), storage=db, cwd=tmp_path))
+    ok(run_hpo("report", "grid3", "other", "--output", str(tmp_path / "out2"), storage=db, cwd=tmp_path))
     report2 = (tmp_path / "out2" / "report.md").read_text()
     assert "### other" in report2 and "### fixed1" not in report2
     (other_row,) = _csv(tmp_path / "out2" / "other_best_trials.csv")
@@ -237,7 +229,7 @@ def test_report_stays_inside_its_output_folder(tmp_path: Path) -> None:
     before = sorted(tmp_path.rglob("*"))
 
     out = tmp_path / "work" / "deep" / "out"
-    _ok(run_hpo("report", *hostile, "--output", str(out), storage=db, cwd=tmp_path / "work"))
+    ok(run_hpo("report", *hostile, "--output", str(out), storage=db, cwd=tmp_path / "work"))
     written = sorted(tmp_path.rglob("*"))
     new = [p for p in written if p not in before and not p.name.startswith("hpo.db")]
     assert new and all(p == out or p.is_relative_to(out) or p in (out.parent,) for p in new), new
@@ -254,17 +246,17 @@ def test_report_stays_inside_its_output_folder(tmp_path: Path) -> None:
     victim.write_text("keep me\n")
     (out / "table1.csv").unlink()
     (out / "table1.csv").symlink_to(victim)
-    _user_error(run_hpo("report", "..", "--output", str(out), storage=db, cwd=tmp_path), "outside")
+    user_error(run_hpo("report", "..", "--output", str(out), storage=db, cwd=tmp_path), "outside")
     assert victim.read_text() == "keep me\n"
 
 
 def test_report_errors_are_one_line(tmp_path: Path) -> None:
     db = f"sqlite:///{tmp_path / 'hpo.db'}"
     _study_with_trials(db, "exp1", [0.6])
-    _user_error(run_hpo("report", "nope", "--output", str(tmp_path / "out"), storage=db, cwd=tmp_path),
+    user_error(run_hpo("report", "nope", "--output", str(tmp_path / "out"), storage=db, cwd=tmp_path),
                 "no study named 'nope'")
     (tmp_path / "file").write_text("")
-    _user_error(run_hpo("report", "--output", str(tmp_path / "file"), storage=db, cwd=tmp_path), "not a file")
+    user_error(run_hpo("report", "--output", str(tmp_path / "file"), storage=db, cwd=tmp_path), "not a file")
 
 
 def test_safe_names_are_plain_file_names() -> None:
