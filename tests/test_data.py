@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import pickle
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -365,13 +366,18 @@ def test_validation_split_takes_the_last_fraction_like_keras() -> None:
 
 @pytest.mark.parametrize("fraction", [0.0, 1.0, -0.1, 1.5])
 def test_validation_split_rejects_a_fraction_outside_0_1(fraction: float) -> None:
-    with pytest.raises(ValueError, match="between 0 and 1"):
+    with pytest.raises(DataError, match="between 0 and 1"):
         validation_split(np.zeros(10), np.zeros(10), fraction)
 
 
 def test_validation_split_refuses_an_empty_side() -> None:
     with pytest.raises(DataError, match="leaves a side empty"):
         validation_split(np.zeros(1), np.zeros(1), 0.5)
+
+
+def test_validation_split_refuses_unequal_lengths() -> None:
+    with pytest.raises(DataError, match="x has 10 samples but y has 9"):
+        validation_split(np.zeros(10), np.zeros(9), 0.5)
 
 
 # --- cache -------------------------------------------------------------------------------------
@@ -385,7 +391,7 @@ def test_second_load_reads_the_cache(tmp_path: Path) -> None:
     source = _write_image_folder(tmp_path / "images", _arrays())
     first = load_dataset(source, cache_dir=tmp_path / "cache")
     [entry] = _entries(tmp_path / "cache")
-    assert entry.name.startswith("images-")
+    assert entry.name.startswith("tree-")
     names = sorted(p.name for p in entry.iterdir())
     assert names == ["x_test.npy", "x_train.npy", "y_test.npy", "y_train.npy"]
     second = load_dataset(source, cache_dir=tmp_path / "cache")
@@ -420,17 +426,54 @@ def test_cache_dir_defaults_to_hpo_cache(tmp_path: Path) -> None:
     assert len(_entries(tmp_path / "default-cache")) == 1
 
 
+def _decodes(caplog: pytest.LogCaptureFixture) -> int:
+    return sum(r.getMessage().startswith("decoding ") for r in caplog.records if r.name == "hpo.data")
+
+
+def test_one_archive_reached_by_several_paths_is_decoded_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    archive = _write_tar(_write_image_folder(tmp_path / "images", _arrays()), tmp_path / "real.tar.gz", top=None)
+    symlink, hard_link, copy = tmp_path / "link.tar.gz", tmp_path / "hard.tar.gz", tmp_path / "copy.tgz"
+    symlink.symlink_to(archive)
+    os.link(archive, hard_link)
+    shutil.copyfile(archive, copy)
+    cache = tmp_path / "cache"
+    with caplog.at_level(logging.INFO, logger="hpo.data"):
+        loads = [load_dataset(path, cache_dir=cache) for path in (archive, symlink, hard_link, copy)]
+    assert _decodes(caplog) == 1
+    assert len(_entries(cache)) == 1
+    for data in loads[1:]:
+        np.testing.assert_array_equal(data.x_train, loads[0].x_train)
+
+
+def test_one_image_folder_reached_through_a_symlink_is_decoded_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    folder = _write_image_folder(tmp_path / "images", _arrays())
+    (tmp_path / "alias").symlink_to(folder, target_is_directory=True)
+    cache = tmp_path / "cache"
+    with caplog.at_level(logging.INFO, logger="hpo.data"):
+        load_dataset(folder, cache_dir=cache)
+        load_dataset(tmp_path / "alias", cache_dir=cache)
+    assert _decodes(caplog) == 1
+    assert len(_entries(cache)) == 1
+
+
 _CHILD = """
 import logging, sys, time
 from pathlib import Path
 import numpy as np
 from hpo.data import load_dataset
 logging.basicConfig(level=logging.INFO)
-go = Path(sys.argv[1])
-while not go.exists():
+ready, go, source, cache, out = sys.argv[1:]
+Path(ready).touch()  # imported and at the starting line
+while not Path(go).exists():
     time.sleep(0.005)
-data = load_dataset(sys.argv[2], cache_dir=sys.argv[3])
-np.savez(sys.argv[4], x_train=data.x_train, y_train=data.y_train, x_test=data.x_test)
+started = time.monotonic()
+data = load_dataset(source, cache_dir=cache)
+np.savez(out, x_train=data.x_train, y_train=data.y_train, x_test=data.x_test,
+         span=np.array([started, time.monotonic()]))
 """
 
 
@@ -440,17 +483,32 @@ def test_concurrent_cold_loads_decode_once_and_agree(tmp_path: Path) -> None:
     go, cache = tmp_path / "go", tmp_path / "cache"
     pythonpath = os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])
     env = {**os.environ, "PYTHONPATH": pythonpath}
-    args = [sys.executable, "-c", _CHILD, str(go), str(source), str(cache)]
+    ready = [tmp_path / f"ready-{i}" for i in range(3)]
     children = [
-        subprocess.Popen([*args, f"{tmp_path}/{i}"], env=env, stderr=subprocess.PIPE, text=True)
+        subprocess.Popen([sys.executable, "-c", _CHILD, str(ready[i]), str(go), str(source), str(cache),
+                          str(tmp_path / f"{i}.npz")], env=env, stderr=subprocess.PIPE, text=True)
         for i in range(3)
     ]
-    time.sleep(1.0)  # let all three import and reach the starting line
-    go.touch()
-    logs = [child.communicate(timeout=60)[1] for child in children]
+    try:
+        deadline = time.monotonic() + 120  # importing numpy on a busy machine
+        while not all(path.exists() for path in ready):
+            stopped = [child.returncode for child in children if child.poll() is not None]
+            assert not stopped and time.monotonic() < deadline, f"a child never got ready ({stopped})"
+            time.sleep(0.01)
+        go.touch()
+        logs = [child.communicate(timeout=60)[1] for child in children]
+    finally:
+        for child in children:
+            if child.poll() is None:
+                child.kill()
+                child.wait()
     assert [child.returncode for child in children] == [0, 0, 0], logs
-    assert sum(log.count("decoding ") for log in logs) == 1, logs
     results = [np.load(tmp_path / f"{i}.npz") for i in range(3)]
+    spans = np.array([result["span"] for result in results])
+    # All three were inside load_dataset at one moment: the last to start began before the
+    # first to finish was done, so two of them really waited on the third's decode.
+    assert spans[:, 0].max() < spans[:, 1].min(), spans
+    assert sum(log.count("decoding ") for log in logs) == 1, logs
     for other in results[1:]:
         for name in ("x_train", "y_train", "x_test"):
             np.testing.assert_array_equal(results[0][name], other[name])
@@ -540,3 +598,16 @@ def test_real_archive_loads_from_cache_fast(real: tuple[Dataset, Path], caplog) 
     small = load_dataset(REAL_DATA, cache_dir=cache, subset=1000)
     assert np.bincount(small.y_train).tolist() == [100] * 10
     assert np.bincount(small.y_test).tolist() == [20] * 10
+
+
+def test_real_archive_through_a_symlink_reads_the_same_cache(
+    real: tuple[Dataset, Path], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    data, cache = real
+    link = tmp_path / "cifar.tar.gz"
+    link.symlink_to(REAL_DATA)
+    with caplog.at_level(logging.INFO, logger="hpo.data"):
+        again = load_dataset(link, cache_dir=cache, subset=100)
+    assert _decodes(caplog) == 0
+    assert len(_entries(cache)) == 1
+    assert again.source == str(Path(REAL_DATA).resolve())
