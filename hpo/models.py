@@ -10,7 +10,6 @@ Only the public ``keras`` API is used, so the models run under any Keras backend
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
 
@@ -18,6 +17,7 @@ import keras
 from keras import layers
 
 from hpo.augment import augmentation_layer
+from hpo.config import _check_value as check_value  # the one learning-rate rule
 from hpo.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -117,16 +117,12 @@ def compile_model(
     on a CPU-only machine. Returns the same model, for chaining.
 
     Raises:
-        ConfigError: ``learning_rate`` is not a positive finite number.
+        ConfigError: ``learning_rate`` is not a positive finite number (the study files' rule,
+            :mod:`hpo.config`'s, so the two cannot drift apart).
     """
-    try:
-        lr = float(learning_rate)
-    except (TypeError, ValueError):
-        lr = math.nan
-    if not (math.isfinite(lr) and lr > 0):
-        raise ConfigError(f"learning_rate must be a positive number, got {learning_rate!r}")
+    check_value("learning_rate", learning_rate, "compile_model(learning_rate)")
     model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate=lr),
+        optimizer=keras.optimizers.Adam(learning_rate=float(learning_rate)),
         loss="sparse_categorical_crossentropy",
         metrics=["accuracy"],
         jit_compile=jit_compile,
