@@ -1,18 +1,23 @@
-"""One trial end to end in this process: parameters, seed, per-epoch reports, recorded numbers."""
+"""Trials end to end in this process: parameters, seeds, per-epoch reports, pruning, recorded numbers,
+and what counts as a diverged run."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import optuna
 import pytest
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
-from hpo.config import load_definition
-from hpo.objective import run_trial, trial_seed
+from hpo.config import StudyDefinition, load_definition
+from hpo.data import load_dataset
+from hpo.objective import run_trial
+from hpo.results import trial_row
 from hpo.storage import open_storage
 from hpo.study import create_study
-from hpo.worker import run_worker
+from hpo.train import JUDGE_AFTER_STEPS, Params, _diverged, train
+from hpo.worker import WorkerSummary, run_worker
 
 from conftest import write_study
 
@@ -33,15 +38,28 @@ batch_size = [32, 64]
 epochs = { low = 1, high = 3 }
 """
 
+LN10 = math.log(10)
+
+
+def _run(tmp_path: Path, data, body: str, name: str = "study", db: str = "hpo.db",  # type: ignore[no-untyped-def]
+         pruner: optuna.pruners.BasePruner | None = None) -> tuple[list[FrozenTrial], WorkerSummary, StudyDefinition]:
+    """Create the study in a fresh SQLite file and let one worker run all of it."""
+    definition = load_definition(write_study(tmp_path, name, body))
+    study, _ = create_study(open_storage(f"sqlite:///{tmp_path / db}"), definition)
+    if pruner is not None:
+        study.pruner = pruner
+    summary = run_worker(study, definition, lambda trial: run_trial(trial, definition, data,
+                                                                    environment={"host": "test"}))
+    return sorted(study.get_trials(), key=lambda t: t.number), summary, definition
+
 
 def test_search_trials_record_the_report_columns_and_stream_epochs(tmp_path: Path, small_data) -> None:  # type: ignore[no-untyped-def]
-    definition = load_definition(write_study(tmp_path, "search", SEARCH))
-    study, _ = create_study(open_storage(f"sqlite:///{tmp_path / 'hpo.db'}"), definition)
-    summary = run_worker(study, lambda trial: run_trial(trial, definition, small_data,
-                                                        environment={"host": "test"}))
-    assert summary.complete + summary.pruned == 4 and summary.failed == 0
+    trials, summary, _ = _run(tmp_path, small_data, SEARCH, "search")
+    # Four trials are fewer than the median pruner's five start-up trials: all of them complete.
+    assert (summary.complete, summary.pruned, summary.failed) == (4, 0, 0)
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 4
 
-    for trial in study.get_trials(states=(TrialState.COMPLETE,)):
+    for trial in trials:
         attrs = trial.user_attrs
         assert set(trial.params) == {"architecture", "augmentation", "learning_rate", "batch_size", "epochs"}
         assert 1e-4 <= trial.params["learning_rate"] <= 1e-2
@@ -51,39 +69,45 @@ def test_search_trials_record_the_report_columns_and_stream_epochs(tmp_path: Pat
         assert trial.value == attrs["val_accuracy"] == pytest.approx(last_epoch, abs=1e-6)
         assert 0.0 <= attrs["test_accuracy"] <= 1.0 and attrs["test_loss"] > 0
         assert attrs["epochs_run"] == trial.params["epochs"]
-        assert attrs["seed"] == trial_seed(definition, trial)
+        assert trial_row(trial, 1)["epochs"] == trial.params["epochs"]
+        assert isinstance(attrs["seed"], int)
         assert attrs["train_images"] == len(small_data.x_train) and attrs["host"] == "test"
         assert attrs["fit_seconds"] > 0 and attrs["images_per_second"] > 0
+        train_images = int(len(small_data.x_train) * 0.8)
+        assert attrs["train_steps"] == math.ceil(train_images / trial.params["batch_size"]) * trial.params["epochs"]
         assert isinstance(attrs["diverged"], bool)
 
 
-def test_same_seed_same_numbers(tmp_path: Path, small_data) -> None:  # type: ignore[no-untyped-def]
-    """A trial's recorded seed reproduces it: the same grid point twice gives the same result."""
-    body = """
-trials = 2
-[sampler]
-type = "fixed"
-[data]
-protocol = "test"
-[space]
-architecture = "base"
-augmentation = "none"
-learning_rate = 0.001
-batch_size = 64
-epochs = 1
-"""
-    definition = load_definition(write_study(tmp_path, "fixed", body))
-    results = []
-    for run in range(2):
-        storage = open_storage(f"sqlite:///{tmp_path / f'run{run}.db'}")
-        study, _ = create_study(storage, definition)
-        run_worker(study, lambda trial: run_trial(trial, definition, small_data), max_trials=1)
-        results.append(study.get_trials(states=(TrialState.COMPLETE,))[0])
-    assert results[0].user_attrs["seed"] == results[1].user_attrs["seed"]
-    assert results[0].user_attrs["test_loss"] == results[1].user_attrs["test_loss"]
+def test_a_pruned_trial_keeps_its_epochs_and_records_no_result(tmp_path: Path, small_data) -> None:  # type: ignore[no-untyped-def]
+    body = SEARCH.replace("trials = 4", "trials = 2").replace("epochs = { low = 1, high = 3 }", "epochs = [3]")
+    # No validation accuracy reaches 1.01, so this pruner stops every trial at its first chance:
+    # after epoch 2, the first step past its warm-up (steps below 2).
+    always = optuna.pruners.ThresholdPruner(lower=1.01, n_warmup_steps=2)
+    trials, summary, _ = _run(tmp_path, small_data, body, "pruned", pruner=always)
+    assert (summary.complete, summary.pruned, summary.failed) == (0, 2, 0)
+    for trial in trials:
+        assert trial.state == TrialState.PRUNED and trial.params["epochs"] == 3
+        assert sorted(trial.intermediate_values) == [1, 2]
+        assert "test_accuracy" not in trial.user_attrs  # a partly trained model is never a result
+        assert trial_row(trial, None)["epochs"] == 2
+
+
+def test_seeds_differ_between_trials_and_a_study_run_again_repeats_them(tmp_path: Path, small_data) -> None:  # type: ignore[no-untyped-def]
+    """Each trial records the seed it ran with; running the same study again repeats every trial:
+    the same seeds, the same sampled parameters, the same numbers (on one CPU machine)."""
+    body = SEARCH.replace("trials = 4", "trials = 3").replace("epochs = { low = 1, high = 3 }", "epochs = [1]")
+    runs = [_run(tmp_path, small_data, body, "again", db=f"run{i}.db")[0] for i in range(2)]
+    for trials in runs:
+        assert [t.state for t in trials] == [TrialState.COMPLETE] * 3
+        assert len({t.user_attrs["seed"] for t in trials}) == 3
+    first, second = runs
+    assert [t.user_attrs["seed"] for t in first] == [t.user_attrs["seed"] for t in second]
+    assert [t.params for t in first] == [t.params for t in second]
+    assert [t.user_attrs["test_loss"] for t in first] == [t.user_attrs["test_loss"] for t in second]
 
 
 def test_a_blown_up_run_is_complete_and_flagged_diverged(tmp_path: Path, small_data) -> None:  # type: ignore[no-untyped-def]
+    # 400 images in batches of 32 are 13 steps an epoch: 8 epochs are past JUDGE_AFTER_STEPS.
     body = """
 [sampler]
 type = "grid"
@@ -94,28 +118,47 @@ architecture = "base"
 augmentation = "none"
 learning_rate = [5.0]
 batch_size = [32]
-epochs = [2]
+epochs = [8]
 """
-    definition = load_definition(write_study(tmp_path, "diverge", body))
-    study, _ = create_study(open_storage(f"sqlite:///{tmp_path / 'hpo.db'}"), definition)
-    run_worker(study, lambda trial: run_trial(trial, definition, small_data))
-    (trial,) = study.get_trials()
+    (trial,), _, _ = _run(tmp_path, small_data, body, "diverge")
     assert trial.state == TrialState.COMPLETE
+    assert trial.user_attrs["train_steps"] >= JUDGE_AFTER_STEPS
     assert trial.user_attrs["diverged"] is True
     assert trial.user_attrs["test_accuracy"] <= 0.2
+    assert trial_row(trial, 1)["note"] == "diverged"
 
 
-def test_trial_seed_is_distinct_per_trial() -> None:
-    study = optuna.create_study()
-    definition = load_definition(Path(__file__).resolve().parents[1] / "studies" / "exp1.toml")
-    seeds = {trial_seed(definition, study.ask()) for _ in range(5)}
-    assert len(seeds) == 5
+@pytest.mark.parametrize("learning_rate", [0.01, 0.001])
+def test_one_epoch_on_200_images_has_learned_nothing_yet_but_has_not_diverged(
+        learning_rate: float, data_path: str) -> None:
+    tiny = load_dataset(data_path, subset=200)
+    result = train(Params("base", "none", learning_rate, 64, 1), tiny, seed=0)
+    assert result.steps == 3  # 160 training images in batches of 64
+    # What the old rule called diverged: a loss still at (or, at lr 0.01, far above) chance.
+    assert result.history["loss"][-1] >= 0.99 * LN10, result.history
+    assert not result.diverged
+    assert result.metrics()["diverged"] is False
+
+
+@pytest.mark.parametrize("losses, steps, accuracy, diverged", [
+    pytest.param([2.30, float("nan")], 6, 0.10, True, id="a NaN loss, however short the run"),
+    pytest.param([5.5e6, float("inf")], 26, 0.10, True, id="an infinite loss"),
+    pytest.param([7.3], 3, 0.10, False, id="3 steps that overshot at a high learning rate"),
+    pytest.param([2.31], 3, 0.10, False, id="3 steps at chance: learned nothing yet"),
+    pytest.param([3.5, 2.31, 2.28], 39, 0.125, False, id="39 steps, slowly leaving chance"),
+    pytest.param([2.31] * 10, 1250, 0.10, True, id="1250 steps stuck at chance: collapsed"),
+    pytest.param([2.31] * 10, 1250, 0.30, False, id="loss at chance but accuracy above it"),
+    pytest.param([1.9, 2.6], 200, 0.25, True, id="ended worse than guessing"),
+    pytest.param([2.1, 1.6], 200, 0.40, False, id="learning"),
+    pytest.param([], 0, 0.10, False, id="no epochs"),
+])
+def test_diverged_means_blown_up_or_stuck_after_enough_steps(
+        losses: list[float], steps: int, accuracy: float, diverged: bool) -> None:
+    assert _diverged(losses, steps, accuracy, 10) is diverged
 
 
 def test_test_columns_match_keras_evaluate(small_data) -> None:  # type: ignore[no-untyped-def]
     """The report's columns come from one predict pass; they equal model.evaluate's."""
-    from hpo.train import Params, train
-
     result = train(Params("base", "none", 0.001, 64, 1), small_data, seed=3)
     loss, accuracy = result.model.evaluate(small_data.x_test, small_data.y_test, verbose=0)
     assert result.test_loss == pytest.approx(loss, rel=1e-5)
