@@ -19,7 +19,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from hpo import queue
+from hpo import stored
 
 from conftest import ROOT, STUDIES, run_hpo, write_study
 
@@ -49,14 +49,14 @@ def _trials(storage: str, name: str) -> list[optuna.trial.FrozenTrial]:
 
 
 def _grid_outcome(trials: list[optuna.trial.FrozenTrial]) -> dict[str, object]:
-    complete = Counter(t.system_attrs["grid_id"] for t in trials if t.state == TrialState.COMPLETE)
+    complete = Counter(t.system_attrs[stored.GRID_ID] for t in trials if t.state == TrialState.COMPLETE)
     completed_points = set(complete)
     return {
         "trials_per_state": dict(Counter(t.state.name for t in trials)),
         "complete_points": len(completed_points),
         "duplicate_complete_points": sum(1 for n in complete.values() if n > 1),
         "wasted_trainings": sum(1 for t in trials if t.state != TrialState.COMPLETE
-                                and t.system_attrs["grid_id"] in completed_points
+                                and t.system_attrs[stored.GRID_ID] in completed_points
                                 and t.state != TrialState.WAITING),
         "running_left": sum(t.state == TrialState.RUNNING for t in trials),
     }
@@ -76,7 +76,7 @@ def test_chaos_kill_a_worker_mid_trial_on_postgres(postgres_url: str, data_path:
             return None
 
         killed = _wait(victim, 300, "a trial in the middle of training")
-        pid = int(killed.system_attrs[queue.WORKER].rsplit(":", 1)[1])
+        pid = int(killed.system_attrs[stored.WORKER].rsplit(":", 1)[1])
         os.kill(pid, signal.SIGKILL)
         for w in workers:
             w.wait(timeout=900)
@@ -87,7 +87,6 @@ def test_chaos_kill_a_worker_mid_trial_on_postgres(postgres_url: str, data_path:
 
     trials = _trials(postgres_url, "exp3")
     outcome = _grid_outcome(trials)
-    outcome["workers_killed"] = 1
     ARTIFACTS.mkdir(exist_ok=True)
     (ARTIFACTS / "chaos-postgres.json").write_text(json.dumps(outcome, indent=2))
     print("chaos outcome:", json.dumps(outcome))
@@ -96,13 +95,15 @@ def test_chaos_kill_a_worker_mid_trial_on_postgres(postgres_url: str, data_path:
     assert outcome["complete_points"] == 27
     assert outcome["duplicate_complete_points"] == 0
     assert outcome["running_left"] == 0
+    # The killed trial is the only training spent on a point that another trial completed.
+    assert outcome["wasted_trainings"] == 1
     dead = next(t for t in trials if t.number == killed.number)
     # Found dead by its pid (same host) or by its missing heartbeats, whichever came first.
     assert dead.state == TrialState.FAIL
     assert "died" in dead.user_attrs["error"] or "heartbeats" in dead.user_attrs["error"]
-    retries = [t for t in trials if t.system_attrs.get(queue.RETRY_OF) == killed.number]
+    retries = [t for t in trials if t.system_attrs.get(stored.RETRY_OF) == killed.number]
     assert [t.state for t in retries] == [TrialState.COMPLETE]
-    assert retries[0].system_attrs["grid_id"] == killed.system_attrs["grid_id"]
+    assert retries[0].system_attrs[stored.GRID_ID] == killed.system_attrs[stored.GRID_ID]
 
 
 @pytest.mark.slow
@@ -146,20 +147,23 @@ def test_interrupted_worker_fails_its_trial_as_retryable_and_exits_quickly(
             180, "the first epoch")
         sent = time.monotonic()
         worker.send_signal(sig)
-        code = worker.wait(timeout=30)
+        code = worker.wait(timeout=120)
         took = time.monotonic() - sent
     finally:
         if worker.poll() is None:
             worker.kill()
     assert code == 130, (tmp_path / "worker.log").read_text()[-2000:]
-    assert took < 10
+    # That the signal stopped the trial rather than waited for it shows in its state, below. This
+    # bound catches a worker stuck on its way out; an orderly stop takes seconds, and 60 leaves
+    # room for a loaded 2-core machine.
+    assert took < 60
     trials = _trials(db, "long")
     first, retry = sorted(trials, key=lambda t: t.number)
     assert first.state == TrialState.FAIL and first.user_attrs["error"] == f"interrupted by {sig.name}"
     assert "test_accuracy" not in first.user_attrs  # a partly trained model is never a result
-    assert retry.state == TrialState.WAITING and retry.system_attrs[queue.RETRY_OF] == first.number
+    assert retry.state == TrialState.WAITING and retry.system_attrs[stored.RETRY_OF] == first.number
     # An interruption is not the trial's fault: it does not use up a retry.
-    assert retry.system_attrs[queue.ATTEMPT] == 0
+    assert retry.system_attrs[stored.ATTEMPT] == 0
 
 
 def test_ctrl_c_on_launch_stops_every_worker_and_leaves_nothing_running(data_path: str, tmp_path: Path) -> None:
