@@ -492,8 +492,10 @@ def test_concurrent_cold_loads_decode_once_and_agree(tmp_path: Path) -> None:
     try:
         deadline = time.monotonic() + 120  # importing numpy on a busy machine
         while not all(path.exists() for path in ready):
-            stopped = [child.returncode for child in children if child.poll() is not None]
-            assert not stopped and time.monotonic() < deadline, f"a child never got ready ({stopped})"
+            for child in children:
+                if child.poll() is not None:
+                    pytest.fail(f"a child exited with {child.returncode} before the start: {child.communicate()[1]}")
+            assert time.monotonic() < deadline, "the children did not all reach the start in 120 s"
             time.sleep(0.01)
         go.touch()
         logs = [child.communicate(timeout=60)[1] for child in children]
