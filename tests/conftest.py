@@ -127,3 +127,22 @@ def user_error(result: subprocess.CompletedProcess[str], *fragments: str) -> str
     for fragment in fragments:
         assert fragment in lines[0], (fragment, lines[0])
     return lines[0]
+
+
+# --- study bodies shared by test modules (what write_study takes) --------------------------------
+# A module puts its own [study] lines (description, experiment, trials) before one of these and
+# its [[reference]] rows after it.
+
+TWO_LR_GRID = """
+[sampler]
+type = "grid"
+[data]
+protocol = "validation_split"
+validation_split = 0.2
+[space]
+architecture = "base"
+augmentation = "none"
+learning_rate = [0.01, 0.001]
+batch_size = [64]
+epochs = [1]
+"""

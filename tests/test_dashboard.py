@@ -15,6 +15,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+import uuid
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -22,7 +23,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from conftest import ROOT, ok, run_hpo, write_study
+from conftest import ROOT, TWO_LR_GRID, ok, run_hpo, write_study
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
@@ -32,17 +33,7 @@ START_TIMEOUT_S = 180.0  # the dashboard process imports TensorFlow on the way; 
 TINY_GRID = """
 description = "Dashboard test: two learning rates, one epoch."
 experiment = 3
-[sampler]
-type = "grid"
-[data]
-protocol = "validation_split"
-validation_split = 0.2
-[space]
-architecture = "base"
-augmentation = "none"
-learning_rate = [0.01, 0.001]
-batch_size = [64]
-epochs = [1]
+""" + TWO_LR_GRID + """
 [[reference]]
 learning_rate = 0.001
 batch_size = 64
@@ -63,28 +54,46 @@ def _get(url: str, timeout: float = 5.0) -> bytes:
         return response.read()
 
 
-class Dashboard:
-    """``hpo dashboard`` as a subprocess, with its stderr in a file."""
+# Run inside a network namespace, where this process cannot reach: one HTTP request, exit 0 if answered.
+_PROBE = "import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=3).read()"
 
-    def __init__(self, db: str, folder: Path, *args: str) -> None:
+
+class Dashboard:
+    """``hpo dashboard`` as a subprocess, with its stderr in a file; in network namespace
+    ``netns`` if one is given (then only :meth:`answers` can reach it)."""
+
+    def __init__(self, db: str, folder: Path, *args: str, netns: str | None = None) -> None:
         self.port = _free_port()
+        self.netns = netns
         self.log = folder / f"dashboard-{self.port}.log"
         self._log_file = self.log.open("w")
+        inside = ["ip", "netns", "exec", netns] if netns else []
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "hpo", "--storage", db, "dashboard", "--port", str(self.port), *args],
+            [*inside, sys.executable, "-m", "hpo", "--storage", db, "dashboard", "--port", str(self.port), *args],
             stdout=self._log_file, stderr=subprocess.STDOUT, cwd=folder, env={**os.environ})
         self.url = f"http://127.0.0.1:{self.port}"
+
+    def answers(self, address: str = "127.0.0.1") -> bool:
+        """Whether the dashboard answers an HTTP request to ``address`` from its own network."""
+        url = f"http://{address}:{self.port}/api/studies"
+        if self.netns is None:
+            try:
+                _get(url, timeout=3)
+                return True
+            except (urllib.error.URLError, OSError):
+                return False
+        probe = subprocess.run(["ip", "netns", "exec", self.netns, sys.executable, "-c", _PROBE, url],
+                               capture_output=True, timeout=60)
+        return probe.returncode == 0
 
     def wait_until_up(self) -> None:
         deadline = time.monotonic() + START_TIMEOUT_S
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 pytest.fail(f"dashboard exited with {self.process.returncode}: {self.stderr()[-2000:]}")
-            try:
-                _get(f"{self.url}/api/studies", timeout=2)
+            if self.answers():
                 return
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
-                time.sleep(0.5)
+            time.sleep(0.5)
         pytest.fail(f"dashboard did not answer in {START_TIMEOUT_S:.0f}s: {self.stderr()[-2000:]}")
 
     def stderr(self) -> str:
@@ -106,8 +115,8 @@ class Dashboard:
 def start_dashboard(tmp_path: Path) -> Iterator[Callable[..., Dashboard]]:
     started: list[Dashboard] = []
 
-    def start(db: str, *args: str) -> Dashboard:
-        dashboard = Dashboard(db, tmp_path, *args)
+    def start(db: str, *args: str, netns: str | None = None) -> Dashboard:
+        dashboard = Dashboard(db, tmp_path, *args, netns=netns)
         started.append(dashboard)
         dashboard.wait_until_up()
         return dashboard
@@ -144,6 +153,7 @@ def browser(tmp_path: Path) -> Iterator[Any]:
 
 def _wait_for_text(driver: Any, *texts: str, timeout: float = 30.0) -> str:
     """The page's visible text, once it shows every one of ``texts``."""
+    from selenium.common.exceptions import TimeoutException  # noqa: PLC0415
     from selenium.webdriver.common.by import By  # noqa: PLC0415
     from selenium.webdriver.support.ui import WebDriverWait  # noqa: PLC0415
 
@@ -153,22 +163,29 @@ def _wait_for_text(driver: Any, *texts: str, timeout: float = 30.0) -> str:
 
     try:
         return WebDriverWait(driver, timeout).until(shown)
-    except Exception:  # noqa: BLE001
+    except TimeoutException:
         body = driver.find_element(By.TAG_NAME, "body").text
         pytest.fail(f"page {driver.current_url} never showed {texts}; it shows:\n{body[:3000]}")
 
 
-def _loaded_images(driver: Any, prefix: str, timeout: float = 30.0) -> list[str]:
-    """Names (alt texts) of the images starting with ``prefix`` that the browser has loaded."""
+def _wait_for_images(driver: Any, *names: str, timeout: float = 30.0) -> None:
+    """Wait until the browser has loaded (and can draw) every image whose alt text is in ``names``."""
+    from selenium.common.exceptions import TimeoutException  # noqa: PLC0415
     from selenium.webdriver.support.ui import WebDriverWait  # noqa: PLC0415
 
     script = """return Array.from(document.images)
-        .filter(i => i.alt.startsWith(arguments[0]) && i.complete && i.naturalWidth > 0)
-        .map(i => i.alt);"""
+        .filter(i => i.complete && i.naturalWidth > 0).map(i => i.alt);"""
+    loaded: list[str] = []
+
+    def all_loaded(d: Any) -> bool:
+        loaded[:] = d.execute_script(script)
+        return all(name in loaded for name in names)
+
     try:
-        return WebDriverWait(driver, timeout).until(lambda d: d.execute_script(script, prefix) or False)
-    except Exception:  # noqa: BLE001
-        return []
+        WebDriverWait(driver, timeout).until(all_loaded)
+    except TimeoutException:
+        missing = [name for name in names if name not in loaded]
+        pytest.fail(f"images {missing} did not load in {timeout:.0f}s on {driver.current_url}; loaded: {loaded}")
 
 
 def _screenshot(driver: Any, name: str, scroll_to: str | None = None) -> None:
@@ -209,9 +226,8 @@ def test_dashboard_shows_the_study_its_trials_artifacts_and_note(
     assert f"learning_rate {shown.params['learning_rate']}" in body
     assert f"test_accuracy {shown.user_attrs['test_accuracy']}" in body
     # The worker's plots are served from the artifact store and render in the browser.
-    images = _loaded_images(browser, "")
-    assert f"confusion_matrix_trial{shown.number}.png" in images, images
-    assert f"learning_curves_trial{shown.number}.png" in images, images
+    _wait_for_images(browser, f"confusion_matrix_trial{shown.number}.png",
+                     f"learning_curves_trial{shown.number}.png")
     links = [a.text for a in browser.find_elements(By.TAG_NAME, "a")] + [browser.page_source]
     assert any(f"metrics_trial{shown.number}.json" in text for text in links)
     _screenshot(browser, "trial0-artifacts", scroll_to="Artifacts")
@@ -220,7 +236,7 @@ def test_dashboard_shows_the_study_its_trials_artifacts_and_note(
     browser.find_element(By.XPATH, f"//*[normalize-space(text())='Trial {other.number}']").click()
     body = _wait_for_text(browser, f"Trial {other.number} (trial_id=")
     assert f"learning_rate {other.params['learning_rate']}" in body
-    assert f"confusion_matrix_trial{other.number}.png" in _loaded_images(browser, "confusion_matrix")
+    _wait_for_images(browser, f"confusion_matrix_trial{other.number}.png")
     _screenshot(browser, "trial1-artifacts", scroll_to="Artifacts")
 
     # The study note: the description and the report's numbers, saved when the study was created.
@@ -230,43 +246,53 @@ def test_dashboard_shows_the_study_its_trials_artifacts_and_note(
     _screenshot(browser, "note")
 
 
-def _outward_address() -> str | None:
-    """An address of this machine that is not loopback, if it has one (no packet is sent)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        try:
-            sock.connect(("192.0.2.1", 9))  # TEST-NET-1: only picks the outgoing interface
-            address = sock.getsockname()[0]
-        except OSError:
-            return None
-    return None if address.startswith("127.") else address
+def _ip(*args: str) -> None:
+    subprocess.run(["ip", *args], check=True, capture_output=True, text=True, timeout=30)
 
 
-def _answers(address: str, port: int) -> bool:
+@pytest.fixture
+def outward_namespace() -> Iterator[tuple[str, str]]:
+    """A network namespace of this test's own with an outward address: (namespace, address).
+
+    Inside it are loopback and a veth pair with both ends, 10.254.0.1 and .2, so a server there has
+    an address besides 127.0.0.1 to be reached on, whatever this machine's own network is, and
+    that network is left untouched. Needs root and ``ip`` (iproute2).
+    """
+    name = f"hpo-dash-{uuid.uuid4().hex[:8]}"
     try:
-        with socket.create_connection((address, port), timeout=3):
-            return True
-    except OSError:
-        return False
+        _ip("netns", "add", name)
+    except (OSError, subprocess.CalledProcessError) as e:
+        message = f"cannot make a network namespace (needs root and iproute2): {getattr(e, 'stderr', '') or e}"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    try:
+        _ip("-n", name, "link", "set", "lo", "up")
+        _ip("-n", name, "link", "add", "out0", "type", "veth", "peer", "name", "out1")
+        for device, address in (("out0", "10.254.0.1/30"), ("out1", "10.254.0.2/30")):
+            _ip("-n", name, "addr", "add", address, "dev", device)
+            _ip("-n", name, "link", "set", device, "up")
+        yield name, "10.254.0.1"
+    finally:
+        subprocess.run(["ip", "netns", "delete", name], capture_output=True, timeout=30)  # takes the pair too
 
 
 def test_dashboard_binds_loopback_and_warns_when_exposed(
-        tmp_path: Path, start_dashboard: Callable[..., Dashboard]) -> None:
+        tmp_path: Path, start_dashboard: Callable[..., Dashboard], outward_namespace: tuple[str, str]) -> None:
+    netns, outward = outward_namespace
     db = f"sqlite:///{tmp_path / 'hpo.db'}"
-    outward = _outward_address()
 
-    private = start_dashboard(db)
+    private = start_dashboard(db, netns=netns)
     assert "no authentication" not in private.stderr()
     assert f"http://127.0.0.1:{private.port}/" in private.stderr()
-    if outward:
-        assert not _answers(outward, private.port), f"default dashboard answers on {outward}"
+    assert not private.answers(outward), f"the default dashboard answers on {outward}"
     private.stop()
 
-    exposed = start_dashboard(db, "--host", "0.0.0.0")
+    exposed = start_dashboard(db, "--host", "0.0.0.0", netns=netns)
     warnings = [line for line in exposed.stderr().splitlines() if "no authentication" in line]
     assert len(warnings) == 1 and "WARNING" in warnings[0], exposed.stderr()[-2000:]
     assert f"0.0.0.0:{exposed.port}" in warnings[0]
-    if outward:
-        assert _answers(outward, exposed.port)
+    assert exposed.answers(outward), f"the dashboard on 0.0.0.0 does not answer on {outward}"
 
 
 def test_epoch_values_stream_in_while_the_trial_runs(tmp_path: Path, data_path: str) -> None:
