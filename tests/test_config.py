@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 import pytest
@@ -12,8 +11,6 @@ from hpo.config import (ARCHITECTURE_NAMES, AUGMENTATION_NAMES, Range, definitio
 from hpo.errors import ConfigError
 
 from conftest import STUDIES, write_study
-
-TABLE1 = Path(__file__).resolve().parents[2] / "shared" / "seed" / "table1.csv"
 
 GOOD_BODY = """
 [sampler]
@@ -52,23 +49,6 @@ def test_search_samples_everything_with_tpe_and_pruning() -> None:
     assert d.space["learning_rate"] == Range(1e-4, 1e-2, log=True)
     assert d.space["epochs"] == Range(5, 15)
     assert set(d.space["architecture"]) == set(ARCHITECTURE_NAMES)
-
-
-def test_study_files_carry_every_row_of_table1() -> None:
-    """The report's numbers live in the study files; together they are its Table 1."""
-    if not TABLE1.exists():
-        pytest.skip("shared/seed/table1.csv not beside the project")
-    expected = {(int(r["experiment"]), float(r["learning_rate"]), int(r["batch_size"]), int(r["epochs"])):
-                (float(r["test_accuracy"]), float(r["test_loss"])) for r in csv.DictReader(TABLE1.open())}
-    found = {}
-    for name in ("exp1", "exp2", "exp3", "exp4"):
-        d = load_definition(STUDIES / f"{name}.toml")
-        fixed = {k: v[0] for k, v in d.space.items()}
-        for ref in d.references:
-            params = {**fixed, **ref.params}
-            key = (d.experiment, params["learning_rate"], params["batch_size"], params["epochs"])
-            found[key] = (ref.test_accuracy, ref.test_loss)
-    assert found == expected
 
 
 def test_definition_round_trips_through_its_stored_form() -> None:

@@ -16,7 +16,7 @@ import pytest
 from optuna.distributions import CategoricalDistribution
 from optuna.trial import TrialState
 
-from conftest import ROOT, STUDIES, ok, run_hpo, user_error, write_study
+from conftest import ROOT, STUDIES, TWO_LR_GRID, ok, run_hpo, user_error, write_study
 from hpo.config import load_definition
 from hpo.errors import HpoError
 from hpo.report import Output, reference_params, safe_name, tolerance
@@ -30,17 +30,7 @@ AUGMENTATION_IN_TABLE1 = {"none": "none", "standard": "rotation15_shift0.1_hflip
 GRID3 = """
 description = "A two-point slice of experiment 3."
 experiment = 3
-[sampler]
-type = "grid"
-[data]
-protocol = "validation_split"
-validation_split = 0.2
-[space]
-architecture = "base"
-augmentation = "none"
-learning_rate = [0.01, 0.001]
-batch_size = [64]
-epochs = [1]
+""" + TWO_LR_GRID + """
 [[reference]]
 learning_rate = 0.01
 batch_size = 64
@@ -101,15 +91,12 @@ epochs = 1
 """
 
 
-
-
-
-
 def _csv(path: Path) -> list[dict[str, str]]:
     return list(csv.DictReader(io.StringIO(path.read_text())))
 
 
 def test_study_references_are_the_reports_table1() -> None:
+    """The report's numbers live in the study files: together, row for row, they are its Table 1."""
     if not TABLE1.exists():
         pytest.skip(f"no {TABLE1}")
     ours = []
