@@ -81,8 +81,10 @@ def describe(placements: Sequence[Placement]) -> str:
     return ", ".join(f"{n} x {t} thread{'s' if t != 1 else ''}" for t, n in threads.items())
 
 
-def worker_command(study: str, storage_url: str, worker_args: Sequence[str]) -> list[str]:
-    return [sys.executable, "-m", "hpo", "--storage", storage_url, "worker", study, *worker_args]
+def worker_command(study: str, worker_args: Sequence[str]) -> list[str]:
+    """A worker's command line. The storage URL is not on it: any user on the machine can read a
+    command line (ps), so it goes through the worker's environment, HPO_STORAGE."""
+    return [sys.executable, "-m", "hpo", "worker", study, *worker_args]
 
 
 def launch(
@@ -100,10 +102,10 @@ def launch(
     log_dir.mkdir(parents=True, exist_ok=True)
     procs: list[subprocess.Popen[bytes]] = []
     for i, place in enumerate(placements):
-        env = {**os.environ, **device.worker_environment(place.threads, place.gpu)}
+        env = {**os.environ, **device.worker_environment(place.threads, place.gpu), "HPO_STORAGE": storage_url}
         logfile = open(log_dir / f"worker-{i}.log", "ab")  # noqa: SIM115  (closed when it exits)
         procs.append(subprocess.Popen(
-            worker_command(definition.name, storage_url, worker_args),
+            worker_command(definition.name, worker_args),
             env=env, stdout=logfile, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             start_new_session=True,  # Ctrl-C reaches us only; we forward it once, as SIGTERM
         ))
@@ -140,7 +142,7 @@ def launch(
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     # Every worker has exited: no trial of theirs may stay RUNNING.
-    retrying(lambda: queue.recover(study), what="recover trials of exited workers")
+    retrying(lambda: queue.recover(study, definition), what="recover trials of exited workers")
     final = _status(study, definition)
     progress.show(final, final=True)
     codes = [p.returncode for p in procs]

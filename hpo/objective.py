@@ -13,9 +13,11 @@ from typing import Any, Callable, Mapping
 import keras
 import optuna
 
+from hpo import stored
 from hpo.config import Range, StudyDefinition
 from hpo.data import Dataset
 from hpo.storage import retrying
+from hpo.study import trial_seed
 from hpo.train import Params, TrainResult, train
 
 log = logging.getLogger(__name__)
@@ -35,11 +37,6 @@ def suggest(trial: optuna.Trial, definition: StudyDefinition) -> Params:
         else:
             values[name] = trial.suggest_categorical(name, list(spec))
     return Params.from_mapping(values)
-
-
-def trial_seed(definition: StudyDefinition, trial: optuna.Trial) -> int:
-    """Each trial's seed: the study's seed and the trial's number, recorded with the trial."""
-    return definition.seed * 100_003 + trial.number
 
 
 class EpochReporter(keras.callbacks.Callback):
@@ -75,8 +72,8 @@ def run_trial(
     on_complete: TrialHook | None = None,
 ) -> float:
     params = retrying(lambda: suggest(trial, definition), what="suggest parameters")
-    seed = trial_seed(definition, trial)
-    _record(trial, {"seed": seed, "data": data.source, "train_images": int(len(data.x_train)),
+    seed = trial_seed(definition, trial.number)  # the seed its sampler drew the params with, too
+    _record(trial, {stored.SEED: seed, "data": data.source, "train_images": int(len(data.x_train)),
                     **(environment or {})})
     log.info("trial %d: %s (seed %d)", trial.number, params, seed)
 

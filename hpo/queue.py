@@ -5,12 +5,16 @@ several workers, idle ones re-run points that are still running, and a FAIL tria
 visited, so its point is silently skipped. Here GridSampler stays the sampler, but the points
 are handed out by a queue instead:
 
-- ``hpo create`` adds one WAITING trial per grid point (or per budgeted trial), tagged with its
-  ``grid_id``, which GridSampler then honours.
+- Every slot of a study (a grid point, or an index of the trial budget) gets one WAITING trial,
+  tagged with its slot (and its ``grid_id``, which GridSampler then honours).
 - A worker claims a trial by moving it WAITING -> RUNNING in one locked update, so no two live
   workers ever hold the same point.
 - A trial that fails, or whose worker dies, is FAIL; a fresh WAITING copy of it is queued until
   the study's ``max_retries`` are used up. Nothing is dropped silently.
+
+What is queued is decided from the trials' states alone, under the study's lock
+(:mod:`hpo.lock`): :func:`sync` adds what a slot lacks, so any number of processes may create,
+launch or recover the same study at once and each slot still holds one live trial.
 """
 
 from __future__ import annotations
@@ -18,12 +22,15 @@ from __future__ import annotations
 import logging
 import os
 import socket
-from typing import Any, Sequence
+from collections import defaultdict
+from typing import Any, Callable, Sequence
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from hpo import stored
 from hpo.config import StudyDefinition
+from hpo.lock import study_lock
 
 log = logging.getLogger(__name__)
 
@@ -37,10 +44,7 @@ def _machine() -> str:
 
 
 HOST = _machine()
-SLOT = "hpo:slot"          # position of the trial in the queue: grid id, or budget index
-ATTEMPT = "hpo:attempt"    # 0 for the first try, then 1, 2, ... for retries
-RETRY_OF = "hpo:retry_of"  # number of the trial this one retries
-WORKER = "hpo:worker"      # "host:pid" of the worker that claimed the trial
+LIVE = (TrialState.WAITING, TrialState.RUNNING, TrialState.COMPLETE, TrialState.PRUNED)
 
 
 class QueuedGridSampler(optuna.samplers.GridSampler):
@@ -57,26 +61,7 @@ class QueuedGridSampler(optuna.samplers.GridSampler):
 
     def point(self, grid_id: int) -> dict[str, Any]:
         """The parameters GridSampler gives the trial with this grid id."""
-        return dict(zip(self._param_names, self._all_grids[grid_id]))
-
-
-def fill(study: optuna.Study, definition: StudyDefinition) -> int:
-    """Queue the trials of a new study; returns how many were added.
-
-    Slots already present (a create that was interrupted half-way) are not added twice.
-    """
-    present = {t.system_attrs.get(SLOT) for t in study.get_trials(deepcopy=False)}
-    search_space = grid_search_space(definition) if definition.sampler == "grid" else {}
-    added = 0
-    for slot in range(definition.n_trials):
-        if slot in present:
-            continue
-        system_attrs: dict[str, Any] = {SLOT: slot, ATTEMPT: 0}
-        if definition.sampler == "grid":
-            system_attrs.update(grid_id=slot, search_space=search_space)
-        study.add_trial(optuna.trial.create_trial(state=TrialState.WAITING, system_attrs=system_attrs))
-        added += 1
-    return added
+        return stored.grid_point(self, grid_id)
 
 
 def grid_search_space(definition: StudyDefinition) -> dict[str, list[Any]]:
@@ -84,68 +69,134 @@ def grid_search_space(definition: StudyDefinition) -> dict[str, list[Any]]:
     return {name: values for name, values in sorted(definition.grid.items())}
 
 
-def claim(study: optuna.Study) -> optuna.Trial | None:
+def by_slot(trials: Sequence[FrozenTrial]) -> dict[int, list[FrozenTrial]]:
+    """The trials of each queue slot, oldest first."""
+    slots: dict[int, list[FrozenTrial]] = defaultdict(list)
+    for trial in sorted(trials, key=lambda t: t.number):
+        slot = trial.system_attrs.get(stored.SLOT)
+        if slot is not None:
+            slots[int(slot)].append(trial)
+    return slots
+
+
+def counted_attempts(attempts: Sequence[FrozenTrial]) -> int:
+    """Failures that use up a retry: an interruption (SIGTERM, Ctrl-C) is not the trial's fault."""
+    return sum(1 for t in attempts if t.state == TrialState.FAIL and not t.system_attrs.get(stored.INTERRUPTED))
+
+
+def sync(study: optuna.Study, definition: StudyDefinition) -> int:
+    """Queue what the study's slots lack, under the study's lock; returns how many were added.
+
+    Deciding from the stored states alone, under the lock, makes this idempotent: two
+    processes that recover the same dead trial at once queue one retry between them.
+    """
+    with study_lock(stored.storage_of(study), study.study_name):
+        return add_missing(study, definition)
+
+
+def add_missing(study: optuna.Study, definition: StudyDefinition) -> int:
+    """:func:`sync`'s work, for a caller that already holds the study's lock.
+
+    A slot with no trial yet gets its first (a study being created, or a create that died
+    half-way). A slot whose trials all failed gets a retry, until its ``max_retries`` are used.
+    A slot holding a WAITING, RUNNING, COMPLETE or PRUNED trial needs nothing.
+    """
+    slots = by_slot(study.get_trials(deepcopy=False))
+    search_space = grid_search_space(definition) if definition.sampler == "grid" else {}
+    added = 0
+    for slot in range(definition.n_trials):
+        attempts = slots.get(slot, [])
+        if any(t.state in LIVE for t in attempts):
+            continue
+        if not attempts:
+            system_attrs: dict[str, Any] = {stored.SLOT: slot, stored.ATTEMPT: 0}
+            if definition.sampler == "grid":
+                system_attrs.update({stored.GRID_ID: slot, stored.GRID_SEARCH_SPACE: search_space})
+        else:
+            attempt = counted_attempts(attempts)
+            if attempt > definition.max_retries:
+                continue  # failed for good; hpo status and export show it
+            system_attrs = _retry_attrs(attempts[-1], attempt)
+        study.add_trial(optuna.trial.create_trial(state=TrialState.WAITING, system_attrs=system_attrs))
+        added += 1
+    return added
+
+
+def _retry_attrs(last: FrozenTrial, attempt: int) -> dict[str, Any]:
+    """A retry runs what the failed try ran: the same slot and grid point, the same parameters."""
+    system_attrs = {k: v for k, v in last.system_attrs.items()
+                    if not k.startswith(stored.ARTIFACT_PREFIX) and k not in (stored.WORKER, stored.INTERRUPTED)}
+    system_attrs.update({stored.ATTEMPT: attempt, stored.RETRY_OF: last.number})
+    if last.params:
+        system_attrs[stored.FIXED_PARAMS] = dict(last.params)
+    log.info("trial %d queued again (attempt %d)", last.number, attempt + 1)
+    return system_attrs
+
+
+def claim(study: optuna.Study, sampler_for: Callable[[int], optuna.samplers.BaseSampler]) -> optuna.Trial | None:
     """Move one WAITING trial to RUNNING for this process, or return None if none is left.
 
     ``set_trial_state_values`` locks the row (SELECT ... FOR UPDATE on PostgreSQL; on SQLite
-    every transaction is BEGIN IMMEDIATE, see hpo.storage), so a trial is claimed once.
+    every transaction is BEGIN IMMEDIATE, see hpo.storage), so a trial is claimed once. The
+    study's sampler is then made afresh by ``sampler_for(trial number)``: each trial samples
+    with its own seed, so parallel workers never repeat each other's draws.
     """
-    storage = study._storage
-    for frozen in storage.get_all_trials(study._study_id, deepcopy=False, states=(TrialState.WAITING,)):
+    storage = stored.storage_of(study)
+    for frozen in storage.get_all_trials(stored.study_id(study), deepcopy=False, states=(TrialState.WAITING,)):
+        trial_id = stored.trial_id(frozen)
         try:
-            if not storage.set_trial_state_values(frozen._trial_id, state=TrialState.RUNNING):
+            if not storage.set_trial_state_values(trial_id, state=TrialState.RUNNING):
                 continue
         except optuna.exceptions.UpdateFinishedTrialError:
             continue
-        storage.set_trial_system_attr(frozen._trial_id, WORKER, f"{HOST}:{os.getpid()}")
-        storage.record_heartbeat(frozen._trial_id)
-        return optuna.Trial(study, frozen._trial_id)
+        storage.set_trial_system_attr(trial_id, stored.WORKER, f"{HOST}:{os.getpid()}")
+        storage.record_heartbeat(trial_id)
+        study.sampler = sampler_for(frozen.number)
+        return optuna.Trial(study, trial_id)
     return None
 
 
-def requeue(study: optuna.Study, trial: FrozenTrial, *, count_attempt: bool = True) -> bool:
-    """Queue a fresh try of a failed trial; False once its retries are used up."""
-    definition_max = study.user_attrs.get("definition", {}).get("max_retries", 2)
-    attempt = trial.system_attrs.get(ATTEMPT, 0) + (1 if count_attempt else 0)
-    if attempt > definition_max:
-        log.warning("trial %d failed for good: %d retries used", trial.number, definition_max)
+def fail(study: optuna.Study, trial_id: int, message: str, *, interrupted: bool = False) -> bool:
+    """Mark a RUNNING trial FAIL with ``message``; False if it had already finished.
+
+    The state change is a locked row update, so of several processes failing the same trial
+    (its worker, and others that found it dead) exactly one succeeds.
+    """
+    storage = stored.storage_of(study)
+    try:
+        if storage.get_trial(trial_id).state != TrialState.RUNNING:
+            return False
+        storage.set_trial_user_attr(trial_id, stored.ERROR, message[:2000])
+        if interrupted:
+            storage.set_trial_system_attr(trial_id, stored.INTERRUPTED, True)
+        return storage.set_trial_state_values(trial_id, state=TrialState.FAIL)
+    except optuna.exceptions.UpdateFinishedTrialError:
         return False
-    system_attrs = {k: v for k, v in trial.system_attrs.items() if k != WORKER}
-    system_attrs.update({ATTEMPT: attempt, RETRY_OF: trial.number})
-    if trial.params:
-        system_attrs["fixed_params"] = dict(trial.params)
-    study.add_trial(optuna.trial.create_trial(state=TrialState.WAITING, system_attrs=system_attrs))
-    log.info("trial %d queued again (attempt %d of %d)", trial.number, attempt + 1, definition_max + 1)
-    return True
 
 
-def recover(study: optuna.Study) -> int:
+def recover(study: optuna.Study, definition: StudyDefinition) -> int:
     """Fail the RUNNING trials whose worker is gone, and queue their retries.
 
     A worker is gone when its heartbeat is older than the grace period, or at once when it ran
     on this host and its process no longer exists. Returns how many trials were recovered.
     """
-    storage = study._storage
+    storage = stored.storage_of(study)
     # Trials whose heartbeat is older than the grace period (needs a storage with heartbeats).
-    stale = set(storage._get_stale_trial_ids(study._study_id)) if storage.get_heartbeat_interval() else set()
+    stale = set(stored.stale_trial_ids(storage, study)) if storage.get_heartbeat_interval() else set()
     recovered = 0
-    for trial in storage.get_all_trials(study._study_id, deepcopy=False, states=(TrialState.RUNNING,)):
-        host, _, pid = str(trial.system_attrs.get(WORKER, "")).rpartition(":")
-        if trial._trial_id in stale:
+    for trial in storage.get_all_trials(stored.study_id(study), deepcopy=False, states=(TrialState.RUNNING,)):
+        host, _, pid = str(trial.system_attrs.get(stored.WORKER, "")).rpartition(":")
+        if stored.trial_id(trial) in stale:
             reason = f"worker {host}:{pid} stopped sending heartbeats"
         elif host == HOST and pid.isdigit() and not _alive(int(pid)):
             reason = f"worker process {pid} on {host} died"
         else:
             continue
-        try:
-            storage.set_trial_user_attr(trial._trial_id, "error", reason)
-            if not storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL):
-                continue
-        except optuna.exceptions.UpdateFinishedTrialError:
-            continue  # finished, or another process recovered it first
-        log.warning("trial %d: %s; recovering it", trial.number, reason)
-        requeue(study, storage.get_trial(trial._trial_id))
-        recovered += 1
+        if fail(study, stored.trial_id(trial), reason):
+            log.warning("trial %d: %s; recovering it", trial.number, reason)
+            recovered += 1
+    if recovered:
+        sync(study, definition)
     return recovered
 
 
@@ -164,4 +215,3 @@ def _alive(pid: int) -> bool:
             return f.read().rsplit(")", 1)[1].split()[0] != "Z"
     except OSError:
         return True
-

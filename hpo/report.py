@@ -24,7 +24,7 @@ from typing import Any, Mapping, Sequence
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from hpo import plots, tables
+from hpo import plots, stored, tables
 from hpo.config import PARAMETERS, Range, Reference, StudyDefinition
 from hpo.errors import ConfigError, HpoError
 from hpo.results import best_trial_rows, trial_params
@@ -247,7 +247,7 @@ def select(storage: optuna.storages.BaseStorage, names: Sequence[str]) -> tuple[
     """The experiment studies (in report order) and the other studies to report on."""
     if not names:
         names = [s.study_name for s in optuna.get_all_study_summaries(storage)
-                 if (s.user_attrs.get("definition") or {}).get("experiment") is not None]
+                 if (s.user_attrs.get(stored.DEFINITION) or {}).get("experiment") is not None]
     results = [StudyResult(*load_study(storage, name)) for name in dict.fromkeys(names)]
     experiments = sorted((r for r in results if r.definition.experiment is not None),
                          key=lambda r: (r.definition.experiment, r.name))

@@ -6,14 +6,14 @@ they always agree with each other.
 
 from __future__ import annotations
 
-from collections import Counter, defaultdict
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from hpo import queue
+from hpo import queue, stored
 from hpo.config import PARAMETERS, StudyDefinition
 
 POINT_STATES = ("pending", "running", "complete", "pruned", "failed")
@@ -52,15 +52,6 @@ class StudyStatus:
         }
 
 
-def slots(trials: list[FrozenTrial]) -> dict[int, list[FrozenTrial]]:
-    by_slot: dict[int, list[FrozenTrial]] = defaultdict(list)
-    for trial in trials:
-        slot = trial.system_attrs.get(queue.SLOT)
-        if slot is not None:
-            by_slot[int(slot)].append(trial)
-    return by_slot
-
-
 def point_state(attempts: list[FrozenTrial]) -> str:
     states = {t.state for t in attempts}
     if TrialState.COMPLETE in states:
@@ -76,7 +67,7 @@ def point_state(attempts: list[FrozenTrial]) -> str:
 
 def study_status(study: optuna.Study, definition: StudyDefinition) -> StudyStatus:
     trials = study.get_trials(deepcopy=False)
-    by_slot = slots(trials)
+    by_slot = queue.by_slot(trials)
     points: Counter[str] = Counter({s: 0 for s in POINT_STATES})
     failed_points = []
     for slot in range(definition.n_trials):
@@ -88,7 +79,7 @@ def study_status(study: optuna.Study, definition: StudyDefinition) -> StudyStatu
                 "slot": slot,
                 "params": trial_params(last) if last else {},
                 "attempts": len(by_slot.get(slot, [])),
-                "error": last.user_attrs.get("error") if last else "never ran",
+                "error": last.user_attrs.get(stored.ERROR) if last else "never ran",
             })
     duplicates = sum(1 for attempts in by_slot.values()
                      if sum(t.state == TrialState.COMPLETE for t in attempts) > 1)
@@ -123,7 +114,7 @@ def _best(trials: list[FrozenTrial], direction: str) -> FrozenTrial | None:
 
 def trial_params(trial: FrozenTrial) -> dict[str, Any]:
     """A trial's parameters, including those fixed on a retry that has not suggested them yet."""
-    params = dict(trial.system_attrs.get("fixed_params", {}))
+    params = dict(trial.system_attrs.get(stored.FIXED_PARAMS, {}))
     params.update(trial.params)
     return params
 
@@ -136,7 +127,7 @@ def best_trial_rows(study: optuna.Study, definition: StudyDefinition) -> list[di
     result). WAITING and RUNNING trials are not results yet.
     """
     trials = study.get_trials(deepcopy=False)
-    by_slot = slots(trials)
+    by_slot = queue.by_slot(trials)
     final_failures = {slot for slot, attempts in by_slot.items() if point_state(attempts) == "failed"}
     sign = -1.0 if definition.direction == "maximize" else 1.0
 
@@ -146,8 +137,8 @@ def best_trial_rows(study: optuna.Study, definition: StudyDefinition) -> list[di
         return order, sign * value if order < 2 else 0.0, trial.number
 
     chosen = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)
-              or (t.state == TrialState.FAIL and t.system_attrs.get(queue.SLOT) in final_failures
-                  and t is max(by_slot[t.system_attrs[queue.SLOT]], key=lambda x: x.number))]
+              or (t.state == TrialState.FAIL and t.system_attrs.get(stored.SLOT) in final_failures
+                  and t is max(by_slot[t.system_attrs[stored.SLOT]], key=lambda x: x.number))]
     rows = []
     rank = 0
     for trial in sorted(chosen, key=key):
@@ -155,6 +146,11 @@ def best_trial_rows(study: optuna.Study, definition: StudyDefinition) -> list[di
             rank += 1
         rows.append(trial_row(trial, rank if trial.state == TrialState.COMPLETE else None))
     return rows
+
+
+# The best-trial table's columns, in order: what trial_row gives, as hpo export and report show it.
+EXPORT_COLUMNS = ("rank", "trial", "architecture", "augmentation", "learning_rate", "batch_size", "epochs",
+                  "val_accuracy", "test_accuracy", "test_loss", "duration_s", "state", "note")
 
 
 def trial_row(trial: FrozenTrial, rank: int | None) -> dict[str, Any]:

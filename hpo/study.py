@@ -13,22 +13,44 @@ from typing import Any
 
 import optuna
 
-from hpo import queue
+from hpo import queue, stored
 from hpo.config import StudyDefinition, definition_from_dict
 from hpo.errors import ConfigError, StudyNotFound
+from hpo.lock import study_lock
 
 log = logging.getLogger(__name__)
 
-DEFINITION = "definition"
+DEFINITION = stored.DEFINITION
 
 
-def make_sampler(definition: StudyDefinition) -> optuna.samplers.BaseSampler:
+def trial_seed(definition: StudyDefinition, number: int) -> int:
+    """Each trial's seed, for its sampler and its training: the study's seed and the trial's number.
+
+    Distinct for every trial of a study, and the same when the study is run again.
+    """
+    return definition.seed * 100_003 + number
+
+
+def make_sampler(definition: StudyDefinition, seed: int | None = None) -> optuna.samplers.BaseSampler:
+    """The study's sampler; workers make one per trial, seeded with :func:`trial_seed`.
+
+    TPE uses the constant liar, as Optuna recommends for parallel workers: a trial still
+    running counts as a poor result, so workers do not all crowd the same promising region.
+    """
     if definition.sampler == "grid":
+        # The study's own seed, always: GridSampler shuffles its points by its seed, so the
+        # stored grid ids mean the same points only under the same seed.
         return queue.QueuedGridSampler(definition.grid, seed=definition.seed)
+    seed = definition.seed if seed is None else seed
     if definition.sampler == "tpe":
-        return optuna.samplers.TPESampler(seed=definition.seed, n_startup_trials=10)
+        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=10, constant_liar=True)
     # "fixed" studies suggest single-valued parameters, which any sampler returns as they are.
-    return optuna.samplers.RandomSampler(seed=definition.seed)
+    return optuna.samplers.RandomSampler(seed=seed)
+
+
+def trial_sampler(definition: StudyDefinition):  # type: ignore[no-untyped-def]
+    """For :func:`hpo.queue.claim`: trial number -> that trial's own seeded sampler."""
+    return lambda number: make_sampler(definition, trial_seed(definition, number))
 
 
 def make_pruner(definition: StudyDefinition) -> optuna.pruners.BasePruner:
@@ -46,31 +68,34 @@ def create_study(storage: optuna.storages.BaseStorage, definition: StudyDefiniti
     existing name is refused: its stored results would no longer mean what they say.
     """
     wanted = _normalise(definition.to_dict())
-    try:
-        study = optuna.create_study(
-            storage=storage,
-            study_name=definition.name,
-            direction=definition.direction,
-            sampler=make_sampler(definition),
-            pruner=make_pruner(definition),
-        )
-        created = True
-    except optuna.exceptions.DuplicatedStudyError:
-        study = _load(storage, definition)
-        created = False
-    stored = study.user_attrs.get(DEFINITION)
-    if stored is not None:
-        if stored != wanted:
-            raise ConfigError(
-                f"study {definition.name!r} already exists with a different definition "
-                f"({_first_difference(stored, wanted)}); give the changed study a new name"
+    # Under the study's lock: any number of processes on any hosts may create the same study
+    # at once, and its trials are still queued exactly once.
+    with study_lock(storage, definition.name):
+        try:
+            study = optuna.create_study(
+                storage=storage,
+                study_name=definition.name,
+                direction=definition.direction,
+                sampler=make_sampler(definition),
+                pruner=make_pruner(definition),
             )
-        return study, created
-    # New, or a create that died half-way: queue what is missing, then mark the study ready.
-    added = queue.fill(study, definition)
-    study.set_metric_names([definition.metric])
-    study.set_user_attr(DEFINITION, wanted)
-    _save_note(study, definition)
+            created = True
+        except optuna.exceptions.DuplicatedStudyError:
+            study = _load(storage, definition)
+            created = False
+        stored_definition = study.user_attrs.get(DEFINITION)
+        if stored_definition is not None:
+            if stored_definition != wanted:
+                raise ConfigError(
+                    f"study {definition.name!r} already exists with a different definition "
+                    f"({_first_difference(stored_definition, wanted)}); give the changed study a new name"
+                )
+            return study, created
+        # New, or a create that died half-way: queue what is missing, then mark the study ready.
+        added = queue.add_missing(study, definition)
+        study.set_metric_names([definition.metric])
+        _save_note(study, definition)
+        study.set_user_attr(DEFINITION, wanted)
     log.info("study %s: %d trials queued", definition.name, added)
     return study, True
 

@@ -3,7 +3,10 @@
 One process runs one loop. Many processes, on one machine or many, share a study through its
 database. A failed trial does not kill its worker: it is marked FAIL with its message and
 queued again (up to the study's ``max_retries``). SIGTERM or Ctrl-C fails the current trial as
-retryable and exits; a half-trained model is never recorded as a result.
+retryable and exits; a half-trained model is never recorded as a result. A worker that comes
+back after its trial was declared dead and retried elsewhere (frozen, or cut off from the
+database past the grace period) drops its result with one warning: the database refuses every
+write to a finished trial, so nothing it sends changes the stored trials.
 """
 
 from __future__ import annotations
@@ -20,8 +23,10 @@ from typing import Callable
 import optuna
 from optuna.trial import TrialState
 
-from hpo import queue
+from hpo import queue, stored
+from hpo.config import StudyDefinition
 from hpo.storage import retrying
+from hpo.study import trial_sampler
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +44,7 @@ class WorkerSummary:
     complete: int = 0
     pruned: int = 0
     failed: int = 0
+    dropped: int = 0  # trained, but recovered by another worker meanwhile
     interrupted: bool = False
 
 
@@ -96,40 +102,48 @@ class _Signals:
 Objective = Callable[[optuna.Trial], float]
 
 
-def run_worker(study: optuna.Study, objective: Objective, *, poll_interval: float = 2.0,
-               max_trials: int | None = None) -> WorkerSummary:
+def run_worker(study: optuna.Study, definition: StudyDefinition, objective: Objective, *,
+               poll_interval: float = 2.0, max_trials: int | None = None) -> WorkerSummary:
     """Run trials of ``study`` until its queue is empty and no trial is running anywhere.
 
     A worker waits while other workers still run trials: if one of them dies, its trial is
     queued again and someone has to pick it up.
     """
     summary = WorkerSummary()
-    storage = study._storage
+    storage = stored.storage_of(study)
+    sampler_for = trial_sampler(definition)
     with _Signals() as signals:
         while signals.requested is None and (max_trials is None or summary.complete < max_trials):
-            retrying(lambda: queue.recover(study), what="recover stale trials")
-            trial = retrying(lambda: queue.claim(study), what="claim a trial")
+            retrying(lambda: queue.recover(study, definition), what="recover stale trials")
+            trial = retrying(lambda: queue.claim(study, sampler_for), what="claim a trial")
             if trial is None:
+                # Nothing waiting. A retry whose queueing was cut short (a crash between failing
+                # a trial and queueing its retry) is queued now; else wait for running trials.
+                if retrying(lambda: queue.sync(study, definition), what="queue missing trials"):
+                    continue
                 running = retrying(lambda: storage.get_all_trials(
-                    study._study_id, deepcopy=False, states=(TrialState.RUNNING,)), what="poll")
+                    stored.study_id(study), deepcopy=False, states=(TrialState.RUNNING,)), what="poll")
                 if not running:
                     break
                 time.sleep(poll_interval)
                 continue
-            state = _run_one(study, trial, objective, signals)
+            state = _run_one(study, definition, trial, objective, signals)
             if state == TrialState.COMPLETE:
                 summary.complete += 1
             elif state == TrialState.PRUNED:
                 summary.pruned += 1
-            else:
+            elif state == TrialState.FAIL:
                 summary.failed += 1
+            else:
+                summary.dropped += 1
         summary.interrupted = signals.requested is not None
     return summary
 
 
-def _run_one(study: optuna.Study, trial: optuna.Trial, objective: Objective, signals: _Signals) -> TrialState:
-    storage = study._storage
-    with Heartbeat(storage, trial._trial_id):
+def _run_one(study: optuna.Study, definition: StudyDefinition, trial: optuna.Trial, objective: Objective,
+             signals: _Signals) -> TrialState | None:
+    """Train one claimed trial and record how it ended; None if its result was dropped."""
+    with Heartbeat(stored.storage_of(study), stored.trial_id(trial)):
         try:
             signals.training = True
             try:
@@ -139,39 +153,47 @@ def _run_one(study: optuna.Study, trial: optuna.Trial, objective: Objective, sig
         except optuna.TrialPruned as exc:
             log.info("trial %d pruned: %s", trial.number, exc)
             return _finish(study, trial, TrialState.PRUNED)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            return _dropped(trial)
         except Interrupted as exc:
             log.warning("trial %d interrupted by %s; it will be retried", trial.number, exc)
-            _fail(study, trial, f"interrupted by {exc}", count_attempt=False)
-            return TrialState.FAIL
+            return _fail(study, definition, trial, f"interrupted by {exc}", interrupted=True)
         except Exception as exc:  # noqa: BLE001  (a trial's failure is recorded, not fatal)
+            if _recovered(study, trial):
+                return _dropped(trial)
             log.error("trial %d failed: %s\n%s", trial.number, exc, traceback.format_exc())
-            _fail(study, trial, f"{type(exc).__name__}: {exc}", count_attempt=True)
-            return TrialState.FAIL
+            return _fail(study, definition, trial, f"{type(exc).__name__}: {exc}")
         return _finish(study, trial, TrialState.COMPLETE, value)
 
 
-def _finish(study: optuna.Study, trial: optuna.Trial, state: TrialState, value: float | None = None) -> TrialState:
+def _recovered(study: optuna.Study, trial: optuna.Trial) -> bool:
+    """Whether another process has finished this worker's trial (found it dead, and retried it)."""
+    frozen = retrying(lambda: stored.storage_of(study).get_trial(stored.trial_id(trial)), what="read a trial")
+    return frozen.state != TrialState.RUNNING
+
+
+def _dropped(trial: optuna.Trial) -> None:
+    log.warning("trial %d was recovered by another worker while this one trained it (no heartbeat "
+                "reached the database in time); its retry stands and this result is dropped", trial.number)
+    return None
+
+
+def _finish(study: optuna.Study, trial: optuna.Trial, state: TrialState,
+            value: float | None = None) -> TrialState | None:
     try:
         retrying(lambda: study.tell(trial, value, state=state), what=f"record a {state.name} trial")
     except (ValueError, optuna.exceptions.UpdateFinishedTrialError):
-        if study._storage.get_trial(trial._trial_id).state == TrialState.RUNNING:
+        if not _recovered(study, trial):
             raise
-        log.warning("trial %d was declared dead while it trained (no heartbeat reached the "
-                    "database); its retry stands and this result is dropped", trial.number)
-        return TrialState.FAIL
+        return _dropped(trial)
     return state
 
 
-def _fail(study: optuna.Study, trial: optuna.Trial, message: str, *, count_attempt: bool) -> None:
-    storage = study._storage
-
-    def record() -> bool:
-        try:
-            storage.set_trial_user_attr(trial._trial_id, "error", message[:2000])
-            return storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
-        except optuna.exceptions.UpdateFinishedTrialError:
-            return False  # another worker already failed it as stale, and queued its retry
-
-    if retrying(record, what="record a failed trial"):
-        frozen = retrying(lambda: storage.get_trial(trial._trial_id), what="read a failed trial")
-        retrying(lambda: queue.requeue(study, frozen, count_attempt=count_attempt), what="queue a retry")
+def _fail(study: optuna.Study, definition: StudyDefinition, trial: optuna.Trial, message: str, *,
+          interrupted: bool = False) -> TrialState | None:
+    """Fail the trial and queue its retry; None if another worker had already recovered it."""
+    if not retrying(lambda: queue.fail(study, stored.trial_id(trial), message, interrupted=interrupted),
+                    what="record a failed trial"):
+        return _dropped(trial)
+    retrying(lambda: queue.sync(study, definition), what="queue a retry")
+    return TrialState.FAIL

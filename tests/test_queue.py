@@ -12,12 +12,12 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from hpo import queue
+from hpo import queue, stored
 from hpo.config import load_definition
 from hpo.errors import ConfigError, StudyNotFound
 from hpo.results import best_trial_rows, study_status
 from hpo.storage import open_storage
-from hpo.study import create_study, load_study
+from hpo.study import create_study, load_study, trial_sampler
 from hpo.worker import run_worker
 
 from conftest import STUDIES, write_study
@@ -70,7 +70,7 @@ def test_changed_definition_under_same_name_is_refused_and_nothing_changes(stora
 def test_grid_sampler_gives_each_queued_trial_its_own_point(storage_url: str, tmp_path: Path) -> None:
     study, definition = _study(storage_url, tmp_path)
     seen = []
-    while (trial := queue.claim(study)) is not None:
+    while (trial := queue.claim(study, trial_sampler(definition))) is not None:
         params = {name: trial.suggest_categorical(name, values) for name, values in definition.grid.items()}
         assert params == study.sampler.point(_system_attrs(study, trial)["grid_id"])
         seen.append(tuple(sorted(params.items())))
@@ -79,9 +79,9 @@ def test_grid_sampler_gives_each_queued_trial_its_own_point(storage_url: str, tm
 
 
 def _claim_all(storage_url: str, name: str, out: "multiprocessing.Queue[list[int]]") -> None:
-    study, _ = load_study(open_storage(storage_url), name)
+    study, definition = load_study(open_storage(storage_url), name)
     claimed = []
-    while (trial := queue.claim(study)) is not None:
+    while (trial := queue.claim(study, trial_sampler(definition))) is not None:
         claimed.append(_system_attrs(study, trial)["grid_id"])
         study.tell(trial, 1.0)
     out.put(claimed)
@@ -111,7 +111,7 @@ def test_a_failing_point_is_retried_then_reported_failed_never_dropped(storage_u
             raise RuntimeError("exploded")
         return 0.5
 
-    summary = run_worker(study, objective, poll_interval=0.1)
+    summary = run_worker(study, definition, objective, poll_interval=0.1)
     assert summary.complete == 4 and summary.failed == 4  # 2 points x (1 try + 1 retry)
     status = study_status(study, definition)
     assert status.points == {"pending": 0, "running": 0, "complete": 4, "pruned": 0, "failed": 2}
@@ -124,31 +124,31 @@ def test_a_failing_point_is_retried_then_reported_failed_never_dropped(storage_u
 
 def test_trial_of_a_dead_worker_is_failed_and_queued_again(storage_url: str, tmp_path: Path) -> None:
     study, definition = _study(storage_url, tmp_path)
-    trial = queue.claim(study)
+    trial = queue.claim(study, trial_sampler(definition))
     assert trial is not None
     # Pretend a worker process on this host claimed it and died: a pid that no longer exists.
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    study._storage.set_trial_system_attr(trial._trial_id, queue.WORKER, f"{queue.HOST}:{dead.pid}")
-    assert queue.recover(study) == 1
+    study._storage.set_trial_system_attr(trial._trial_id, stored.WORKER, f"{queue.HOST}:{dead.pid}")
+    assert queue.recover(study, definition) == 1
     frozen = study._storage.get_trial(trial._trial_id)
     assert frozen.state == TrialState.FAIL and "died" in frozen.user_attrs["error"]
-    retries = [t for t in study.get_trials() if t.system_attrs.get(queue.RETRY_OF) == trial.number]
+    retries = [t for t in study.get_trials() if t.system_attrs.get(stored.RETRY_OF) == trial.number]
     assert len(retries) == 1 and retries[0].state == TrialState.WAITING
     assert retries[0].system_attrs["grid_id"] == frozen.system_attrs["grid_id"]
     assert study_status(study, definition).points["pending"] == 6
 
 
 def test_own_live_trial_is_not_recovered(storage_url: str, tmp_path: Path) -> None:
-    study, _ = _study(storage_url, tmp_path)
-    trial = queue.claim(study)
-    assert trial is not None and queue.recover(study) == 0
-    assert study._storage.get_trial(trial._trial_id).system_attrs[queue.WORKER].endswith(f":{os.getpid()}")
+    study, definition = _study(storage_url, tmp_path)
+    trial = queue.claim(study, trial_sampler(definition))
+    assert trial is not None and queue.recover(study, definition) == 0
+    assert study._storage.get_trial(trial._trial_id).system_attrs[stored.WORKER].endswith(f":{os.getpid()}")
 
 
 def test_status_shows_how_many_epochs_each_running_trial_has_done(storage_url: str, tmp_path: Path) -> None:
     study, definition = _study(storage_url, tmp_path, SMALL_GRID.replace("epochs = [1]", "epochs = [3]"))
-    first, second = queue.claim(study), queue.claim(study)
+    first, second = queue.claim(study, trial_sampler(definition)), queue.claim(study, trial_sampler(definition))
     assert first is not None and second is not None
     for name, values in definition.grid.items():
         first.suggest_categorical(name, values)
