@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import tempfile
+import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
@@ -20,10 +21,12 @@ matplotlib.use("Agg")  # no display on workers
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import optuna  # noqa: E402
-from optuna.artifacts import FileSystemArtifactStore, upload_artifact  # noqa: E402
-from sqlalchemy.engine import make_url  # noqa: E402
+from optuna.artifacts import FileSystemArtifactStore  # noqa: E402
+from optuna.artifacts.exceptions import ArtifactNotFound  # noqa: E402
 
+from hpo import stored  # noqa: E402
 from hpo.data import CLASS_NAMES  # noqa: E402
+from hpo.storage import retrying  # noqa: E402
 
 if TYPE_CHECKING:
     import keras
@@ -33,36 +36,48 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def artifact_dir(storage_url: str, folder: str | Path | None = None) -> Path:
-    """The artifact folder: as given, beside an SQLite file, or ./hpo-artifacts."""
-    if folder is not None:
-        path = Path(folder)
-    else:
-        url = make_url(storage_url)
-        database = url.database if url.get_backend_name() == "sqlite" else None
-        if database and database != ":memory:":
-            db = Path(database)
-            path = db.with_name(f"{db.stem}-artifacts")
-        else:
-            path = Path("hpo-artifacts")
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
 class TrialArtifacts:
-    """Uploads a trial's plots, model and metrics; a failure here never fails the trial."""
+    """Stores a trial's plots, model and metrics, all or nothing; a failure never fails the trial.
+
+    Every file is written to the store first, and registered on the trial only once all of
+    them are complete. A failed write (a full disk, a read-only folder) removes what it wrote
+    and registers nothing: the trial stays COMPLETE with its numbers, and a warning says why
+    its artifacts are missing. (Optuna's ``upload_artifact`` registers each file before
+    writing it, which would leave a broken artifact behind on a full disk.)
+    """
 
     def __init__(self, folder: Path, *, save_model: bool = True) -> None:
         self.store = FileSystemArtifactStore(str(folder))
         self.save_model = save_model
 
     def __call__(self, trial: optuna.Trial, result: TrainResult) -> None:
+        written: list[tuple[str, Path]] = []
         try:
             with tempfile.TemporaryDirectory(prefix="hpo-artifacts-") as tmp:
                 for path in self.write(Path(tmp), trial, result):
-                    upload_artifact(artifact_store=self.store, file_path=str(path), study_or_trial=trial)
+                    artifact_id = str(uuid.uuid4())
+                    written.append((artifact_id, path))  # before writing: a partial file is removed too
+                    with path.open("rb") as body:
+                        self.store.write(artifact_id, body)
         except Exception as exc:  # noqa: BLE001  (the result matters more than its pictures)
-            log.warning("trial %d: artifacts not saved: %s", trial.number, exc)
+            self._remove(written)
+            log.warning("trial %d: artifacts not saved, the trial's results are kept: %s",
+                        trial.number, str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+            return
+        try:
+            for artifact_id, path in written:
+                retrying(lambda: stored.register_artifact(trial, artifact_id, path.name),
+                         what="register an artifact")
+        except optuna.exceptions.UpdateFinishedTrialError:
+            self._remove(written)  # the trial was recovered by another worker: nothing of it stays
+            raise
+
+    def _remove(self, written: list[tuple[str, Path]]) -> None:
+        for artifact_id, _ in written:
+            try:
+                self.store.remove(artifact_id)
+            except (OSError, ArtifactNotFound):
+                pass
 
     def write(self, folder: Path, trial: optuna.Trial, result: TrainResult) -> list[Path]:
         title = f"trial {trial.number}: " + ", ".join(f"{k}={v}" for k, v in trial.params.items())

@@ -13,18 +13,30 @@ import sys
 import time
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import click
 
-from hpo import tables
-from hpo.errors import HpoError
-
-log = logging.getLogger("hpo")
+from hpo import paths, tables
+from hpo.errors import HpoError, OutputError
 
 
 class _Group(click.Group):
-    """Turns the project's errors into one line on stderr and exit code 2."""
+    """Turns the project's errors, and click's usage errors, into one line on stderr and exit code 2."""
+
+    def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
+        if not standalone_mode:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        try:
+            code = super().main(*args, standalone_mode=False, **kwargs)
+        except click.ClickException as exc:  # a bad option or argument
+            hint = f" (see {exc.ctx.command_path} --help)" if getattr(exc, "ctx", None) else ""
+            click.echo(f"hpo: error: {exc.format_message()}{hint}", err=True)
+            sys.exit(exc.exit_code)
+        except click.Abort:
+            click.echo("Aborted!", err=True)
+            sys.exit(1)
+        sys.exit(code if isinstance(code, int) else 0)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -36,31 +48,72 @@ class _Group(click.Group):
             ctx.exit(2)
 
 
+def _setup_logging(debug: bool) -> None:
+    logging.basicConfig(level=logging.DEBUG if debug else logging.INFO, stream=sys.stderr, force=True,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    for noisy in ("optuna", "absl", "tensorflow", "alembic"):
+        logging.getLogger(noisy).setLevel(logging.DEBUG if debug else logging.WARNING)
+    import optuna  # noqa: PLC0415  (not loaded for --help)
+
+    optuna.logging.set_verbosity(optuna.logging.DEBUG if debug else optuna.logging.WARNING)
+    # hpo relies on heartbeats and metric names on purpose; the notice helps no user.
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+
+
+def _set_storage(ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
+    if value is not None:
+        ctx.find_root().ensure_object(dict)["storage"] = value
+
+
+def _set_debug(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    if value:
+        ctx.find_root().ensure_object(dict)["debug"] = True
+        _setup_logging(True)
+
+
+def _common_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``--storage`` and ``--debug`` after the subcommand too, as in ``optuna`` and ``datasette``."""
+    fn = click.option("--storage", metavar="URL", expose_value=False, callback=_set_storage,
+                      help="Study database [env HPO_STORAGE; default sqlite:///hpo.db].")(fn)
+    return click.option("--debug", is_flag=True, expose_value=False, callback=_set_debug,
+                        help="Show tracebacks and debug logs.")(fn)
+
+
+def _artifacts_option(help_text: str = "Artifact folder (see hpo worker).") -> Callable[..., Any]:
+    return click.option("--artifacts", envvar="HPO_ARTIFACTS", metavar="DIR", help=help_text)
+
+
 def _storage_url(ctx: click.Context) -> str:
     from hpo.storage import resolve_url  # noqa: PLC0415
 
     return resolve_url(ctx.obj["storage"])
 
 
-def _open(ctx: click.Context, heartbeat: bool = True, retry_for: float = 0.0):  # type: ignore[no-untyped-def]
+def _open(ctx: click.Context, *, heartbeat: bool = True, retry_for: float = 0.0, create: bool = True):  # type: ignore[no-untyped-def]
     from hpo.storage import open_storage  # noqa: PLC0415
 
-    return open_storage(ctx.obj["storage"], heartbeat=heartbeat, retry_for=retry_for)
+    return open_storage(ctx.obj["storage"], heartbeat=heartbeat, retry_for=retry_for, create=create)
 
 
-def _study_ref(ctx: click.Context, ref: str, *, create: bool):  # type: ignore[no-untyped-def]
-    """A study named by its TOML file (created if ``create``) or by its name."""
-    from hpo.config import load_definition  # noqa: PLC0415
-    from hpo.study import create_study, load_study  # noqa: PLC0415
+def _artifact_folder(ctx: click.Context, folder: str | None, *, make: bool = True) -> Path:
+    """The trials' artifact folder (checked, and made if ``make``)."""
+    return paths.artifact_dir(_storage_url(ctx), folder, make=make)
 
-    storage = _open(ctx, retry_for=60.0)
-    if ref.endswith(".toml") or Path(ref).is_file():
-        definition = load_definition(ref)
-        if create:
-            study, _ = create_study(storage, definition)
-            return storage, study, definition
-        ref = definition.name
-    study, definition = load_study(storage, ref)
+
+def _is_study_file(ref: str) -> bool:
+    return ref.endswith(".toml") or Path(ref).is_file()
+
+
+def _existing_study(ctx: click.Context, name: str):  # type: ignore[no-untyped-def]
+    """A study that must already exist; reading it writes nothing, not even an empty schema."""
+    from hpo.storage import StorageEmpty  # noqa: PLC0415
+    from hpo.study import load_study  # noqa: PLC0415
+
+    try:
+        storage = _open(ctx, retry_for=60.0, create=False)
+    except StorageEmpty as exc:
+        raise HpoError(f"no study named {name!r}: {exc}") from None
+    study, definition = load_study(storage, name)
     return storage, study, definition
 
 
@@ -71,22 +124,18 @@ def _study_ref(ctx: click.Context, ref: str, *, create: bool):  # type: ignore[n
 @click.version_option(package_name="hpo")
 @click.pass_context
 def main(ctx: click.Context, storage: str | None, debug: bool) -> None:
-    """Hyperparameter optimisation of Keras CIFAR-10 models on Optuna."""
+    """Hyperparameter optimisation of Keras CIFAR-10 models on Optuna.
+
+    --storage and --debug go before or after the subcommand.
+    """
     ctx.ensure_object(dict)
     ctx.obj.update(storage=storage, debug=debug)
-    logging.basicConfig(level=logging.DEBUG if debug else logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    for noisy in ("optuna", "absl", "tensorflow", "alembic"):
-        logging.getLogger(noisy).setLevel(logging.DEBUG if debug else logging.WARNING)
-    import optuna  # noqa: PLC0415
-
-    optuna.logging.set_verbosity(optuna.logging.DEBUG if debug else optuna.logging.WARNING)
-    # hpo relies on heartbeats and metric names on purpose; the notice helps no user.
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    _setup_logging(debug)
 
 
 @main.command()
 @click.argument("study_file", type=click.Path(dir_okay=False))
+@_common_options
 @click.pass_context
 def create(ctx: click.Context, study_file: str) -> None:
     """Create the study in STUDY_FILE and queue its trials (idempotent)."""
@@ -118,9 +167,9 @@ def _with_data_options(fn):  # type: ignore[no-untyped-def]
 @main.command()
 @click.argument("study")
 @_with_data_options
-@click.option("--artifacts", envvar="HPO_ARTIFACTS", metavar="DIR",
-              help="Artifact folder [env HPO_ARTIFACTS; default: beside an SQLite file, else ./hpo-artifacts].")
+@_artifacts_option("Artifact folder [env HPO_ARTIFACTS; default: beside an SQLite file, else ./hpo-artifacts].")
 @click.option("--max-trials", type=click.IntRange(min=1), help="Stop after this many completed trials.")
+@_common_options
 @click.pass_context
 def worker(ctx: click.Context, study: str, data: str | None, subset: int | None, threads: int | None,
            artifacts: str | None, max_trials: int | None) -> None:
@@ -129,23 +178,37 @@ def worker(ctx: click.Context, study: str, data: str | None, subset: int | None,
 
     started = time.perf_counter()
     device.apply(threads)
+    from hpo.config import load_definition  # noqa: PLC0415
     from hpo.data import load_dataset  # noqa: PLC0415
+    from hpo.study import create_study  # noqa: PLC0415
+
+    # Everything is checked before the first write: a refused command changes nothing.
+    folder = _artifact_folder(ctx, artifacts, make=False)
+    if _is_study_file(study):
+        definition = load_definition(study)
+        dataset = load_dataset(data, subset=subset)
+        optuna_study, _ = create_study(_open(ctx, retry_for=60.0), definition)
+    else:
+        _, optuna_study, definition = _existing_study(ctx, study)
+        dataset = load_dataset(data, subset=subset)
+    folder = _artifact_folder(ctx, artifacts)
+
+    from hpo.artifacts import TrialArtifacts  # noqa: PLC0415
     from hpo.objective import run_trial  # noqa: PLC0415
     from hpo.worker import run_worker  # noqa: PLC0415
 
-    storage, optuna_study, definition = _study_ref(ctx, study, create=True)
-    dataset = load_dataset(data, subset=subset)
-    on_complete = _artifact_hook(ctx, artifacts)
+    on_complete = TrialArtifacts(folder)
     # Paid once per worker, not per trial: imports, connecting, loading the data.
     environment = {**device.describe(), "subset": subset,
                    "worker_startup_seconds": round(time.perf_counter() - started, 2)}
     summary = run_worker(
-        optuna_study,
+        optuna_study, definition,
         lambda trial: run_trial(trial, definition, dataset, environment=environment, on_complete=on_complete),
         max_trials=max_trials,
     )
+    dropped = f", {summary.dropped} dropped (recovered by another worker)" if summary.dropped else ""
     click.echo(f"worker done: {summary.complete} complete, {summary.pruned} pruned, "
-               f"{summary.failed} failed", err=True)
+               f"{summary.failed} failed{dropped}", err=True)
     if summary.interrupted:
         # Everything is in the database. TensorFlow's interpreter teardown can take seconds on
         # a busy machine, longer than a container's stop grace period: skip it.
@@ -154,39 +217,46 @@ def worker(ctx: click.Context, study: str, data: str | None, subset: int | None,
         os._exit(130)
 
 
-def _artifact_hook(ctx: click.Context, folder: str | None):  # type: ignore[no-untyped-def]
-    from hpo.artifacts import TrialArtifacts, artifact_dir  # noqa: PLC0415
-
-    return TrialArtifacts(artifact_dir(_storage_url(ctx), folder))
-
-
 @main.command()
 @click.argument("study_file", type=click.Path(dir_okay=False))
 @click.option("-n", "--workers", type=click.IntRange(min=1), help="Worker processes [default: from the hardware].")
 @click.option("--gpus", metavar="IDS", help="Comma-separated GPU ids, workers placed round-robin.")
 @_with_data_options
-@click.option("--artifacts", envvar="HPO_ARTIFACTS", metavar="DIR", help="Artifact folder (see hpo worker).")
+@_artifacts_option()
 @click.option("--logs", "log_dir", default="hpo-logs", show_default=True, help="Folder for worker logs.")
+@_common_options
 @click.pass_context
 def launch(ctx: click.Context, study_file: str, workers: int | None, gpus: str | None, data: str | None,
            subset: int | None, threads: int | None, artifacts: str | None, log_dir: str) -> None:
     """Create STUDY_FILE's study if needed and run worker processes on this machine."""
     from hpo import launch as launcher  # noqa: PLC0415
+    from hpo.config import load_definition  # noqa: PLC0415
     from hpo.data import load_dataset  # noqa: PLC0415
+    from hpo.storage import display_url, heartbeat_settings  # noqa: PLC0415
+    from hpo.study import create_study  # noqa: PLC0415
 
-    _, study, definition = _study_ref(ctx, study_file, create=True)
+    # Everything is checked before the first write: a refused command changes nothing.
+    definition = load_definition(study_file)
+    url = _storage_url(ctx)
+    heartbeat_settings()
+    logs = paths.folder(Path(log_dir) / definition.name, "--logs", make=False)
+    _artifact_folder(ctx, artifacts, make=False)
     gpu_ids = [g.strip() for g in gpus.split(",") if g.strip()] if gpus else []
     n = workers or launcher.default_workers(gpu_ids)
     placements = launcher.plan(n, gpus=gpu_ids, threads=threads)
     # Decode and cache the data once here, so N workers do not all start by decoding it.
     load_dataset(data, subset=subset)
+    storage = _open(ctx, retry_for=60.0)
+    study, _ = create_study(storage, definition)
+
     args: list[str] = []
     for flag, value in (("--data", data), ("--subset", subset), ("--artifacts", artifacts)):
         if value is not None:
             args += [flag, str(value)]
-    code = launcher.launch(study, definition, _storage_url(ctx), placements, args,
-                           Path(log_dir) / definition.name)
-    storage_flag = f" --storage {ctx.obj['storage']}" if ctx.obj["storage"] else ""
+    code = launcher.launch(study, definition, url, placements, args, logs)
+    # The password never reaches the terminal. Where HPO_STORAGE named the storage, it still does.
+    from_flag = ctx.obj["storage"] is not None and ctx.obj["storage"] != os.environ.get("HPO_STORAGE")
+    storage_flag = f" --storage '{display_url(url)}'" if from_flag else ""
     click.echo(f"best trials: hpo{storage_flag} export {definition.name}\n"
                f"dashboard:   hpo{storage_flag} dashboard   (then open http://127.0.0.1:8080)", err=True)
     ctx.exit(code)
@@ -195,6 +265,7 @@ def launch(ctx: click.Context, study_file: str, workers: int | None, gpus: str |
 @main.command()
 @click.argument("study", required=False)
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@_common_options
 @click.pass_context
 def status(ctx: click.Context, study: str | None, fmt: str) -> None:
     """Trials by state, queue coverage and the best value, per study."""
@@ -202,22 +273,31 @@ def status(ctx: click.Context, study: str | None, fmt: str) -> None:
 
     from hpo import queue  # noqa: PLC0415
     from hpo.results import study_status  # noqa: PLC0415
+    from hpo.storage import StorageEmpty  # noqa: PLC0415
     from hpo.study import DEFINITION, load_study  # noqa: PLC0415
 
-    storage = _open(ctx)
-    # Without a name: every study hpo created (other Optuna studies may share the database).
-    names = [study] if study else [s.study_name for s in optuna.get_all_study_summaries(storage)
-                                   if DEFINITION in s.user_attrs]
+    studies = []
+    if study:
+        studies.append(_existing_study(ctx, study)[1:])
+    else:
+        try:
+            storage = _open(ctx, create=False)
+        except StorageEmpty:
+            pass  # nothing created yet, and nothing is
+        else:
+            # Every study hpo created (other Optuna studies may share the database).
+            studies = [load_study(storage, s.study_name) for s in optuna.get_all_study_summaries(storage)
+                       if DEFINITION in s.user_attrs]
     statuses = []
-    for name in names:
-        optuna_study, definition = load_study(storage, name)
-        queue.recover(optuna_study)
+    for optuna_study, definition in studies:
+        queue.recover(optuna_study, definition)
         statuses.append(study_status(optuna_study, definition))
     if fmt == "json":
         click.echo(json.dumps([s.to_dict() for s in statuses], indent=2))
         return
     if not statuses:
         click.echo("no studies yet; create one with: hpo create studies/exp3.toml", err=True)
+        return
     rows = [{
         "study": s.name, "sampler": s.sampler,
         **{state: s.points[state] for state in ("pending", "running", "complete", "pruned", "failed")},
@@ -236,51 +316,50 @@ def status(ctx: click.Context, study: str | None, fmt: str) -> None:
 @main.command()
 @click.argument("study")
 @click.option("--format", "fmt", type=click.Choice(list(tables.FORMATS)), default="table", show_default=True)
-@click.option("--output", "-o", type=click.Path(dir_okay=False, writable=True), help="Write to FILE, not stdout.")
+@click.option("--output", "-o", type=click.Path(dir_okay=False), help="Write to FILE, not stdout.")
+@_common_options
 @click.pass_context
 def export(ctx: click.Context, study: str, fmt: str, output: str | None) -> None:
     """Write STUDY's best-trial table, best first."""
-    from hpo.results import best_trial_rows  # noqa: PLC0415
+    from hpo.results import EXPORT_COLUMNS, best_trial_rows  # noqa: PLC0415
 
-    _, optuna_study, definition = _study_ref(ctx, study, create=False)
+    if output:
+        paths.output_file(output, "--output")
+    name = study
+    if _is_study_file(study):
+        from hpo.config import load_definition  # noqa: PLC0415
+
+        name = load_definition(study).name
+    _, optuna_study, definition = _existing_study(ctx, name)
     rows = best_trial_rows(optuna_study, definition)
     text = tables.render(rows, fmt, columns=EXPORT_COLUMNS)
     if output:
-        Path(output).write_text(text, encoding="utf-8")
+        paths.write_text(Path(output), text, "--output")
         click.echo(f"wrote {len(rows)} rows to {output}", err=True)
     else:
         click.echo(text, nl=False)
 
 
-EXPORT_COLUMNS = ("rank", "trial", "architecture", "augmentation", "learning_rate", "batch_size", "epochs",
-                  "val_accuracy", "test_accuracy", "test_loss", "duration_s", "state", "note")
-
-
 @main.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
 @click.option("--port", default=8080, show_default=True, type=click.IntRange(1, 65535))
-@click.option("--artifacts", envvar="HPO_ARTIFACTS", metavar="DIR", help="Artifact folder (see hpo worker).")
+@_artifacts_option()
+@_common_options
 @click.pass_context
 def dashboard(ctx: click.Context, host: str, port: int, artifacts: str | None) -> None:
     """Serve optuna-dashboard on the same storage (loopback only unless --host says otherwise)."""
     from hpo.dashboard import serve  # noqa: PLC0415
 
-    serve(_open(ctx, heartbeat=False), host=host, port=port,
-          artifacts=_artifact_folder(ctx, artifacts))
-
-
-def _artifact_folder(ctx: click.Context, folder: str | None) -> Path | None:
-    from hpo.artifacts import artifact_dir  # noqa: PLC0415
-
-    return artifact_dir(_storage_url(ctx), folder)
-
+    folder = _artifact_folder(ctx, artifacts)
+    serve(_open(ctx, heartbeat=False), host=host, port=port, artifacts=folder)
 
 
 @main.command()
 @click.argument("studies", nargs=-1)
 @click.option("--output", "-o", required=True, type=click.Path(), metavar="DIR",
               help="Folder for report.md, its CSV files and figures (created if needed).")
-@click.option("--artifacts", envvar="HPO_ARTIFACTS", metavar="DIR", help="Artifact folder (see hpo worker).")
+@_artifacts_option()
+@_common_options
 @click.pass_context
 def report(ctx: click.Context, studies: tuple[str, ...], output: str, artifacts: str | None) -> None:
     """Write the report into DIR: Table 1 reproduced, figures and findings.
@@ -289,8 +368,14 @@ def report(ctx: click.Context, studies: tuple[str, ...], output: str, artifacts:
     studies named here get their best-trial table and their best trial's plots.
     """
     from hpo.report import write_report  # noqa: PLC0415
+    from hpo.results import EXPORT_COLUMNS  # noqa: PLC0415
 
-    path = write_report(_open(ctx, heartbeat=False), list(studies), Path(output),
-                        artifacts=_artifact_folder(ctx, artifacts), storage_url=_storage_url(ctx),
-                        best_columns=EXPORT_COLUMNS)
+    folder = _artifact_folder(ctx, artifacts, make=False)
+    storage = _open(ctx, heartbeat=False, create=False)
+    paths.folder(output, "--output", make=False)
+    try:
+        path = write_report(storage, list(studies), Path(output), artifacts=folder if folder.is_dir() else None,
+                            storage_url=_storage_url(ctx), best_columns=EXPORT_COLUMNS)
+    except OSError as exc:  # a disk that fills while the figures are written
+        raise OutputError(f"--output {output}: cannot write the report: {exc.strerror or exc}") from None
     click.echo(f"wrote {path}", err=True)

@@ -117,8 +117,30 @@ def definition_from_dict(data: Mapping[str, Any], origin: str = "stored definiti
     refs = tuple(Reference(**ref) for ref in data.get("references", ()))
     fields = {k: v for k, v in data.items() if k not in ("space", "references")}
     definition = StudyDefinition(**fields, space=space, references=refs)
+    problem = name_problem(definition.name)
+    if problem:
+        raise ConfigError(f"{origin}: name {definition.name!r} {problem}")
     _validate_space(definition.space, definition.sampler, origin)
     return definition
+
+
+MAX_NAME_LENGTH = 100  # names become folder and file names (logs, reports): keep them well short of 255
+
+
+def name_problem(name: str) -> str | None:
+    """Why ``name`` cannot name a study, or None.
+
+    A study's name becomes part of file and folder names, so it is letters, digits, '-', '_'
+    and '.', starts with a letter or digit (no option look-alike '-x', no '.' or '..') and is
+    at most MAX_NAME_LENGTH characters.
+    """
+    if not name or not all(c.isascii() and (c.isalnum() or c in "-_.") for c in name):
+        return "must be letters, digits, '-', '_' or '.'"
+    if not name[0].isalnum():
+        return "must start with a letter or a digit"
+    if len(name) > MAX_NAME_LENGTH:
+        return f"is {len(name)} characters long; at most {MAX_NAME_LENGTH}"
+    return None
 
 
 # --- parsing -----------------------------------------------------------------------------------
@@ -185,8 +207,9 @@ def _parse(raw: dict[str, Any], origin: str) -> StudyDefinition:
     space_reader = _Reader(origin, "space", raw.get("space", {}))
 
     name = study.get("name", str)
-    if not name or not all(c.isalnum() or c in "-_." for c in name):
-        study.fail("study.name", name, "must be non-empty letters, digits, '-', '_' or '.'")
+    problem = name_problem(name)
+    if problem:
+        study.fail("study.name", name, problem)
     sampler_type = sampler.choice("type", SAMPLERS)
     protocol = data.choice("protocol", PROTOCOLS, "validation_split")
     split = float(data.get("validation_split", (int, float), 0.2 if protocol == "validation_split" else 0.0))

@@ -25,3 +25,7 @@ class StorageError(HpoError):
 
 class StudyNotFound(StorageError):
     """No study of that name in the storage."""
+
+
+class OutputError(HpoError):
+    """A file or folder hpo was told to write cannot be written."""

@@ -90,6 +90,9 @@ def _annotate(ax: Any, x: int, y: int, value: float, runs: int | None, cmap: Any
     ax.text(x, y, text, ha="center", va="center", fontsize=9, color=colour)
 
 
+PNG_END = b"IEND\xaeB`\x82"  # a PNG file's last chunk: a truncated copy lacks it
+
+
 def best_trial_figures(storage: optuna.storages.BaseStorage, trial: FrozenTrial, folder: Path,
                        place: Callable[[str], Path], stem: str) -> tuple[dict[str, Path], str | None]:
     """The trial's learning curves and confusion matrix as files from ``place(name)``.
@@ -127,6 +130,8 @@ def best_trial_figures(storage: optuna.storages.BaseStorage, trial: FrozenTrial,
                 raise FileNotFoundError("no confusion matrix artifact")
             local = Path(tmp) / "confusion.png"
             download_artifact(artifact_store=store, file_path=str(local), artifact_id=matrix.artifact_id)
+            if not local.read_bytes().endswith(PNG_END):
+                raise OSError(f"artifact {matrix.artifact_id} is not a complete PNG file")
             figures["confusion matrix"] = Path(shutil.copyfile(local, place(f"{stem}_confusion_matrix.png")))
         except (OSError, optuna.artifacts.exceptions.ArtifactNotFound) as exc:
             log.warning("trial %d: confusion matrix not copied: %s", trial.number, exc)

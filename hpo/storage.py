@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sqlite3
 import time
 from pathlib import Path
@@ -20,14 +21,15 @@ import sqlalchemy
 import sqlalchemy.exc
 from sqlalchemy.engine import make_url
 
-from hpo.errors import StorageError
+from hpo.errors import ConfigError, StorageError, StudyNotFound
 
 log = logging.getLogger(__name__)
 
 DEFAULT_STORAGE = "sqlite:///hpo.db"
-HEARTBEAT_INTERVAL = int(os.environ.get("HPO_HEARTBEAT_INTERVAL", "5"))
-GRACE_PERIOD = int(os.environ.get("HPO_GRACE_PERIOD", "30"))
 SQLITE_BUSY_TIMEOUT_S = 60
+# The driver hpo installs, chosen for URLs that name none (postgres://, postgresql://).
+POSTGRES_DRIVER = "postgresql+psycopg"
+ACCEPTED = "sqlite:///PATH, postgresql://USER:PASSWORD@HOST:PORT/DB (or postgres://, postgresql+psycopg://)"
 
 T = TypeVar("T")
 
@@ -41,41 +43,100 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
+class StorageEmpty(StudyNotFound):
+    """The storage holds no studies at all (and a read-only command did not create it)."""
+
+
 def resolve_url(url: str | None) -> str:
-    """The storage URL from the flag, then ``HPO_STORAGE``, then an SQLite file here."""
+    """The storage URL from the flag, then ``HPO_STORAGE``, then an SQLite file here.
+
+    ``postgres://`` and ``postgresql://`` get the PostgreSQL driver hpo installs (psycopg 3).
+    No error repeats the password.
+    """
     url = url or os.environ.get("HPO_STORAGE") or DEFAULT_STORAGE
     try:
         parsed = make_url(url)
     except sqlalchemy.exc.ArgumentError:
-        raise StorageError(f"--storage {url!r} is not a database URL "
-                           "(try sqlite:///hpo.db or postgresql+psycopg://user@host/db)") from None
+        raise StorageError(f"--storage {_hide_password(url)!r} is not a database URL; accepted: {ACCEPTED}") from None
+    if parsed.drivername in ("postgres", "postgresql"):
+        parsed = parsed.set(drivername=POSTGRES_DRIVER)
     if parsed.get_backend_name() not in ("sqlite", "postgresql"):
-        raise StorageError(f"--storage {url!r}: only sqlite and postgresql are supported")
-    return url
+        raise StorageError(f"--storage {display_url(parsed)!r}: only SQLite and PostgreSQL are supported; "
+                           f"accepted: {ACCEPTED}")
+    return parsed.render_as_string(hide_password=False)
 
 
-def open_storage(url: str | None = None, *, heartbeat: bool = True,
-                 retry_for: float = 0.0) -> optuna.storages.RDBStorage:
-    """Open (and if needed create) the storage behind ``url``.
+def heartbeat_settings() -> tuple[int, int]:
+    """(interval, grace period) in seconds, from ``HPO_HEARTBEAT_INTERVAL`` and ``HPO_GRACE_PERIOD``.
+
+    A worker records a heartbeat every interval; a RUNNING trial without one for the grace
+    period is declared dead and retried, so the grace period must exceed the interval.
+    """
+    interval = _seconds("HPO_HEARTBEAT_INTERVAL", 5)
+    grace = _seconds("HPO_GRACE_PERIOD", 30)
+    if grace <= interval:
+        raise ConfigError(f"HPO_GRACE_PERIOD={grace} must be longer than HPO_HEARTBEAT_INTERVAL={interval}")
+    return interval, grace
+
+
+def _seconds(variable: str, default: int) -> int:
+    text = os.environ.get(variable, "").strip()
+    if not text:
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise ConfigError(f"{variable}={text!r} must be a whole number of seconds, at least 1")
+    return value
+
+
+def postgres_connect_args(options: str = "", idle_in_transaction_s: int = 20) -> dict[str, str]:
+    """libpq settings for hpo's PostgreSQL connections: the URL's own ``options``, plus a
+    server-side limit on how long a session may sit idle inside a transaction.
+
+    A worker that loses the network in the middle of a transaction (claiming a trial holds the
+    trial's row under SELECT ... FOR UPDATE) leaves its session open on the server, idle in
+    transaction, its locks held: every other worker's claim waits behind that row until the
+    server's TCP notices the peer is gone, minutes or, without keepalives, hours. None of hpo's
+    transactions idles for more than a moment (``hpo.lock`` exempts its own on purpose), so the
+    server ends such a session after ``idle_in_transaction_s``: its transaction rolls back, its
+    locks are freed, and when the network returns the worker finds the connection closed and
+    :func:`retrying` opens a new one. Client-side TCP timeouts (keepalives, tcp_user_timeout) are
+    left out on purpose: a cut-off worker then simply waits and resumes when the link returns,
+    instead of failing its database calls until ``retrying`` gives up.
+    """
+    limit = f"-c idle_in_transaction_session_timeout={idle_in_transaction_s * 1000}"
+    return {"options": f"{options} {limit}".strip()}
+
+
+def open_storage(url: str | None = None, *, heartbeat: bool = True, retry_for: float = 0.0,
+                 create: bool = True) -> optuna.storages.RDBStorage:
+    """Open the storage behind ``url``, creating its tables if ``create``.
 
     ``retry_for`` seconds of retries let workers start while the database is still coming up.
+    Without ``create``, a storage that holds no studies raises :class:`StorageEmpty` and is
+    left exactly as it was (no SQLite file, no tables).
     """
     url = resolve_url(url)
+    interval, grace = heartbeat_settings() if heartbeat else (None, None)
     parsed = make_url(url)
     engine_kwargs: dict = {"pool_pre_ping": True}
     if parsed.get_backend_name() == "sqlite":
-        _prepare_sqlite(parsed.database)
+        _check_sqlite(parsed.database, create)
         engine_kwargs["connect_args"] = {"timeout": SQLITE_BUSY_TIMEOUT_S}
+    elif not create:
+        _check_postgres(url)
+
+    if parsed.get_backend_name() == "postgresql":
+        engine_kwargs["connect_args"] = postgres_connect_args(str(parsed.query.get("options", "")))
 
     def connect() -> optuna.storages.RDBStorage:
         for attempt in range(3):
             try:
-                return optuna.storages.RDBStorage(
-                    url,
-                    engine_kwargs=engine_kwargs,
-                    heartbeat_interval=HEARTBEAT_INTERVAL if heartbeat else None,
-                    grace_period=GRACE_PERIOD if heartbeat else None,
-                )
+                return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs,
+                                                  heartbeat_interval=interval, grace_period=grace)
             except sqlalchemy.exc.DatabaseError as exc:
                 # Workers starting together on a new database race to create its tables;
                 # the loser finds them made, and simply opens the storage again.
@@ -88,21 +149,49 @@ def open_storage(url: str | None = None, *, heartbeat: bool = True,
         storage = retrying(connect, what=f"connect to {display_url(url)}", timeout=retry_for)
     except TRANSIENT_ERRORS as exc:
         raise StorageError(f"cannot connect to {display_url(url)}: {_first_line(exc)}") from None
+    except sqlalchemy.exc.DatabaseError as exc:  # not a database, read-only, ...
+        raise StorageError(f"cannot use {display_url(url)}: {_first_line(exc)}") from None
     if parsed.get_backend_name() == "sqlite":
         _serialize_sqlite(storage.engine)
     return storage
 
 
-def _prepare_sqlite(database: str | None) -> None:
+def _check_sqlite(database: str | None, create: bool) -> None:
+    """Refuse, in one line, an SQLite path that cannot be a study database; set up WAL mode."""
     if not database or database == ":memory:":
         return
     path = Path(database)
-    if not path.parent.exists():
-        raise StorageError(f"{path}: folder {path.parent} does not exist")
+    if path.is_dir():
+        raise StorageError(f"{path} is a folder, not an SQLite database file")
+    if not path.exists():
+        if not create:
+            raise StorageEmpty(f"{path} does not exist: no studies yet")
+        if not path.parent.is_dir():
+            raise StorageError(f"{path}: folder {path.parent} does not exist")
     # WAL lets readers (status, dashboard) run beside writers; it is stored in the file, so
     # setting it once here holds for every later connection, Optuna's included.
-    with sqlite3.connect(path, timeout=SQLITE_BUSY_TIMEOUT_S) as conn:
-        conn.execute("PRAGMA journal_mode=WAL")
+    try:
+        with sqlite3.connect(path, timeout=SQLITE_BUSY_TIMEOUT_S) as conn:
+            conn.execute("PRAGMA journal_mode=WAL")
+            tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    except sqlite3.DatabaseError as exc:  # not a database, read-only file system, no permission
+        raise StorageError(f"cannot use {path} as an SQLite database: {exc}") from None
+    if not create and "studies" not in tables:
+        raise StorageEmpty(f"{path} holds no studies yet")
+
+
+def _check_postgres(url: str) -> None:
+    """Raise :class:`StorageEmpty` if the database has no study tables, creating nothing."""
+    engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
+    try:
+        has_tables = retrying(lambda: sqlalchemy.inspect(engine).has_table("studies"),
+                              what=f"read {display_url(url)}", timeout=0)
+    except TRANSIENT_ERRORS as exc:
+        raise StorageError(f"cannot connect to {display_url(url)}: {_first_line(exc)}") from None
+    finally:
+        engine.dispose()
+    if not has_tables:
+        raise StorageEmpty(f"{display_url(url)} holds no studies yet")
 
 
 def _serialize_sqlite(engine: sqlalchemy.engine.Engine) -> None:
@@ -140,9 +229,17 @@ def retrying(fn: Callable[[], T], *, what: str, timeout: float = 120.0) -> T:
             delay = min(delay * 2, 8.0)
 
 
-def display_url(url: str) -> str:
+def display_url(url: str | sqlalchemy.engine.URL) -> str:
     """The URL as it may be shown or logged: with its password hidden."""
-    return make_url(url).render_as_string(hide_password=True)
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except sqlalchemy.exc.ArgumentError:
+        return _hide_password(str(url))
+
+
+def _hide_password(text: str) -> str:
+    """``scheme://user:secret@host`` -> ``scheme://user:***@host``, for text that is no valid URL."""
+    return re.sub(r"(://[^:/@\s]*:)[^@\s]*@", r"\1***@", text)
 
 
 def _first_line(exc: BaseException) -> str:
