@@ -111,25 +111,6 @@ def postgres_connect_args(options: str = "", idle_in_transaction_s: int = 20) ->
     return {"options": f"{options} {limit}".strip()}
 
 
-def postgres_connect_args(options: str = "", idle_in_transaction_s: int = 20) -> dict[str, str]:
-    """libpq settings for hpo's PostgreSQL connections: the URL's own ``options``, plus a
-    server-side limit on how long a session may sit idle inside a transaction.
-
-    A worker that loses the network in the middle of a transaction (claiming a trial holds the
-    trial's row under SELECT ... FOR UPDATE) leaves its session open on the server, idle in
-    transaction, its locks held: every other worker's claim waits behind that row until the
-    server's TCP notices the peer is gone, minutes or, without keepalives, hours. None of hpo's
-    transactions idles for more than a moment (``hpo.lock`` exempts its own on purpose), so the
-    server ends such a session after ``idle_in_transaction_s``: its transaction rolls back, its
-    locks are freed, and when the network returns the worker finds the connection closed and
-    :func:`retrying` opens a new one. Client-side TCP timeouts (keepalives, tcp_user_timeout) are
-    left out on purpose: a cut-off worker then simply waits and resumes when the link returns,
-    instead of failing its database calls until ``retrying`` gives up.
-    """
-    limit = f"-c idle_in_transaction_session_timeout={idle_in_transaction_s * 1000}"
-    return {"options": f"{options} {limit}".strip()}
-
-
 def open_storage(url: str | None = None, *, heartbeat: bool = True, retry_for: float = 0.0,
                  create: bool = True) -> optuna.storages.RDBStorage:
     """Open the storage behind ``url``, creating its tables if ``create``.
@@ -147,9 +128,6 @@ def open_storage(url: str | None = None, *, heartbeat: bool = True, retry_for: f
         engine_kwargs["connect_args"] = {"timeout": SQLITE_BUSY_TIMEOUT_S}
     elif not create:
         _check_postgres(url)
-
-    if parsed.get_backend_name() == "postgresql":
-        engine_kwargs["connect_args"] = postgres_connect_args(str(parsed.query.get("options", "")))
 
     if parsed.get_backend_name() == "postgresql":
         engine_kwargs["connect_args"] = postgres_connect_args(str(parsed.query.get("options", "")))
