@@ -7,6 +7,11 @@ that relays to 127.0.0.1:5432. Cutting the link (:meth:`Host.cut`) takes the hos
 veth down: packets are dropped silently, so TCP on both ends stalls and retransmits, as in a real
 network partition, and nothing is reset. :meth:`Host.restore` brings it back.
 
+One difference from a real partition: the server's end of a cut connection stays healthy, as
+its peer is the forwarder, over loopback. So the server never notices a cut by itself here; a
+real one would, through TCP retransmission timeouts (about 15 minutes, when it has unanswered
+data) or keepalives (after two hours by default). Nothing in hpo may count on either.
+
 Addresses: 10.200.K.0/30 per host (host side .1, namespace side .2), with K chosen among the
 third octets no route here uses yet. Nothing else is touched.
 

@@ -92,7 +92,7 @@ def _errors(log: str) -> list[str]:
 @pytest.mark.chaos
 @pytest.mark.partition
 def test_grid_survives_hosts_cut_off_mid_claim_mid_trial_and_idle(
-        postgres_url: str, data_path: str, three_hosts: list[netns.Host], tmp_path: Path) -> None:
+        three_hosts: list[netns.Host], postgres_url: str, data_path: str, tmp_path: Path) -> None:
     started = time.monotonic()
     ok(run_hpo("create", str(STUDIES / "exp3.toml"), storage=postgres_url))
     storage = optuna.storages.RDBStorage(postgres_url)
