@@ -1,0 +1,271 @@
+#!/usr/bin/env bash
+# Runs docker-compose.yml for real and checks what docs/scaling.md promises:
+#
+#   1. `up` with 4 workers trains the exp3 grid (27 points) on a subset: 27 COMPLETE
+#      points, each exactly once (0 duplicates), 0 RUNNING, in `hpo status` and in
+#      `hpo export --format csv` run through the stack;
+#   2. `docker kill` of the worker container holding a running trial (one epoch or
+#      more reported): that point is retried and finished;
+#   3. the dashboard answers on 127.0.0.1 only, lists the study and serves an artifact;
+#   4. `down` and a second `up` keep the results (named volumes);
+#   5. `hpo export` through the stack prints the table.
+#
+# It prints the time of each step, exits non-zero with a `FAIL:` line when a check
+# fails, and removes the containers, network and volumes it made (not the images).
+#
+#   deploy/compose-check.sh                 # from the repository root, on a Docker host
+#
+# It runs as its own Compose project (HPO_CHECK_PROJECT, default hpo-check) with its own
+# settings file, so it never touches a stack started from .env. Variables:
+#   HPO_CHECK_DATA     the data set file (default ../shared/datasets/cifar10-jpeg.tar.gz,
+#                      else data/cifar-10-python.tar.gz)
+#   HPO_CHECK_SUBSET   images per trial (default 200)    HPO_CHECK_WORKERS (default 4)
+#   HPO_CHECK_THREADS  threads per worker (default 1)    HPO_CHECK_PORT (default 8080)
+#   HPO_CHECK_TIMEOUT  seconds for the training (default 3600)
+#   HPO_CHECK_KEEP=1   keep the containers and volumes at the end
+#   HPO_CHECK_WHEELS=DIR  for hosts whose containers cannot reach PyPI: `pip wheel` the
+#                      dependencies into DIR on the host, serve DIR on the Docker bridge
+#                      during the build (PIP_FIND_LINKS + PIP_NO_INDEX build args)
+#   HPO_PYTHON_IMAGE, HPO_POSTGRES_IMAGE, HPO_IMAGE   as in docker-compose.yml
+#   COMPOSE            the Compose command (default: `docker compose`, else docker-compose)
+# Needs bash, python3 and curl on the host.
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+project=${HPO_CHECK_PROJECT:-hpo-check}
+subset=${HPO_CHECK_SUBSET:-200}
+workers=${HPO_CHECK_WORKERS:-4}
+threads=${HPO_CHECK_THREADS:-1}
+port=${HPO_CHECK_PORT:-8080}
+timeout=${HPO_CHECK_TIMEOUT:-3600}
+study=exp3
+points=27
+if [[ -n ${HPO_CHECK_DATA:-} ]]; then data=$HPO_CHECK_DATA
+elif [[ -f ../shared/datasets/cifar10-jpeg.tar.gz ]]; then data=../shared/datasets/cifar10-jpeg.tar.gz
+else data=data/cifar-10-python.tar.gz; fi
+if [[ -z ${COMPOSE:-} ]]; then
+    if docker compose version >/dev/null 2>&1; then COMPOSE="docker compose"; else COMPOSE=docker-compose; fi
+fi
+
+t_all=$(date +%s)
+fail() { echo "FAIL: $*" >&2; exit 1; }
+log() { echo "[$(date +%H:%M:%S)] $*" >&2; }
+declare -A started
+timings=()
+step_start() { started[$1]=$(date +%s); log "step $1"; }
+step_end() {
+    local t0=${started[$1]}
+    local took=$(( $(date +%s) - t0 ))
+    log "step $1: done in $took s"
+    timings+=("step $1: $took s")
+}
+
+[[ -f $data ]] || fail "no data set at $data (set HPO_CHECK_DATA)"
+data_dir=$(cd "$(dirname "$data")" && pwd)
+work=$(mktemp -d)
+env_file=$work/env
+cat > "$env_file" <<EOF
+COMPOSE_PROJECT_NAME=$project
+POSTGRES_PASSWORD=$(python3 -c "import secrets; print(secrets.token_hex(16))")
+HPO_STUDY=$study
+HPO_DATA_DIR=$data_dir
+HPO_DATA_FILE=$(basename "$data")
+HPO_THREADS=$threads
+HPO_WORKER_ARGS=--subset $subset
+HPO_DASHBOARD_PORT=$port
+EOF
+compose() { $COMPOSE --env-file "$env_file" -p "$project" "$@"; }
+# hpo run inside the dashboard container: no new container per call (cheap polling).
+in_stack() { compose exec -T dashboard "$@"; }
+# The trials of the study as JSON lines (number, state, epochs reported, planned,
+# worker, host, params), read through Optuna inside the stack.
+trials_json() {
+    in_stack python -c '
+import json, os, optuna
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+study = optuna.load_study(study_name="'"$study"'", storage=os.environ["HPO_STORAGE"])
+for t in study.get_trials(deepcopy=False):
+    print(json.dumps({"number": t.number, "state": t.state.name,
+                      "epochs": len(t.intermediate_values), "planned": t.params.get("epochs"),
+                      "worker": t.system_attrs.get("hpo:worker"), "host": t.user_attrs.get("host"),
+                      "params": t.params}))'
+}
+
+server_pid=
+cleanup() {
+    local rc=$?
+    [[ -n $server_pid ]] && kill "$server_pid" 2>/dev/null
+    if [[ ${HPO_CHECK_KEEP:-0} == 1 ]]; then
+        log "kept: project $project (remove with: $COMPOSE -p $project down -v)"
+    else
+        compose down -v --remove-orphans >/dev/null 2>&1 || true
+    fi
+    rm -rf "$work"
+    if [[ $rc == 0 ]]; then
+        log "all checks passed in $(( $(date +%s) - t_all )) s"
+    else
+        log "compose-check failed (exit $rc); worker logs: $COMPOSE -p $project logs worker"
+    fi
+    printf '  %s\n' "${timings[@]}" >&2
+}
+trap cleanup EXIT
+
+log "compose: $($COMPOSE version --short 2>/dev/null || $COMPOSE version | head -1); engine: $(docker version -f '{{.Server.Version}}')"
+log "project $project, data $data, $workers workers x $threads threads, --subset $subset"
+compose down -v --remove-orphans >/dev/null 2>&1 || true
+
+step_start "0 build"
+build_args=()
+if [[ -n ${HPO_CHECK_WHEELS:-} ]]; then
+    mkdir -p "$HPO_CHECK_WHEELS"
+    ${PIP:-pip} wheel -q -w "$HPO_CHECK_WHEELS" . "setuptools>=68" wheel
+    rm -f "$HPO_CHECK_WHEELS"/hpo-*.whl  # the image builds hpo from its own source
+    bridge=$(docker network inspect bridge -f '{{(index .IPAM.Config 0).Gateway}}')
+    python3 -m http.server --bind "$bridge" --directory "$HPO_CHECK_WHEELS" 8765 >/dev/null 2>&1 &
+    server_pid=$!
+    build_args=(--build-arg "PIP_FIND_LINKS=http://$bridge:8765/" --build-arg PIP_NO_INDEX=1
+                --build-arg "PIP_TRUSTED_HOST=$bridge")
+fi
+compose build "${build_args[@]}" worker
+step_end "0 build"
+
+step_start "1 up --scale worker=$workers"
+compose up -d --scale "worker=$workers" worker dashboard
+deadline=$(( $(date +%s) + timeout ))
+
+# Wait for a running trial with at least one epoch reported and at least two still to
+# run, so that it is still running when the kill lands.
+victim=
+while [[ -z $victim ]]; do
+    (( $(date +%s) < deadline )) || fail "no trial reached its first epoch in ${timeout} s"
+    victim=$(trials_json 2>/dev/null | python3 -c '
+import json, sys
+running = [t for t in map(json.loads, sys.stdin) if t["state"] == "RUNNING" and t["epochs"] >= 1
+           and t["planned"] and t["planned"] - t["epochs"] >= 2]
+if running:
+    t = max(running, key=lambda t: t["planned"] - t["epochs"])
+    host = t["host"] or (t["worker"] or "").split("/")[0].split(":")[0]
+    print(t["number"], host, t["epochs"], t["planned"], t["worker"])' || true)
+    [[ -n $victim ]] || sleep 1
+done
+read -r trial host epochs planned worker <<< "$victim"
+container=
+for id in $(docker ps -q --no-trunc --filter "label=com.docker.compose.project=$project" \
+                                   --filter label=com.docker.compose.service=worker); do
+    [[ $(docker inspect -f '{{.Config.Hostname}}' "$id") == "$host" ]] && container=$id
+done
+[[ -n $container ]] || fail "trial $trial runs on host $host, which is no worker container of $project"
+step_start "2 docker kill of a worker mid-trial"
+docker kill "$container" >/dev/null
+log "killed container ${container:0:12} (host $host), which ran trial $trial at epoch $epochs of $planned (hpo:worker $worker)"
+killed_at=${started["2 docker kill of a worker mid-trial"]}
+
+# Wait until every point is COMPLETE and nothing runs.
+while :; do
+    (( $(date +%s) < deadline )) || fail "the study did not finish in ${timeout} s"
+    status=$(in_stack hpo status "$study" --format json 2>/dev/null || true)
+    line=$(python3 -c '
+import json, sys
+try:
+    s = json.loads(sys.argv[1])[0]
+except (ValueError, IndexError):
+    sys.exit()
+print(s["points"]["complete"], s["points"]["running"], s["duplicates"], s["total_points"])' "$status")
+    if [[ -n $line ]]; then
+        read -r complete running dups total <<< "$line"
+        log "status: $complete of $total points complete, $running running, $dups duplicates"
+        [[ $complete == "$points" && $running == 0 ]] && break
+    fi
+    sleep 10
+done
+# Step 2's own check: the killed trial did not finish; a later trial of its point did.
+python3 -c '
+import json, sys
+trials = [json.loads(l) for l in sys.argv[2].splitlines() if l.startswith("{")]
+number = int(sys.argv[1])
+killed = next(t for t in trials if t["number"] == number)
+if killed["state"] == "COMPLETE":
+    sys.exit(f"FAIL: trial {number} completed before the kill landed; nothing was retried")
+if killed["state"] != "FAIL":
+    sys.exit(f"FAIL: killed trial {number} is {killed[\"state\"]}, not FAIL")
+retry = [t for t in trials if t["params"] == killed["params"] and t["number"] > number
+         and t["state"] == "COMPLETE"]
+if not retry:
+    sys.exit(f"FAIL: the point of killed trial {number} {killed[\"params\"]} was not finished by a retry")
+failed = sum(t["state"] == "FAIL" for t in trials)
+print(f"killed trial {number} is FAIL; its point {killed[\"params\"]} was finished by trial "
+      f"{retry[0][\"number\"]}; {len(trials)} trials in all, {failed} FAIL (retried)")' \
+    "$trial" "$(trials_json)" >&2
+log "study finished $(( $(date +%s) - killed_at )) s after the kill"
+step_end "2 docker kill of a worker mid-trial"
+
+# Step 1's checks, through the stack as a user runs them: `run` a fresh worker container.
+csv=$(compose run --rm --no-deps -T worker export "$study" --format csv)
+status=$(compose run --rm --no-deps -T worker status "$study" --format json)
+python3 -c '
+import csv, io, json, sys
+s = json.loads(sys.argv[1])[0]
+p = s["points"]
+if (p["complete"], p["running"], s["duplicates"]) != (int(sys.argv[3]), 0, 0):
+    sys.exit(f"FAIL: hpo status: {p} duplicates={s[\"duplicates\"]}")
+rows = list(csv.DictReader(io.StringIO(sys.argv[2])))
+complete = [r for r in rows if r["state"] == "COMPLETE"]
+points = {(r["learning_rate"], r["batch_size"], r["epochs"]) for r in complete}
+if len(complete) != int(sys.argv[3]) or len(points) != len(complete):
+    sys.exit(f"FAIL: hpo export: {len(complete)} COMPLETE rows, {len(points)} distinct points")
+print(f"hpo status: {p[\"complete\"]} of {s[\"total_points\"]} points COMPLETE, {p[\"running\"]} RUNNING, "
+      f"{s[\"duplicates\"]} duplicates, trials by state {s[\"trials\"]}; hpo export: "
+      f"{len(complete)} COMPLETE rows, {len(points)} distinct points")' "$status" "$csv" "$points" >&2
+step_end "1 up --scale worker=$workers"
+
+step_start "3 dashboard on 127.0.0.1:$port"
+dash=$(compose ps -q dashboard)
+published=$(docker port "$dash" 8080/tcp)
+log "docker port: $(echo "$published" | tr '\n' ' ')"
+[[ $(echo "$published" | grep -cv "^127\.0\.0\.1:$port$" || true) == 0 ]] \
+    || fail "dashboard published beyond the loopback: $published"
+if command -v ss >/dev/null; then
+    listen=$(ss -ltnH "sport = :$port" | awk '{print $4}' | sort -u | tr '\n' ' ')
+    log "listening on port $port: $listen"
+    [[ $listen == "127.0.0.1:$port " ]] || fail "port $port listens on $listen, not on 127.0.0.1 alone"
+fi
+for _ in $(seq 30); do curl -fsS -o /dev/null "http://127.0.0.1:$port/" 2>/dev/null && break; sleep 2; done
+curl -fsS -o /dev/null "http://127.0.0.1:$port/" || fail "no answer from http://127.0.0.1:$port/"
+studies=$(curl -fsS "http://127.0.0.1:$port/api/studies")
+study_id=$(python3 -c '
+import json, sys
+ids = [s["study_id"] for s in json.loads(sys.argv[1])["study_summaries"] if s["study_name"] == sys.argv[2]]
+print(ids[0] if ids else "")' "$studies" "$study") 
+[[ -n $study_id ]] || fail "/api/studies does not list $study"
+detail=$(curl -fsS "http://127.0.0.1:$port/api/studies/$study_id?after=0")
+artifact=$(python3 -c '
+import json, sys
+for t in json.loads(sys.argv[1])["trials"]:
+    for a in t.get("artifacts", []):
+        if a["filename"].endswith(".png"):
+            print(t["trial_id"], a["artifact_id"], a["filename"]); sys.exit()' "$detail")
+[[ -n $artifact ]] || fail "the dashboard shows no PNG artifact for any trial of $study"
+read -r trial_id artifact_id filename <<< "$artifact"
+url="http://127.0.0.1:$port/artifacts/$study_id/$trial_id/$artifact_id"
+curl -fsS "$url" | head -c 8 | od -An -c | grep -q 'P   N   G' || fail "$url is not a PNG"
+log "/api/studies lists $study (id $study_id); $url serves $filename"
+step_end "3 dashboard on 127.0.0.1:$port"
+
+step_start "4 down, then up again"
+compose down
+compose up -d --scale "worker=$workers" worker dashboard
+status=$(compose run --rm --no-deps -T worker status "$study" --format json)
+python3 -c '
+import json, sys
+s = json.loads(sys.argv[1])[0]
+if s["points"]["complete"] != int(sys.argv[2]) or s["duplicates"]:
+    sys.exit(f"FAIL: after down and up: {s[\"points\"]}, {s[\"duplicates\"]} duplicates")
+print(f"after down and up: {s[\"points\"][\"complete\"]} of {s[\"total_points\"]} points COMPLETE")' \
+    "$status" "$points" >&2
+step_end "4 down, then up again"
+
+step_start "5 hpo export"
+table=$(compose run --rm --no-deps -T worker export "$study")
+echo "$table"
+[[ $(echo "$table" | grep -c COMPLETE) == "$points" ]] || fail "hpo export does not show $points COMPLETE rows"
+step_end "5 hpo export"
