@@ -19,15 +19,35 @@ import fcntl
 import hashlib
 import logging
 from pathlib import Path
-from typing import Iterator
+from collections.abc import Iterator
 
 import optuna
 import sqlalchemy
+from sqlalchemy.engine import make_url
 
 from hpo import stored
 from hpo.errors import StorageError
 
 log = logging.getLogger(__name__)
+
+
+LOCK_IDLE_LIMIT_S = 60
+
+
+class StillHeld:
+    """Asks the database, before each write made under the lock, whether the lock still holds.
+
+    A holder cut off for longer than :data:`LOCK_IDLE_LIMIT_S` loses the lock (the server ends
+    its session); checking before every write stops it at its next one, instead of letting it
+    queue what another process, holding the lock now, may queue too.
+    """
+
+    def __init__(self, conn: sqlalchemy.Connection | None = None) -> None:
+        self._conn = conn
+
+    def __call__(self) -> None:
+        if self._conn is not None:
+            self._conn.execute(sqlalchemy.text("SELECT 1"))
 
 
 def lock_key(study_name: str) -> int:
@@ -37,18 +57,45 @@ def lock_key(study_name: str) -> int:
 
 
 @contextlib.contextmanager
-def study_lock(storage: optuna.storages.BaseStorage, study_name: str) -> Iterator[None]:
+def study_lock(storage: optuna.storages.BaseStorage, study_name: str) -> Iterator[StillHeld]:
     """Hold the study's queue lock for the ``with`` block; waits while another process holds it."""
     engine = stored.engine_of(storage)
     if engine.dialect.name == "postgresql":
         with engine.connect() as conn, conn.begin():
-            # The lock's transaction stays idle while the queue is written through Optuna's own
-            # connections; a server-side idle timeout must not end it half-way.
-            conn.execute(sqlalchemy.text("SET LOCAL idle_in_transaction_session_timeout = 0"))
+            # The lock's transaction sits idle while the queue is written through Optuna's own
+            # connections, so it gets a longer idle limit than hpo's other sessions (see
+            # hpo.storage.postgres_connect_args), yet a bounded one: a holder cut off from the
+            # network must not block every other process's queueing until the server's TCP
+            # gives up on it, which can take hours.
+            conn.execute(sqlalchemy.text(f"SET LOCAL idle_in_transaction_session_timeout = {LOCK_IDLE_LIMIT_S * 1000}"))
             conn.execute(sqlalchemy.text("SELECT pg_advisory_xact_lock(:key)"), {"key": lock_key(study_name)})
-            yield
+            yield StillHeld(conn)
         return
-    database = engine.url.database
+    with _file_lock(engine.url.database, f"study {study_name!r}"):
+        yield StillHeld()  # a flock holds until this process lets go or dies
+
+
+@contextlib.contextmanager
+def schema_lock(url: str) -> Iterator[None]:
+    """Held while a database's tables are created or checked: processes starting together on a
+    new database take turns, so one creates the tables and the others find them made."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "postgresql":
+        engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
+        try:
+            with engine.connect() as conn, conn.begin():
+                conn.execute(sqlalchemy.text("SELECT pg_advisory_xact_lock(:key)"), {"key": lock_key("\0schema")})
+                yield
+        finally:
+            engine.dispose()
+        return
+    with _file_lock(parsed.database, "the database"):
+        yield
+
+
+@contextlib.contextmanager
+def _file_lock(database: str | None, what: str) -> Iterator[None]:
+    """An exclusive flock on ``<database>.lock``: the processes of one host take turns."""
     if not database or database == ":memory:":
         yield  # one process owns an in-memory database
         return
@@ -56,7 +103,7 @@ def study_lock(storage: optuna.storages.BaseStorage, study_name: str) -> Iterato
     try:
         handle = open(path, "a+b")  # noqa: SIM115  (closed below, after the lock is released)
     except OSError as exc:
-        raise StorageError(f"cannot lock study {study_name!r}: {path}: {exc.strerror or exc}") from None
+        raise StorageError(f"cannot lock {what}: {path}: {exc.strerror or exc}") from None
     with handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:

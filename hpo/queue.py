@@ -23,14 +23,15 @@ import logging
 import os
 import socket
 from collections import defaultdict
-from typing import Any, Callable, Sequence
+from typing import Any
+from collections.abc import Callable, Sequence
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from hpo import stored
 from hpo.config import StudyDefinition
-from hpo.lock import study_lock
+from hpo.lock import StillHeld, study_lock
 
 log = logging.getLogger(__name__)
 
@@ -90,11 +91,11 @@ def sync(study: optuna.Study, definition: StudyDefinition) -> int:
     Deciding from the stored states alone, under the lock, makes this idempotent: two
     processes that recover the same dead trial at once queue one retry between them.
     """
-    with study_lock(stored.storage_of(study), study.study_name):
-        return add_missing(study, definition)
+    with study_lock(stored.storage_of(study), study.study_name) as still_held:
+        return add_missing(study, definition, still_held)
 
 
-def add_missing(study: optuna.Study, definition: StudyDefinition) -> int:
+def add_missing(study: optuna.Study, definition: StudyDefinition, still_held: StillHeld) -> int:
     """:func:`sync`'s work, for a caller that already holds the study's lock.
 
     A slot with no trial yet gets its first (a study being created, or a create that died
@@ -117,6 +118,7 @@ def add_missing(study: optuna.Study, definition: StudyDefinition) -> int:
             if attempt > definition.max_retries:
                 continue  # failed for good; hpo status and export show it
             system_attrs = _retry_attrs(attempts[-1], attempt)
+        still_held()
         study.add_trial(optuna.trial.create_trial(state=TrialState.WAITING, system_attrs=system_attrs))
         added += 1
     return added

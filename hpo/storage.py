@@ -14,7 +14,8 @@ import re
 import sqlite3
 import time
 from pathlib import Path
-from typing import Callable, TypeVar
+from typing import TypeVar
+from collections.abc import Callable
 
 import optuna
 import sqlalchemy
@@ -22,6 +23,7 @@ import sqlalchemy.exc
 from sqlalchemy.engine import make_url
 
 from hpo.errors import ConfigError, StorageError, StudyNotFound
+from hpo.lock import schema_lock
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +58,7 @@ def resolve_url(url: str | None) -> str:
     url = url or os.environ.get("HPO_STORAGE") or DEFAULT_STORAGE
     try:
         parsed = make_url(url)
-    except sqlalchemy.exc.ArgumentError:
+    except (sqlalchemy.exc.ArgumentError, ValueError):  # ValueError: a port that is not a number
         raise StorageError(f"--storage {_hide_password(url)!r} is not a database URL; accepted: {ACCEPTED}") from None
     if parsed.drivername in ("postgres", "postgresql"):
         parsed = parsed.set(drivername=POSTGRES_DRIVER)
@@ -133,17 +135,10 @@ def open_storage(url: str | None = None, *, heartbeat: bool = True, retry_for: f
         engine_kwargs["connect_args"] = postgres_connect_args(str(parsed.query.get("options", "")))
 
     def connect() -> optuna.storages.RDBStorage:
-        for attempt in range(3):
-            try:
-                return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs,
-                                                  heartbeat_interval=interval, grace_period=grace)
-            except sqlalchemy.exc.DatabaseError as exc:
-                # Workers starting together on a new database race to create its tables;
-                # the loser finds them made, and simply opens the storage again.
-                if attempt == 2 or not any(s in str(exc) for s in ("already exists", "duplicate key", "UNIQUE constraint failed")):
-                    raise
-                log.debug("tables created by another process meanwhile; opening again")
-        raise AssertionError("unreachable")
+        # Processes starting together on a new database would race to create its tables.
+        with schema_lock(url):
+            return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs,
+                                              heartbeat_interval=interval, grace_period=grace)
 
     try:
         storage = retrying(connect, what=f"connect to {display_url(url)}", timeout=retry_for)
@@ -203,11 +198,11 @@ def _serialize_sqlite(engine: sqlalchemy.engine.Engine) -> None:
     """
 
     @sqlalchemy.event.listens_for(engine, "connect")
-    def _no_implicit_transactions(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
+    def _no_implicit_transactions(dbapi_connection: sqlite3.Connection, _record: object) -> None:
         dbapi_connection.isolation_level = None
 
     @sqlalchemy.event.listens_for(engine, "begin")
-    def _begin_immediate(connection) -> None:  # type: ignore[no-untyped-def]
+    def _begin_immediate(connection: sqlalchemy.Connection) -> None:
         connection.exec_driver_sql("BEGIN IMMEDIATE")
 
     engine.dispose()  # connections opened before the listeners were added must not be reused
@@ -233,7 +228,7 @@ def display_url(url: str | sqlalchemy.engine.URL) -> str:
     """The URL as it may be shown or logged: with its password hidden."""
     try:
         return make_url(url).render_as_string(hide_password=True)
-    except sqlalchemy.exc.ArgumentError:
+    except (sqlalchemy.exc.ArgumentError, ValueError):
         return _hide_password(str(url))
 
 
@@ -243,5 +238,8 @@ def _hide_password(text: str) -> str:
 
 
 def _first_line(exc: BaseException) -> str:
+    """The first line of what went wrong; for Optuna's StorageInternalError, of what it wraps."""
+    if isinstance(exc, optuna.exceptions.StorageInternalError) and exc.__cause__ is not None:
+        exc = exc.__cause__
     text = str(exc).strip() or type(exc).__name__
     return text.splitlines()[0]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import optuna
@@ -48,7 +49,7 @@ def make_sampler(definition: StudyDefinition, seed: int | None = None) -> optuna
     return optuna.samplers.RandomSampler(seed=seed)
 
 
-def trial_sampler(definition: StudyDefinition):  # type: ignore[no-untyped-def]
+def trial_sampler(definition: StudyDefinition) -> Callable[[int], optuna.samplers.BaseSampler]:
     """For :func:`hpo.queue.claim`: trial number -> that trial's own seeded sampler."""
     return lambda number: make_sampler(definition, trial_seed(definition, number))
 
@@ -70,12 +71,12 @@ def create_study(storage: optuna.storages.BaseStorage, definition: StudyDefiniti
     wanted = _normalise(definition.to_dict())
     # Under the study's lock: any number of processes on any hosts may create the same study
     # at once, and its trials are still queued exactly once.
-    with study_lock(storage, definition.name):
+    with study_lock(storage, definition.name) as still_held:
         try:
             study = optuna.create_study(
                 storage=storage,
                 study_name=definition.name,
-                direction=definition.direction,
+                direction=optuna.study.StudyDirection[definition.direction.upper()],
                 sampler=make_sampler(definition),
                 pruner=make_pruner(definition),
             )
@@ -92,7 +93,7 @@ def create_study(storage: optuna.storages.BaseStorage, definition: StudyDefiniti
                 )
             return study, created
         # New, or a create that died half-way: queue what is missing, then mark the study ready.
-        added = queue.add_missing(study, definition)
+        added = queue.add_missing(study, definition, still_held)
         study.set_metric_names([definition.metric])
         _save_note(study, definition)
         study.set_user_attr(DEFINITION, wanted)
@@ -102,10 +103,7 @@ def create_study(storage: optuna.storages.BaseStorage, definition: StudyDefiniti
 
 def load_study(storage: optuna.storages.BaseStorage, name: str) -> tuple[optuna.Study, StudyDefinition]:
     """Load a study by name, with its sampler and pruner rebuilt from its stored definition."""
-    try:
-        summaries = {s.study_name: s for s in optuna.get_all_study_summaries(storage)}
-    except KeyError:  # pragma: no cover - defensive
-        summaries = {}
+    summaries = {s.study_name: s for s in optuna.get_all_study_summaries(storage)}
     if name not in summaries:
         known = ", ".join(sorted(summaries)) or "none"
         raise StudyNotFound(f"no study named {name!r} in this storage (studies: {known})")
