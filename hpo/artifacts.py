@@ -8,25 +8,29 @@ several machines need a folder they all share.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import logging
 import tempfile
 import uuid
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING
+from collections.abc import Sequence
 
 import matplotlib
 
 matplotlib.use("Agg")  # no display on workers
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import optuna  # noqa: E402
-from optuna.artifacts import FileSystemArtifactStore  # noqa: E402
-from optuna.artifacts.exceptions import ArtifactNotFound  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import optuna
+from optuna.artifacts import FileSystemArtifactStore
+from optuna.artifacts.exceptions import ArtifactNotFound
 
-from hpo import stored  # noqa: E402
-from hpo.data import CLASS_NAMES  # noqa: E402
-from hpo.storage import retrying  # noqa: E402
+from hpo import stored
+from hpo.data import CLASS_NAMES
+from hpo.results import trial_params
+from hpo.storage import retrying
 
 if TYPE_CHECKING:
     import keras
@@ -66,7 +70,7 @@ class TrialArtifacts:
             return
         try:
             for artifact_id, path in written:
-                retrying(lambda: stored.register_artifact(trial, artifact_id, path.name),
+                retrying(functools.partial(stored.register_artifact, trial, artifact_id, path.name),
                          what="register an artifact")
         except optuna.exceptions.UpdateFinishedTrialError:
             self._remove(written)  # the trial was recovered by another worker: nothing of it stays
@@ -74,20 +78,19 @@ class TrialArtifacts:
 
     def _remove(self, written: list[tuple[str, Path]]) -> None:
         for artifact_id, _ in written:
-            try:
+            with contextlib.suppress(OSError, ArtifactNotFound):
                 self.store.remove(artifact_id)
-            except (OSError, ArtifactNotFound):
-                pass
 
     def write(self, folder: Path, trial: optuna.Trial, result: TrainResult) -> list[Path]:
-        title = f"trial {trial.number}: " + ", ".join(f"{k}={v}" for k, v in trial.params.items())
+        params = trial_params(stored.frozen(trial))
+        title = f"trial {trial.number}: " + ", ".join(f"{k}={v}" for k, v in params.items())
         paths = [
             learning_curves(result.history, folder / f"learning_curves_trial{trial.number}.png", title),
             confusion_matrix_png(result.confusion, folder / f"confusion_matrix_trial{trial.number}.png",
                                  f"trial {trial.number}: test accuracy {result.test_accuracy:.4f}"),
         ]
         metrics = folder / f"metrics_trial{trial.number}.json"
-        metrics.write_text(json.dumps({"trial": trial.number, "params": trial.params,
+        metrics.write_text(json.dumps({"trial": trial.number, "params": params,
                                        **result.metrics(), "history": result.history}, indent=2))
         paths.append(metrics)
         if self.save_model:
@@ -109,7 +112,7 @@ def _inference_copy(model: keras.Model) -> keras.Model:
 def learning_curves(history: dict[str, list[float]], path: Path, title: str) -> Path:
     """Training and validation accuracy and loss per epoch, side by side."""
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for ax, metric in zip(axes, ("accuracy", "loss")):
+    for ax, metric in zip(axes, ("accuracy", "loss"), strict=True):
         for key, label in ((metric, "training"), (f"val_{metric}", "validation")):
             values = history.get(key, [])
             if values:

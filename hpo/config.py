@@ -14,7 +14,8 @@ import math
 import tomllib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
+from collections.abc import Mapping
 
 from hpo.errors import ConfigError
 
@@ -73,12 +74,18 @@ class StudyDefinition:
     @property
     def grid(self) -> dict[str, list[Any]]:
         """The GridSampler search space: every parameter as a list of its values."""
-        return {name: list(spec) for name, spec in self.space.items()}  # type: ignore[arg-type]
+        return {name: list(spec) for name, spec in self.space.items() if not isinstance(spec, Range)}
+
+    @property
+    def fixed(self) -> dict[str, Any]:
+        """Parameters with a single value: recorded on every trial, but not searched (Optuna's
+        parameters, and so the dashboard's importance chart, hold only what varies)."""
+        return {name: spec[0] for name, spec in self.space.items() if not isinstance(spec, Range) and len(spec) == 1}
 
     @property
     def grid_points(self) -> list[dict[str, Any]]:
         names = list(self.space)
-        return [dict(zip(names, combo)) for combo in itertools.product(*self.grid.values())]
+        return [dict(zip(names, combo, strict=True)) for combo in itertools.product(*self.grid.values())]
 
     @property
     def n_trials(self) -> int:
@@ -117,9 +124,8 @@ def definition_from_dict(data: Mapping[str, Any], origin: str = "stored definiti
     refs = tuple(Reference(**ref) for ref in data.get("references", ()))
     fields = {k: v for k, v in data.items() if k not in ("space", "references")}
     definition = StudyDefinition(**fields, space=space, references=refs)
-    problem = name_problem(definition.name)
-    if problem:
-        raise ConfigError(f"{origin}: name {definition.name!r} {problem}")
+    # The name is not checked again here: a study stored by an older hpo may carry a name the
+    # study files no longer accept, and whatever writes files from it makes the name safe.
     _validate_space(definition.space, definition.sampler, origin)
     return definition
 
@@ -283,27 +289,27 @@ def _validate_space(space: Mapping[str, Spec], sampler: str, origin: str) -> Non
             if not spec.low < spec.high:
                 raise ConfigError(f"{where}: low = {spec.low!r} must be less than high = {spec.high!r}")
             for bound in (spec.low, spec.high):
-                _check_value(key, bound, where)
+                check_value(key, bound, where)
             continue
         if sampler == "fixed" and len(spec) != 1:
             raise ConfigError(f"{where} = {list(spec)!r} must be a single value for the fixed sampler")
         if len(set(spec)) != len(spec):
             raise ConfigError(f"{where} = {list(spec)!r} lists a value twice")
         for value in spec:
-            _check_value(key, value, where)
+            check_value(key, value, where)
 
 
-def _check_value(key: str, value: Any, where: str) -> None:
+def check_value(key: str, value: Any, where: str) -> None:
     if key == "architecture" and value not in ARCHITECTURE_NAMES:
         raise ConfigError(f"{where}: unknown architecture {value!r} (known: {', '.join(ARCHITECTURE_NAMES)})")
     if key == "augmentation" and value not in AUGMENTATION_NAMES:
         raise ConfigError(f"{where}: unknown augmentation {value!r} (known: {', '.join(AUGMENTATION_NAMES)})")
-    if key == "learning_rate":
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-            raise ConfigError(f"{where}: learning rate {value!r} must be a number > 0")
-    if key in ("batch_size", "epochs"):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value) or value < 1:
-            raise ConfigError(f"{where}: {key.replace('_', ' ')} {value!r} must be an integer >= 1")
+    if key == "learning_rate" and (
+            isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0):
+        raise ConfigError(f"{where}: learning rate {value!r} must be a number > 0")
+    if key in ("batch_size", "epochs") and (
+            isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value) or value < 1):
+        raise ConfigError(f"{where}: {key.replace('_', ' ')} {value!r} must be an integer >= 1")
 
 
 def _parse_references(rows: Any, origin: str) -> list[Reference]:
@@ -318,6 +324,6 @@ def _parse_references(rows: Any, origin: str) -> list[Reference]:
             reader.fail(f"reference[{i}].test_accuracy", acc, "must be between 0 and 1")
         params = {k: v for k, v in row.items() if k in PARAMETERS}
         for key, value in params.items():
-            _check_value(key, value, f"{origin}: reference[{i}].{key}")
+            check_value(key, value, f"{origin}: reference[{i}].{key}")
         refs.append(Reference(params=params, test_accuracy=acc, test_loss=loss))
     return refs

@@ -8,7 +8,8 @@ dashboard, and the pruner's input), and records the report's Table 1 numbers on 
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable, Mapping
+from typing import Any
+from collections.abc import Callable, Mapping
 
 import keras
 import optuna
@@ -27,8 +28,11 @@ TrialHook = Callable[[optuna.Trial, TrainResult], None]
 
 
 def suggest(trial: optuna.Trial, definition: StudyDefinition) -> Params:
-    values: dict[str, Any] = {}
+    """The trial's parameters: what varies drawn by the sampler, the fixed ones as defined."""
+    values: dict[str, Any] = dict(definition.fixed)
     for name, spec in definition.space.items():
+        if name in values:
+            continue
         if isinstance(spec, Range):
             if name in ("batch_size", "epochs"):
                 values[name] = trial.suggest_int(name, int(spec.low), int(spec.high), log=spec.log)
@@ -73,8 +77,8 @@ def run_trial(
 ) -> float:
     params = retrying(lambda: suggest(trial, definition), what="suggest parameters")
     seed = trial_seed(definition, trial.number)  # the seed its sampler drew the params with, too
-    _record(trial, {stored.SEED: seed, "data": data.source, "train_images": int(len(data.x_train)),
-                    **(environment or {})})
+    _record(trial, {stored.SEED: seed, stored.FIXED: definition.fixed, "data": data.source,
+                    "train_images": int(len(data.x_train)), **(environment or {})})
     log.info("trial %d: %s (seed %d)", trial.number, params, seed)
 
     result = train(params, data, protocol=definition.protocol, fraction=definition.validation_split,

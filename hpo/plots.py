@@ -13,18 +13,21 @@ import math
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
+from collections.abc import Callable, Mapping, Sequence
 
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import optuna  # noqa: E402
-from matplotlib.colors import Normalize  # noqa: E402
-from matplotlib.patches import Rectangle  # noqa: E402
-from optuna.artifacts import FileSystemArtifactStore, download_artifact, get_all_artifact_meta  # noqa: E402
-from optuna.trial import FrozenTrial  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import optuna
+from matplotlib.colors import Normalize
+from matplotlib.patches import Rectangle
+from optuna.artifacts import FileSystemArtifactStore, download_artifact, get_all_artifact_meta
+from optuna.trial import FrozenTrial
+
+from hpo.results import trial_params
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +66,7 @@ def grid_heatmap(rows: Sequence[Mapping[str, Any]], path: Path, title: str) -> P
             ax.set_xlabel("batch size")
             ax.set_ylabel("learning rate")
             ax.set_title(f"{label}, {epoch} epoch{'' if epoch == 1 else 's'}", fontsize=10)
+    assert image is not None  # epochs is never empty
     fig.colorbar(image, ax=axes, label="test accuracy", shrink=0.8)
     fig.suptitle(title)
     fig.savefig(path, dpi=100)
@@ -120,7 +124,7 @@ def best_trial_figures(storage: optuna.storages.BaseStorage, trial: FrozenTrial,
             download_artifact(artifact_store=store, file_path=str(local), artifact_id=metrics.artifact_id)
             history = json.loads(local.read_text(encoding="utf-8"))["history"]
             title = f"best trial {trial.number}: " + ", ".join(
-                f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in trial.params.items())
+                f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in trial_params(trial).items())
             figures["learning curves"] = learning_curves(history, place(f"{stem}_learning_curves.png"), title)
         except (OSError, KeyError, ValueError, optuna.artifacts.exceptions.ArtifactNotFound) as exc:
             log.warning("trial %d: learning curves not drawn: %s", trial.number, exc)

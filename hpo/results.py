@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -33,10 +33,6 @@ class StudyStatus:
     failed_points: list[dict[str, Any]] = field(default_factory=list)
     # Per RUNNING trial, oldest first: (epochs reported so far, epochs planned or None if unknown yet)
     running_epochs: list[tuple[int, int | None]] = field(default_factory=list)
-
-    @property
-    def done(self) -> bool:
-        return self.points["pending"] == 0 and self.points["running"] == 0
 
     def running_progress(self) -> str:
         """Epochs done of each running trial, "3/10, 0/5" ("?" before a trial has its params)."""
@@ -101,7 +97,7 @@ def study_status(study: optuna.Study, definition: StudyDefinition) -> StudyStatu
 
 def _epochs(trial: FrozenTrial) -> tuple[int, int | None]:
     """Epochs a running trial has reported (one intermediate value each) and epochs it will run."""
-    planned = trial.params.get("epochs")
+    planned = trial_params(trial).get("epochs")
     return len(trial.intermediate_values), int(planned) if planned is not None else None
 
 
@@ -109,12 +105,14 @@ def _best(trials: list[FrozenTrial], direction: str) -> FrozenTrial | None:
     """The best COMPLETE trial among ``trials`` (already read; study.best_trial reads them again)."""
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     pick = max if direction == "maximize" else min
-    return pick(complete, key=lambda t: t.value, default=None)
+    return pick(complete, key=lambda t: cast(float, t.value), default=None)  # COMPLETE: a value
 
 
 def trial_params(trial: FrozenTrial) -> dict[str, Any]:
-    """A trial's parameters, including those fixed on a retry that has not suggested them yet."""
-    params = dict(trial.system_attrs.get(stored.FIXED_PARAMS, {}))
+    """A trial's parameters: the study's fixed ones, those a retry carries but has not suggested
+    yet, and what the sampler drew."""
+    params = dict(trial.user_attrs.get(stored.FIXED, {}))
+    params.update(trial.system_attrs.get(stored.FIXED_PARAMS, {}))
     params.update(trial.params)
     return params
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import mimetypes
-from typing import Any
+from typing import Any, cast
 
 import optuna
 from optuna.artifacts import ArtifactMeta
@@ -35,6 +35,7 @@ ARTIFACT_PREFIX = "artifacts:"     # + artifact id: optuna.artifacts.ArtifactMet
 # --- trial user attributes ---------------------------------------------------------------------
 ERROR = "error"                    # why a trial failed
 SEED = "seed"                      # the seed the trial's sampler and training ran with
+FIXED = "fixed"                    # the study's single-valued parameters (not Optuna parameters)
 # The rest are the trial's results: hpo.train.TrainResult.metrics() and hpo.device.describe().
 
 
@@ -42,13 +43,15 @@ SEED = "seed"                      # the seed the trial's sampler and training r
 # Study and Trial keep their storage ids private; the queue needs them for locked, per-row
 # updates that the public API (study.tell, study.enqueue_trial) does not offer.
 
-def storage_of(study: optuna.Study) -> optuna.storages.BaseStorage:
-    return study._storage
+def storage_of(study: optuna.Study) -> optuna.storages.RDBStorage:
+    """The study's storage: an RDBStorage (hpo opens no other kind), under Optuna's cache."""
+    return cast(optuna.storages.RDBStorage, study._storage)
 
 
 def engine_of(storage: optuna.storages.BaseStorage) -> Any:
     """The SQLAlchemy engine under an RDB storage (a study's storage wraps it in a cache)."""
-    return getattr(storage, "_backend", storage).engine
+    backend: Any = getattr(storage, "_backend", storage)
+    return backend.engine
 
 
 def study_id(study: optuna.Study) -> int:
@@ -59,14 +62,14 @@ def trial_id(trial: optuna.Trial | FrozenTrial) -> int:
     return trial._trial_id
 
 
-def stale_trial_ids(storage: optuna.storages.BaseStorage, study: optuna.Study) -> list[int]:
+def stale_trial_ids(storage: optuna.storages.RDBStorage, study: optuna.Study) -> list[int]:
     """RUNNING trials whose heartbeat is older than the storage's grace period."""
-    return list(storage._get_stale_trial_ids(study_id(study)))  # type: ignore[attr-defined]
+    return list(storage._get_stale_trial_ids(study_id(study)))
 
 
 def grid_point(sampler: optuna.samplers.GridSampler, grid_id: int) -> dict[str, Any]:
     """The parameters GridSampler gives the trial with this grid id."""
-    return dict(zip(sampler._param_names, sampler._all_grids[grid_id]))
+    return dict(zip(sampler._param_names, sampler._all_grids[grid_id], strict=True))
 
 
 def register_artifact(trial: optuna.Trial, artifact_id: str, filename: str) -> None:
@@ -79,3 +82,8 @@ def register_artifact(trial: optuna.Trial, artifact_id: str, filename: str) -> N
                         mimetype=mimetype or "application/octet-stream", encoding=encoding)
     trial.storage.set_trial_system_attr(trial_id(trial), ARTIFACT_PREFIX + artifact_id,
                                         json.dumps(dataclasses.asdict(meta)))
+
+
+def frozen(trial: optuna.Trial) -> FrozenTrial:
+    """The trial as stored now (a live Trial keeps no system attributes of its own)."""
+    return trial.storage.get_trial(trial_id(trial))

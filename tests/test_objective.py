@@ -165,3 +165,32 @@ def test_test_columns_match_keras_evaluate(small_data) -> None:  # type: ignore[
     assert result.test_accuracy == pytest.approx(accuracy, abs=1e-6)
     assert result.confusion.sum() == len(small_data.y_test)
     assert result.confusion.trace() == round(accuracy * len(small_data.y_test))
+
+
+FIXED_AND_VARIED = """
+[sampler]
+type = "grid"
+[space]
+architecture = "base"
+augmentation = "none"
+learning_rate = [0.01, 0.001]
+batch_size = [128]
+epochs = [1]
+"""
+
+
+def test_fixed_parameters_are_recorded_but_not_searched(tmp_path: Path, small_data) -> None:  # type: ignore[no-untyped-def]
+    """Only what varies is an Optuna parameter (the dashboard's importance chart shows no 0.00
+    bars for architecture and augmentation); exports still show every parameter."""
+    trials, summary, definition = _run(tmp_path, small_data, FIXED_AND_VARIED, "fixed")
+    assert summary.complete == 2
+    for trial in trials:
+        assert set(trial.params) == {"learning_rate"}
+        assert trial.user_attrs["fixed"] == {"architecture": "base", "augmentation": "none",
+                                             "batch_size": 128, "epochs": 1}
+        row = trial_row(trial, 1)
+        assert (row["architecture"], row["augmentation"], row["batch_size"]) == ("base", "none", 128)
+    assert {trial_row(t, 1)["learning_rate"] for t in trials} == {0.01, 0.001}
+    importances = optuna.importance.get_param_importances(
+        optuna.load_study(study_name="fixed", storage=f"sqlite:///{tmp_path / 'hpo.db'}"))
+    assert set(importances) == {"learning_rate"}
