@@ -27,10 +27,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import keras  # noqa: E402
-from keras import ops  # noqa: E402
+import keras
+from keras import ops
 
-from hpo.augment import AUGMENTATIONS, RandomAffine, augmentation_layer  # noqa: E402
+from hpo.augment import AUGMENTATIONS, RandomAffine, augmentation_layer
 
 BATCH = 64
 

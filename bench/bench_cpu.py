@@ -127,8 +127,8 @@ def summarise(configs: list[Config], runs: dict[str, list[dict[str, Any]]]) -> N
           "  per-round ratios")
     for config in configs:
         rs = runs[config.name]
-        ratios = [r["per_epoch"] / b["per_epoch"] for r, b in zip(rs, base)]
-        cpu_ratios = [r["cpu_per_epoch"] / b["cpu_per_epoch"] for r, b in zip(rs, base)]
+        ratios = [r["per_epoch"] / b["per_epoch"] for r, b in zip(rs, base, strict=True)]
+        cpu_ratios = [r["cpu_per_epoch"] / b["cpu_per_epoch"] for r, b in zip(rs, base, strict=True)]
         print(f"{config.name:30s} {'on' if rs[0]['jit_effective'] else 'off':>4s} "
               f"{statistics.median(r['per_epoch'] for r in rs):8.2f} "
               f"{statistics.median(r['images_per_second'] for r in rs):7.0f} "

@@ -108,7 +108,7 @@ def run_child(side: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def paired(runs: dict[str, list[dict[str, Any]]], key: str) -> list[float]:
-    return [r[key] / h[key] for r, h in zip(runs["report"], runs["hpo"])]
+    return [r[key] / h[key] for r, h in zip(runs["report"], runs["hpo"], strict=True)]
 
 
 def spread(values: list[float]) -> float:

@@ -116,13 +116,13 @@ def child_hpo(args: argparse.Namespace) -> dict[str, Any]:
     from hpo import device
 
     device.apply(None)  # what `hpo worker` does first (no --threads given)
-    import keras  # noqa: F401
+    import keras  # noqa: F401  (imported for its start-up cost, which this phase measures)
     import optuna
 
     import hpo.artifacts  # the worker's artifact hook; imports matplotlib
     import hpo.data
     import hpo.objective
-    import hpo.worker  # noqa: F401
+    import hpo.worker
     from hpo.cli import main
 
     marks["imported"] = time.time()
@@ -277,14 +277,14 @@ def print_runs(runs: Runs) -> None:
 
 
 def print_per_epoch(runs: Runs) -> None:
-    ratios = [h["per_epoch"] / p["per_epoch"] for p, h in zip(runs["plain"], runs["hpo"])]
+    ratios = [h["per_epoch"] / p["per_epoch"] for p, h in zip(runs["plain"], runs["hpo"], strict=True)]
     med = {side: statistics.median(r["per_epoch"] for r in runs[side]) for side in runs}
     print("\nper epoch, epochs 2..E (median over repeats):")
     print(f"  plain {med['plain']:.3f} s   hpo {med['hpo']:.3f} s")
     print(f"  ratio hpo/plain: median of paired ratios {statistics.median(ratios):.3f} "
           f"(each: {', '.join(f'{x:.3f}' for x in ratios)}); ratio of medians "
           f"{med['hpo'] / med['plain']:.3f}; target <= 1.03")
-    cpu_ratios = [h["cpu_per_epoch"] / p["cpu_per_epoch"] for p, h in zip(runs["plain"], runs["hpo"])]
+    cpu_ratios = [h["cpu_per_epoch"] / p["cpu_per_epoch"] for p, h in zip(runs["plain"], runs["hpo"], strict=True)]
     cpu = {side: statistics.median(r["cpu_per_epoch"] for r in runs[side]) for side in runs}
     print(f"  process CPU time per epoch (all threads; less disturbed by other jobs): plain "
           f"{cpu['plain']:.3f} s, hpo {cpu['hpo']:.3f} s, median of paired ratios "

@@ -134,7 +134,7 @@ def main() -> None:
               f"{statistics.median(r['span'] for r in rs):7.1f} "
               f"{statistics.median(r['span_per_hour'] for r in rs):9.0f}")
     for key, label in (("wall_per_hour", "wall"), ("span_per_hour", "span")):
-        ratios = [c[key] / b[key] for b, c in zip(runs[1], runs[args.workers])]
+        ratios = [c[key] / b[key] for b, c in zip(runs[1], runs[args.workers], strict=True)]
         print(f"throughput -n {args.workers} / -n 1 ({label}): median {statistics.median(ratios):.3f} "
               f"(each: {', '.join(f'{x:.3f}' for x in ratios)}); target >= 0.95")
     describe_machine("end")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import statistics
 import time
@@ -21,7 +22,7 @@ def machine_busy() -> float:
 
 def epoch_times(begins: list[float], end: float) -> list[float]:
     marks = [*begins, end]
-    return [b - a for a, b in zip(marks, marks[1:])]
+    return [b - a for a, b in itertools.pairwise(marks)]
 
 
 def steady(epochs: list[float]) -> float:
@@ -47,7 +48,7 @@ class Marks:
         wall = epoch_times(self.wall[:-1], self.wall[-1])
         cpu = epoch_times(self.cpu[:-1], self.cpu[-1])
         busy = epoch_times(self.busy[:-1], self.busy[-1])
-        others = [max(0.0, b - c) / w for b, c, w in zip(busy, cpu, wall)]
+        others = [max(0.0, b - c) / w for b, c, w in zip(busy, cpu, wall, strict=True)]
         return {"epochs": wall, "cpu_epochs": cpu, "others_cores": others}
 
 
@@ -55,7 +56,7 @@ def epoch_clock(marks: Marks) -> Any:
     """A Keras callback marking the start of every epoch and the end of training, so an epoch's
     time includes validation and every other callback. Keras is imported here, not at module
     import: a benchmark's child process configures its environment (threads) first."""
-    import keras  # noqa: PLC0415
+    import keras
 
     class EpochClock(keras.callbacks.Callback):
         def on_epoch_begin(self, epoch: int, logs: Any = None) -> None:

@@ -67,7 +67,8 @@ def main() -> int:
         study.write_text(STUDY)
         subprocess.run([*hpo, "create", str(study)], check=True)
         workers = [subprocess.Popen([*hpo, "worker", "restart", "--subset", str(args.subset), "--threads", "1"],
-                                    stdout=open(Path(tmp) / f"w{i}.log", "wb"), stderr=subprocess.STDOUT)
+                                    stdout=open(Path(tmp) / f"w{i}.log", "wb"),  # noqa: SIM115  (the worker's log, for its lifetime)
+                                    stderr=subprocess.STDOUT)
                    for i in range(2)]
         while sum(t.state == TrialState.COMPLETE for t in trials(url)) < 2:
             time.sleep(1)

@@ -263,7 +263,7 @@ def main() -> None:
             print("  " + report_line(r, None if r["mode"] == "sequential" else rs[0]))
     if args.repeats > 1:
         print("\nmedian speed-up over the sequential loop (wall, paired per repeat):")
-        for i, mode in enumerate(modes[1:], start=1):
+        for i in range(1, len(modes)):
             ratios = [rs[0]["wall"] / rs[i]["wall"] for rs in results]
             print(f"  {results[0][i]['mode']:22s} x{statistics.median(ratios):.2f} "
                   f"({', '.join(f'{x:.2f}' for x in ratios)})")

@@ -12,7 +12,7 @@ from typing import Any
 
 def base_model() -> Any:
     """Experiments 1 and 3: Conv2D 32, MaxPool, Flatten, Dense 128, Dense 10."""
-    from keras import layers, models  # noqa: PLC0415
+    from keras import layers, models
 
     return models.Sequential([
         layers.Conv2D(32, (3, 3), activation="relu", input_shape=(32, 32, 3)),
@@ -25,7 +25,7 @@ def base_model() -> Any:
 
 def batchnorm_model() -> Any:
     """Experiment 4: the base model with BatchNormalization after the conv and after Dense 128."""
-    from keras import layers, models  # noqa: PLC0415
+    from keras import layers, models
 
     return models.Sequential([
         layers.Conv2D(32, (3, 3), activation="relu", input_shape=(32, 32, 3)),

@@ -1,6 +1,6 @@
 """``python -m hpo``: the same as the ``hpo`` command."""
 
-from hpo.cli import main
+from hpo.cli import run
 
 if __name__ == "__main__":
-    main()
+    run()

@@ -26,7 +26,8 @@ import logging
 import math
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any, Mapping
+from typing import Any
+from collections.abc import Mapping
 
 import keras
 from keras import ops

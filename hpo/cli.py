@@ -13,30 +13,38 @@ import sys
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Sequence
 
 import click
 
 from hpo import paths, tables
+
+if TYPE_CHECKING:  # for annotations only: the commands import what they use when they run
+    from optuna import Study
+    from optuna.storages import RDBStorage
+
+    from hpo.config import StudyDefinition
 from hpo.errors import HpoError, OutputError
 
 
-class _Group(click.Group):
-    """Turns the project's errors, and click's usage errors, into one line on stderr and exit code 2."""
+def run(args: Sequence[str] | None = None) -> None:
+    """The ``hpo`` command: click's own usage errors, like hpo's errors, as one line and exit code 2."""
+    try:
+        code = main.main(args, standalone_mode=False)
+    except click.ClickException as exc:  # a bad option or argument
+        ctx: click.Context | None = getattr(exc, "ctx", None)
+        hint = f" (see {ctx.command_path} --help)" if ctx is not None else ""
+        click.echo(f"hpo: error: {exc.format_message()}{hint}", err=True)
+        sys.exit(exc.exit_code)
+    except click.Abort:
+        click.echo("Aborted!", err=True)
+        sys.exit(1)
+    sys.exit(code if isinstance(code, int) else 0)
 
-    def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
-        if not standalone_mode:
-            return super().main(*args, standalone_mode=False, **kwargs)
-        try:
-            code = super().main(*args, standalone_mode=False, **kwargs)
-        except click.ClickException as exc:  # a bad option or argument
-            hint = f" (see {exc.ctx.command_path} --help)" if getattr(exc, "ctx", None) else ""
-            click.echo(f"hpo: error: {exc.format_message()}{hint}", err=True)
-            sys.exit(exc.exit_code)
-        except click.Abort:
-            click.echo("Aborted!", err=True)
-            sys.exit(1)
-        sys.exit(code if isinstance(code, int) else 0)
+
+class _Group(click.Group):
+    """Turns the project's errors into one line on stderr and exit code 2."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -53,7 +61,7 @@ def _setup_logging(debug: bool) -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     for noisy in ("optuna", "absl", "tensorflow", "alembic"):
         logging.getLogger(noisy).setLevel(logging.DEBUG if debug else logging.WARNING)
-    import optuna  # noqa: PLC0415  (not loaded for --help)
+    import optuna
 
     optuna.logging.set_verbosity(optuna.logging.DEBUG if debug else optuna.logging.WARNING)
     # hpo relies on heartbeats and metric names on purpose; the notice helps no user.
@@ -84,13 +92,14 @@ def _artifacts_option(help_text: str = "Artifact folder (see hpo worker).") -> C
 
 
 def _storage_url(ctx: click.Context) -> str:
-    from hpo.storage import resolve_url  # noqa: PLC0415
+    from hpo.storage import resolve_url
 
     return resolve_url(ctx.obj["storage"])
 
 
-def _open(ctx: click.Context, *, heartbeat: bool = True, retry_for: float = 0.0, create: bool = True):  # type: ignore[no-untyped-def]
-    from hpo.storage import open_storage  # noqa: PLC0415
+def _open(ctx: click.Context, *, heartbeat: bool = True, retry_for: float = 0.0,
+          create: bool = True) -> RDBStorage:
+    from hpo.storage import open_storage
 
     return open_storage(ctx.obj["storage"], heartbeat=heartbeat, retry_for=retry_for, create=create)
 
@@ -104,10 +113,10 @@ def _is_study_file(ref: str) -> bool:
     return ref.endswith(".toml") or Path(ref).is_file()
 
 
-def _existing_study(ctx: click.Context, name: str):  # type: ignore[no-untyped-def]
+def _existing_study(ctx: click.Context, name: str) -> tuple[RDBStorage, Study, StudyDefinition]:
     """A study that must already exist; reading it writes nothing, not even an empty schema."""
-    from hpo.storage import StorageEmpty  # noqa: PLC0415
-    from hpo.study import load_study  # noqa: PLC0415
+    from hpo.storage import StorageEmpty
+    from hpo.study import load_study
 
     try:
         storage = _open(ctx, retry_for=60.0, create=False)
@@ -139,8 +148,8 @@ def main(ctx: click.Context, storage: str | None, debug: bool) -> None:
 @click.pass_context
 def create(ctx: click.Context, study_file: str) -> None:
     """Create the study in STUDY_FILE and queue its trials (idempotent)."""
-    from hpo.config import load_definition  # noqa: PLC0415
-    from hpo.study import create_study  # noqa: PLC0415
+    from hpo.config import load_definition
+    from hpo.study import create_study
 
     definition = load_definition(study_file)
     _, created = create_study(_open(ctx), definition)
@@ -158,7 +167,7 @@ _data_options = [
 ]
 
 
-def _with_data_options(fn):  # type: ignore[no-untyped-def]
+def _with_data_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     for option in reversed(_data_options):
         fn = option(fn)
     return fn
@@ -174,13 +183,13 @@ def _with_data_options(fn):  # type: ignore[no-untyped-def]
 def worker(ctx: click.Context, study: str, data: str | None, subset: int | None, threads: int | None,
            artifacts: str | None, max_trials: int | None) -> None:
     """Run trials of STUDY (a name or a .toml file) until it is done."""
-    from hpo import device  # noqa: PLC0415
+    from hpo import device
 
     started = time.perf_counter()
     device.apply(threads)
-    from hpo.config import load_definition  # noqa: PLC0415
-    from hpo.data import load_dataset  # noqa: PLC0415
-    from hpo.study import create_study  # noqa: PLC0415
+    from hpo.config import load_definition
+    from hpo.data import load_dataset
+    from hpo.study import create_study
 
     # Everything is checked before the first write: a refused command changes nothing.
     folder = _artifact_folder(ctx, artifacts, make=False)
@@ -193,9 +202,9 @@ def worker(ctx: click.Context, study: str, data: str | None, subset: int | None,
         dataset = load_dataset(data, subset=subset)
     folder = _artifact_folder(ctx, artifacts)
 
-    from hpo.artifacts import TrialArtifacts  # noqa: PLC0415
-    from hpo.objective import run_trial  # noqa: PLC0415
-    from hpo.worker import run_worker  # noqa: PLC0415
+    from hpo.artifacts import TrialArtifacts
+    from hpo.objective import run_trial
+    from hpo.worker import run_worker
 
     on_complete = TrialArtifacts(folder)
     # Paid once per worker, not per trial: imports, connecting, loading the data.
@@ -229,11 +238,11 @@ def worker(ctx: click.Context, study: str, data: str | None, subset: int | None,
 def launch(ctx: click.Context, study_file: str, workers: int | None, gpus: str | None, data: str | None,
            subset: int | None, threads: int | None, artifacts: str | None, log_dir: str) -> None:
     """Create STUDY_FILE's study if needed and run worker processes on this machine."""
-    from hpo import launch as launcher  # noqa: PLC0415
-    from hpo.config import load_definition  # noqa: PLC0415
-    from hpo.data import load_dataset  # noqa: PLC0415
-    from hpo.storage import display_url, heartbeat_settings  # noqa: PLC0415
-    from hpo.study import create_study  # noqa: PLC0415
+    from hpo import launch as launcher
+    from hpo.config import load_definition
+    from hpo.data import load_dataset
+    from hpo.storage import display_url, heartbeat_settings
+    from hpo.study import create_study
 
     # Everything is checked before the first write: a refused command changes nothing.
     definition = load_definition(study_file)
@@ -269,12 +278,12 @@ def launch(ctx: click.Context, study_file: str, workers: int | None, gpus: str |
 @click.pass_context
 def status(ctx: click.Context, study: str | None, fmt: str) -> None:
     """Trials by state, queue coverage and the best value, per study."""
-    import optuna  # noqa: PLC0415
+    import optuna
 
-    from hpo import queue  # noqa: PLC0415
-    from hpo.results import study_status  # noqa: PLC0415
-    from hpo.storage import StorageEmpty  # noqa: PLC0415
-    from hpo.study import DEFINITION, load_study  # noqa: PLC0415
+    from hpo import queue
+    from hpo.results import study_status
+    from hpo.storage import StorageEmpty
+    from hpo.study import DEFINITION, load_study
 
     studies = []
     if study:
@@ -321,13 +330,13 @@ def status(ctx: click.Context, study: str | None, fmt: str) -> None:
 @click.pass_context
 def export(ctx: click.Context, study: str, fmt: str, output: str | None) -> None:
     """Write STUDY's best-trial table, best first."""
-    from hpo.results import EXPORT_COLUMNS, best_trial_rows  # noqa: PLC0415
+    from hpo.results import EXPORT_COLUMNS, best_trial_rows
 
     if output:
         paths.output_file(output, "--output")
     name = study
     if _is_study_file(study):
-        from hpo.config import load_definition  # noqa: PLC0415
+        from hpo.config import load_definition
 
         name = load_definition(study).name
     _, optuna_study, definition = _existing_study(ctx, name)
@@ -348,7 +357,7 @@ def export(ctx: click.Context, study: str, fmt: str, output: str | None) -> None
 @click.pass_context
 def dashboard(ctx: click.Context, host: str, port: int, artifacts: str | None) -> None:
     """Serve optuna-dashboard on the same storage (loopback only unless --host says otherwise)."""
-    from hpo.dashboard import serve  # noqa: PLC0415
+    from hpo.dashboard import serve
 
     folder = _artifact_folder(ctx, artifacts)
     serve(_open(ctx, heartbeat=False), host=host, port=port, artifacts=folder)
@@ -367,8 +376,8 @@ def report(ctx: click.Context, studies: tuple[str, ...], output: str, artifacts:
     Without STUDIES, covers every study of the report's experiments in the storage; other
     studies named here get their best-trial table and their best trial's plots.
     """
-    from hpo.report import write_report  # noqa: PLC0415
-    from hpo.results import EXPORT_COLUMNS  # noqa: PLC0415
+    from hpo.report import write_report
+    from hpo.results import EXPORT_COLUMNS
 
     folder = _artifact_folder(ctx, artifacts, make=False)
     storage = _open(ctx, heartbeat=False, create=False)

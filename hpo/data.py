@@ -10,6 +10,7 @@ memory-mapped read instead of a 15-second JPEG decode.
 from __future__ import annotations
 
 import fcntl
+import functools
 import hashlib
 import io
 import logging
@@ -168,11 +169,11 @@ def _cache_key(path: Path) -> str:
         return f"tree-{digest.hexdigest()}"
     try:
         with path.open("rb") as file:
-            digest = hashlib.file_digest(file, lambda: hashlib.blake2b(digest_size=16))
+            content = hashlib.file_digest(file, lambda: hashlib.blake2b(digest_size=16))
     except OSError as e:
         raise DataError(f"{path}: cannot read ({e.strerror or e})") from e
-    digest.update(f"\0{kind}".encode())
-    return f"file-{digest.hexdigest()}"
+    content.update(f"\0{kind}".encode())
+    return f"file-{content.hexdigest()}"
 
 
 def _read_cache(entry: Path) -> Arrays | None:
@@ -188,7 +189,7 @@ def _cached(entry: Path, decode: Callable[[], Arrays], what: str) -> Arrays:
         return arrays
     try:
         entry.parent.mkdir(parents=True, exist_ok=True)
-        lock = open(entry.parent / f"{entry.name}.lock", "w")
+        lock = open(entry.parent / f"{entry.name}.lock", "w")  # noqa: SIM115  (its OSError is ours to word; `with lock` closes it)
     except OSError as e:
         raise DataError(f"{entry.parent}: cannot create the data cache ({e.strerror or e})") from e
     with lock:
@@ -225,7 +226,7 @@ def _write_cache(entry: Path, arrays: Arrays) -> None:
 
 def _load_keras() -> Arrays:
     try:
-        import keras  # slow (imports a backend), so only here
+        import keras  # noqa: PLC0415  (slow: it imports a backend; only this download path needs it)
 
         (x_train, y_train), (x_test, y_test) = keras.datasets.cifar10.load_data()
     except Exception as e:  # any download or import failure; the user's fix is the same
@@ -277,8 +278,10 @@ def _tar_members(tar: tarfile.TarFile) -> Iterator[tuple[str, Callable[[], bytes
     for member in tar:
         if member.isfile():
             # Read now: a streamed tar cannot seek back to this member later.
-            data = tar.extractfile(member).read()  # type: ignore[union-attr]
-            yield member.name.removeprefix("./"), lambda data=data: data
+            extracted = tar.extractfile(member)
+            assert extracted is not None  # a regular file always has its contents
+            data = extracted.read()
+            yield member.name.removeprefix("./"), functools.partial(bytes, data)
 
 
 def _from_members(path: Path, members: Iterator[tuple[str, Callable[[], bytes]]]) -> Arrays:
@@ -349,7 +352,7 @@ def _from_images(path: Path, images: list[tuple[int, int, str, Callable[[], byte
                 image.load()
                 mode, (width, height) = image.mode, image.size
                 if (mode, width, height) == ("RGB", 32, 32):
-                    x[i] = image
+                    x[i] = np.asarray(image)
         except Exception as e:  # Pillow raises many types for bad bytes
             raise DataError(f"{path}: {name}: undecodable image ({type(e).__name__}: {e})") from e
         if (mode, width, height) != ("RGB", 32, 32):

@@ -8,7 +8,6 @@ fails its current trial as retryable and exits.
 
 from __future__ import annotations
 
-import logging
 import os
 import signal
 import subprocess
@@ -17,7 +16,8 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence, TextIO
+from typing import TextIO
+from collections.abc import Callable, Sequence
 
 import optuna
 
@@ -25,8 +25,6 @@ from hpo import device, queue
 from hpo.config import StudyDefinition
 from hpo.results import StudyStatus, study_status
 from hpo.storage import retrying
-
-log = logging.getLogger(__name__)
 
 STOP_TIMEOUT_S = 15.0
 
@@ -87,6 +85,57 @@ def worker_command(study: str, worker_args: Sequence[str]) -> list[str]:
     return [sys.executable, "-m", "hpo", "worker", study, *worker_args]
 
 
+class Workers:
+    """The worker processes of one launch: started together, stopped together, reaped.
+
+    Each runs in a session of its own, so Ctrl-C reaches the launcher only, which forwards it
+    once, as SIGTERM; one still running :data:`STOP_TIMEOUT_S` later is killed.
+    """
+
+    def __init__(self, study: str, storage_url: str, placements: Sequence[Placement],
+                 worker_args: Sequence[str], log_dir: Path) -> None:
+        log_dir.mkdir(parents=True, exist_ok=True)
+        self.log_dir = log_dir
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.stop_requested_at: float | None = None
+        for i, place in enumerate(placements):
+            env = {**os.environ, **device.worker_environment(place.threads, place.gpu), "HPO_STORAGE": storage_url}
+            with open(log_dir / f"worker-{i}.log", "ab") as logfile:  # the child keeps its own copy
+                self.procs.append(subprocess.Popen(
+                    worker_command(study, worker_args), env=env, stdout=logfile, stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL, start_new_session=True))
+
+    @property
+    def running(self) -> bool:
+        return any(p.poll() is None for p in self.procs)
+
+    def stop(self) -> None:
+        """Ask every worker to fail its trial as retryable and exit (SIGTERM)."""
+        if self.stop_requested_at is None:
+            self.stop_requested_at = time.monotonic()
+        self._signal(signal.SIGTERM)
+
+    def kill_stragglers(self) -> None:
+        if self.stop_requested_at is not None and time.monotonic() - self.stop_requested_at > STOP_TIMEOUT_S:
+            self._signal(signal.SIGKILL)
+
+    def _signal(self, signum: int) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.send_signal(signum)
+
+    def exit_code(self, out: TextIO) -> int:
+        """130 after a stop; 1 if any worker failed; else 0."""
+        if self.stop_requested_at is not None:
+            return 130
+        bad = [p.returncode for p in self.procs if p.returncode != 0]
+        if bad:
+            print(f"hpo: {len(bad)} of {len(self.procs)} workers exited with an error; see {self.log_dir}/",
+                  file=out, flush=True)
+            return 1
+        return 0
+
+
 def launch(
     study: optuna.Study,
     definition: StudyDefinition,
@@ -99,61 +148,29 @@ def launch(
     interval: float = 2.0,
 ) -> int:
     """Start the workers, show progress until they all exit, and return the exit code."""
-    log_dir.mkdir(parents=True, exist_ok=True)
-    procs: list[subprocess.Popen[bytes]] = []
-    for i, place in enumerate(placements):
-        env = {**os.environ, **device.worker_environment(place.threads, place.gpu), "HPO_STORAGE": storage_url}
-        logfile = open(log_dir / f"worker-{i}.log", "ab")  # noqa: SIM115  (closed when it exits)
-        procs.append(subprocess.Popen(
-            worker_command(definition.name, worker_args),
-            env=env, stdout=logfile, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            start_new_session=True,  # Ctrl-C reaches us only; we forward it once, as SIGTERM
-        ))
-        logfile.close()
-    where = describe(placements)
-    print(f"hpo: {len(procs)} workers on study {definition.name} ({where}); logs in {log_dir}/",
-          file=out, flush=True)
+    workers = Workers(definition.name, storage_url, placements, worker_args, log_dir)
+    print(f"hpo: {len(workers.procs)} workers on study {definition.name} ({describe(placements)}); "
+          f"logs in {log_dir}/", file=out, flush=True)
 
-    stopping = False
-
-    def stop(signum: int, _frame: object) -> None:
-        nonlocal stopping
-        if not stopping:
-            print(f"\nhpo: stopping {len(procs)} workers...", file=out, flush=True)
-        stopping = True
-        for proc in procs:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
+    def stop(_signum: int, _frame: object) -> None:
+        if workers.stop_requested_at is None:
+            print(f"\nhpo: stopping {len(workers.procs)} workers...", file=out, flush=True)
+        workers.stop()
 
     previous = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
     progress = Progress(out, definition.n_trials)
     try:
-        stopped_at: float | None = None
-        while any(p.poll() is None for p in procs):
+        while workers.running:
             progress.show(_status(study, definition))
             time.sleep(interval)
-            if stopping:
-                stopped_at = stopped_at or time.monotonic()
-                if time.monotonic() - stopped_at > STOP_TIMEOUT_S:
-                    for proc in procs:
-                        if proc.poll() is None:
-                            proc.kill()
+            workers.kill_stragglers()
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     # Every worker has exited: no trial of theirs may stay RUNNING.
     retrying(lambda: queue.recover(study, definition), what="recover trials of exited workers")
-    final = _status(study, definition)
-    progress.show(final, final=True)
-    codes = [p.returncode for p in procs]
-    if stopping:
-        return 130
-    bad = [c for c in codes if c != 0]
-    if bad:
-        print(f"hpo: {len(bad)} of {len(procs)} workers exited with an error; see {log_dir}/",
-              file=out, flush=True)
-        return 1
-    return 0
+    progress.show(_status(study, definition), final=True)
+    return workers.exit_code(out)
 
 
 def _status(study: optuna.Study, definition: StudyDefinition) -> StudyStatus:
@@ -166,26 +183,31 @@ class Progress:
     def __init__(self, out: TextIO, total: int, clock: Callable[[], float] = time.monotonic) -> None:
         self.out, self.total, self.clock = out, total, clock
         self.started = clock()
-        self.first_done: int | None = None
+        self.first_done: int | None = None  # trials finished before this launch say nothing of its speed
         self.last = ""
         self.tty = out.isatty()
 
-    def line(self, status: StudyStatus) -> str:
-        return self._counts(status) + self._eta(status)
-
-    def _counts(self, status: StudyStatus) -> str:
+    def show(self, status: StudyStatus, final: bool = False) -> None:
         p = status.points
         done = p["complete"] + p["pruned"] + p["failed"]
         if self.first_done is None:
-            self.first_done = done  # trials finished before this launch say nothing of its speed
+            self.first_done = done
+        counts = self._counts(status, done)
+        line = counts + self._eta(done)
+        if self.tty:
+            self.out.write("\r\033[K" + line + ("\n" if final else ""))
+            self.out.flush()
+        elif final or counts != self.last:
+            print(line, file=self.out, flush=True)
+        self.last = counts
+
+    def _counts(self, status: StudyStatus, done: int) -> str:
         best = f"{status.best_value:.4f}" if status.best_value is not None else "-"
         running = f" (epochs {status.running_progress()})" if status.running_epochs else ""
-        return (f"{status.name}: {done}/{self.total} done, {p['running']} running{running}, "
-                f"{p['failed']} failed, best {status.metric} {best}")
+        return (f"{status.name}: {done}/{self.total} done, {status.points['running']} running{running}, "
+                f"{status.points['failed']} failed, best {status.metric} {best}")
 
-    def _eta(self, status: StudyStatus) -> str:
-        p = status.points
-        done = p["complete"] + p["pruned"] + p["failed"]
+    def _eta(self, done: int) -> str:
         elapsed = self.clock() - self.started
         fresh = done - (self.first_done or 0)
         remaining = self.total - done
@@ -194,15 +216,6 @@ class Progress:
         if fresh <= 0:
             return f", {_duration(elapsed)} elapsed, ETA -"
         return f", {_duration(elapsed)} elapsed, ETA {_duration(elapsed / fresh * remaining)}"
-
-    def show(self, status: StudyStatus, final: bool = False) -> None:
-        counts = self._counts(status)
-        if self.tty:
-            self.out.write("\r\033[K" + counts + self._eta(status) + ("\n" if final else ""))
-            self.out.flush()
-        elif final or counts != self.last:
-            print(counts + self._eta(status), file=self.out, flush=True)
-        self.last = counts
 
 
 def _duration(seconds: float) -> str:

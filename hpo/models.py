@@ -17,7 +17,7 @@ import keras
 from keras import layers
 
 from hpo.augment import augmentation_layer
-from hpo.config import _check_value as check_value  # the one learning-rate rule
+from hpo.config import check_value  # the one learning-rate rule
 from hpo.errors import ConfigError
 
 logger = logging.getLogger(__name__)

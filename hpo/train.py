@@ -11,7 +11,8 @@ import logging
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any
+from collections.abc import Mapping, Sequence
 
 import keras
 import numpy as np
@@ -83,7 +84,10 @@ class TrainResult:
         }
 
 
-def split(data: Dataset, protocol: str, fraction: float) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+Arrays = tuple[np.ndarray, np.ndarray]  # images, labels
+
+
+def split(data: Dataset, protocol: str, fraction: float) -> tuple[Arrays, Arrays]:
     """(training, validation) arrays for a data protocol."""
     if protocol == "test":
         return (data.x_train, data.y_train), (data.x_test, data.y_test)

@@ -18,7 +18,7 @@ import time
 import traceback
 from dataclasses import dataclass
 from types import FrameType
-from typing import Callable
+from collections.abc import Callable
 
 import optuna
 from optuna.trial import TrialState
@@ -154,13 +154,15 @@ def _run_one(study: optuna.Study, definition: StudyDefinition, trial: optuna.Tri
             log.info("trial %d pruned: %s", trial.number, exc)
             return _finish(study, trial, TrialState.PRUNED)
         except optuna.exceptions.UpdateFinishedTrialError:
-            return _dropped(trial)
+            _dropped(trial)
+            return None
         except Interrupted as exc:
             log.warning("trial %d interrupted by %s; it will be retried", trial.number, exc)
             return _fail(study, definition, trial, f"interrupted by {exc}", interrupted=True)
         except Exception as exc:  # noqa: BLE001  (a trial's failure is recorded, not fatal)
             if _recovered(study, trial):
-                return _dropped(trial)
+                _dropped(trial)
+            return None
             log.error("trial %d failed: %s\n%s", trial.number, exc, traceback.format_exc())
             return _fail(study, definition, trial, f"{type(exc).__name__}: {exc}")
         return _finish(study, trial, TrialState.COMPLETE, value)
@@ -175,7 +177,6 @@ def _recovered(study: optuna.Study, trial: optuna.Trial) -> bool:
 def _dropped(trial: optuna.Trial) -> None:
     log.warning("trial %d was recovered by another worker while this one trained it (no heartbeat "
                 "reached the database in time); its retry stands and this result is dropped", trial.number)
-    return None
 
 
 def _finish(study: optuna.Study, trial: optuna.Trial, state: TrialState,
@@ -185,7 +186,8 @@ def _finish(study: optuna.Study, trial: optuna.Trial, state: TrialState,
     except (ValueError, optuna.exceptions.UpdateFinishedTrialError):
         if not _recovered(study, trial):
             raise
-        return _dropped(trial)
+        _dropped(trial)
+        return None
     return state
 
 
@@ -194,6 +196,7 @@ def _fail(study: optuna.Study, definition: StudyDefinition, trial: optuna.Trial,
     """Fail the trial and queue its retry; None if another worker had already recovered it."""
     if not retrying(lambda: queue.fail(study, stored.trial_id(trial), message, interrupted=interrupted),
                     what="record a failed trial"):
-        return _dropped(trial)
+        _dropped(trial)
+        return None
     retrying(lambda: queue.sync(study, definition), what="queue a retry")
     return TrialState.FAIL

@@ -11,7 +11,7 @@ import subprocess
 import sys
 import uuid
 from pathlib import Path
-from typing import Iterator
+from collections.abc import Iterator
 
 import pytest
 
@@ -29,11 +29,11 @@ DEFAULT_DATA = ROOT.parent / "shared" / "datasets" / "cifar10-jpeg.tar.gz"
 
 def _postgres_available() -> str | None:
     try:
-        import psycopg  # noqa: PLC0415
+        import psycopg
 
         with psycopg.connect(POSTGRES_ADMIN, connect_timeout=3):
             return None
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:  # noqa: BLE001  (any failure to connect means: no PostgreSQL here)
         return str(exc).splitlines()[0]
 
 
@@ -48,7 +48,7 @@ def postgres_admin() -> str:
 
 
 def fresh_postgres_database(admin_url: str) -> Iterator[str]:
-    import psycopg  # noqa: PLC0415
+    import psycopg
 
     name = f"hpo_test_{uuid.uuid4().hex[:12]}"
     with psycopg.connect(admin_url, autocommit=True) as conn:
@@ -90,7 +90,7 @@ def data_path() -> str:
 @pytest.fixture(scope="session")
 def small_data(data_path: str):  # type: ignore[no-untyped-def]
     """A stratified subset of the real data: 400 training and 80 test images."""
-    from hpo.data import load_dataset  # noqa: PLC0415
+    from hpo.data import load_dataset
 
     return load_dataset(data_path, subset=400)
 

@@ -30,7 +30,7 @@ import threading
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 SUBNETS = ipaddress.ip_network("10.200.0.0/16")
 

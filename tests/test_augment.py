@@ -23,7 +23,9 @@ def _run(layer: RandomAffine, x: np.ndarray, training: bool | None = True) -> np
 
 def _transforms(n: int, *, angle: float = 0.0, tx: float = 0.0, ty: float = 0.0, flip: bool = False,
                 size: int = 32) -> object:
-    full = lambda v: np.full((n,), v, dtype="float32")  # noqa: E731
+    def full(v: float) -> np.ndarray:
+        return np.full((n,), v, dtype="float32")
+
     return affine_transforms(full(angle), full(tx), full(ty), np.full((n,), flip), size, size)
 
 
@@ -84,7 +86,7 @@ def test_half_of_the_images_are_flipped() -> None:
     y = _run(RandomAffine(flip_probability=0.5, seed=0), x)
     flipped = [np.allclose(img, np.flip(x[0], axis=1), atol=1e-4) for img in y]
     kept = [np.allclose(img, x[0], atol=1e-4) for img in y]
-    assert all(f != k for f, k in zip(flipped, kept))  # each one is exactly one of the two
+    assert all(f != k for f, k in zip(flipped, kept, strict=True))  # each one is exactly one of the two
     assert 16 <= sum(flipped) <= 48
 
 

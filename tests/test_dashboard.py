@@ -17,7 +17,8 @@ import urllib.error
 import urllib.request
 import uuid
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
+from collections.abc import Callable, Iterator
 
 import optuna
 import pytest
@@ -50,7 +51,7 @@ def _free_port() -> int:
 
 
 def _get(url: str, timeout: float = 5.0) -> bytes:
-    with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310  (a local test server)
+    with urllib.request.urlopen(url, timeout=timeout) as response:
         return response.read()
 
 
@@ -133,8 +134,8 @@ def browser(tmp_path: Path) -> Iterator[Any]:
         if os.environ.get("CI"):
             pytest.fail(message)
         pytest.skip(message)
-    from selenium import webdriver  # noqa: PLC0415
-    from selenium.webdriver.chrome.service import Service  # noqa: PLC0415
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
 
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
@@ -153,9 +154,9 @@ def browser(tmp_path: Path) -> Iterator[Any]:
 
 def _wait_for_text(driver: Any, *texts: str, timeout: float = 30.0) -> str:
     """The page's visible text, once it shows every one of ``texts``."""
-    from selenium.common.exceptions import TimeoutException  # noqa: PLC0415
-    from selenium.webdriver.common.by import By  # noqa: PLC0415
-    from selenium.webdriver.support.ui import WebDriverWait  # noqa: PLC0415
+    from selenium.common.exceptions import TimeoutException
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
 
     def shown(d: Any) -> str | bool:
         body = d.find_element(By.TAG_NAME, "body").text
@@ -170,8 +171,8 @@ def _wait_for_text(driver: Any, *texts: str, timeout: float = 30.0) -> str:
 
 def _wait_for_images(driver: Any, *names: str, timeout: float = 30.0) -> None:
     """Wait until the browser has loaded (and can draw) every image whose alt text is in ``names``."""
-    from selenium.common.exceptions import TimeoutException  # noqa: PLC0415
-    from selenium.webdriver.support.ui import WebDriverWait  # noqa: PLC0415
+    from selenium.common.exceptions import TimeoutException
+    from selenium.webdriver.support.ui import WebDriverWait
 
     script = """return Array.from(document.images)
         .filter(i => i.complete && i.naturalWidth > 0).map(i => i.alt);"""
@@ -189,7 +190,7 @@ def _wait_for_images(driver: Any, *names: str, timeout: float = 30.0) -> None:
 
 
 def _screenshot(driver: Any, name: str, scroll_to: str | None = None) -> None:
-    from selenium.webdriver.common.by import By  # noqa: PLC0415
+    from selenium.webdriver.common.by import By
 
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     if scroll_to:
@@ -202,7 +203,7 @@ def _screenshot(driver: Any, name: str, scroll_to: str | None = None) -> None:
 @pytest.mark.browser
 def test_dashboard_shows_the_study_its_trials_artifacts_and_note(
         tmp_path: Path, data_path: str, browser: Any, start_dashboard: Callable[..., Dashboard]) -> None:
-    from selenium.webdriver.common.by import By  # noqa: PLC0415
+    from selenium.webdriver.common.by import By
 
     db = f"sqlite:///{tmp_path / 'hpo.db'}"
     study_file = write_study(tmp_path, "dashgrid", TINY_GRID)

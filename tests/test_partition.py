@@ -23,7 +23,8 @@ import sys
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any, Callable, Iterator, TypeVar
+from typing import Any, TypeVar
+from collections.abc import Callable, Iterator
 
 import optuna
 import psycopg
@@ -127,7 +128,8 @@ def test_grid_survives_hosts_cut_off_mid_claim_mid_trial_and_idle(
         lock = psycopg.connect(_libpq(postgres_url))
         lock.execute("SELECT trial_id FROM trials WHERE state = 'WAITING' FOR UPDATE")
         start("host3")
-        _wait(lambda: any(wait == "Lock" for _, wait in sessions("host3")), 300, "host3's claim to wait for the row lock")
+        _wait(lambda: any(wait == "Lock" for _, wait in sessions("host3")), 300,
+              "host3's claim to wait for the row lock")
         cut = time.monotonic()
         host["host3"].cut()
         lock.rollback()

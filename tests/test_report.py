@@ -193,8 +193,8 @@ def test_report_measures_table1_from_the_trials(tmp_path: Path, data_path: str) 
 
 def _study_with_trials(db: str, name: str, accuracies: list[float]) -> optuna.Study:
     """A study of experiment 1 named ``name``, with COMPLETE trials but no artifacts."""
-    from hpo.storage import open_storage  # noqa: PLC0415
-    from hpo.study import create_study  # noqa: PLC0415
+    from hpo.storage import open_storage
+    from hpo.study import create_study
 
     definition = dataclasses.replace(load_definition(STUDIES / "exp1.toml"), name=name)
     study, _ = create_study(open_storage(db, heartbeat=False), definition)
@@ -243,7 +243,8 @@ def test_report_errors_are_one_line(tmp_path: Path) -> None:
     user_error(run_hpo("report", "nope", "--output", str(tmp_path / "out"), storage=db, cwd=tmp_path),
                 "no study named 'nope'")
     (tmp_path / "file").write_text("")
-    user_error(run_hpo("report", "--output", str(tmp_path / "file"), storage=db, cwd=tmp_path), "not a file")
+    user_error(run_hpo("report", "--output", str(tmp_path / "file"), storage=db, cwd=tmp_path),
+               "is a file, not a folder")
 
 
 def test_safe_names_are_plain_file_names() -> None:
