@@ -99,7 +99,7 @@ def test_bad_input_is_one_line_and_exit_code_2(tmp_path: Path) -> None:
     user_error(run_hpo("create", str(bad), storage=db), "bad.toml", "space.learning_rate", "-1")
     user_error(run_hpo("export", "nope", storage=db), "no study named 'nope'")
     user_error(run_hpo("status", "nope", storage=db), "no study named 'nope'")
-    user_error(run_hpo("status", storage="mysql://x@y/z"), "only sqlite and postgresql")
+    user_error(run_hpo("status", storage="mysql://x@y/z"), "only SQLite and PostgreSQL")
     user_error(run_hpo("status", storage="postgresql+psycopg://postgres@127.0.0.1:1/none"), "cannot connect")
 
     # A changed definition under an existing name: refused, and the stored study is untouched.
@@ -135,3 +135,26 @@ def test_debug_shows_the_traceback(tmp_path: Path) -> None:
     result = run_hpo("--debug", "create", str(tmp_path / "missing.toml"),
                      storage=f"sqlite:///{tmp_path / 'hpo.db'}")
     assert result.returncode != 0 and "Traceback" in result.stderr
+
+
+def test_storage_and_debug_work_before_and_after_the_subcommand(tmp_path: Path) -> None:
+    db = f"sqlite:///{tmp_path / 'hpo.db'}"
+    ok(run_hpo("create", str(STUDIES / "exp1.toml"), "--storage", db))
+    before = run_hpo("--storage", db, "status", "--format", "json")
+    after = run_hpo("status", "exp1", "--format", "json", "--storage", db)
+    ok(before)
+    ok(after)
+    assert json.loads(before.stdout) == json.loads(after.stdout)
+    assert json.loads(after.stdout)[0]["points"]["total"] == 3
+    # The flag after the subcommand wins over HPO_STORAGE, as the one before it does.
+    elsewhere = run_hpo("status", "--format", "json", "--storage", db, env={"HPO_STORAGE": "sqlite:////nowhere/x.db"})
+    ok(elsewhere)
+    assert json.loads(elsewhere.stdout)[0]["study"] == "exp1"
+    for args in (["--debug", "create", "missing.toml"], ["create", "missing.toml", "--debug"]):
+        result = run_hpo(*args, "--storage", db, cwd=tmp_path)
+        assert result.returncode != 0 and "Traceback" in result.stderr, args
+
+
+def test_a_bad_option_is_one_line_too(tmp_path: Path) -> None:
+    user_error(run_hpo("status", "--format", "nope", storage=f"sqlite:///{tmp_path / 'hpo.db'}"),
+               "--format", "nope", "hpo status --help")

@@ -168,7 +168,7 @@ epochs = {{ low = 1, high = 3 }}
 def _sample_at_barrier(url: str, name: str, barrier: multiprocessing.synchronize.Barrier,
                        out: multiprocessing.Queue) -> None:
     """A worker's sampling, for real (claim, the objective's suggest, tell), without the training."""
-    from hpo.objective import suggest  # noqa: PLC0415
+    from hpo.objective import suggest
 
     study, definition = load_study(open_storage(url), name)
     barrier.wait(timeout=120)

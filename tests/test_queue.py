@@ -78,7 +78,7 @@ def test_grid_sampler_gives_each_queued_trial_its_own_point(storage_url: str, tm
     assert sorted(seen) == sorted(tuple(sorted(p.items())) for p in definition.grid_points)
 
 
-def _claim_all(storage_url: str, name: str, out: "multiprocessing.Queue[list[int]]") -> None:
+def _claim_all(storage_url: str, name: str, out: multiprocessing.Queue[list[int]]) -> None:
     study, definition = load_study(open_storage(storage_url), name)
     claimed = []
     while (trial := queue.claim(study, trial_sampler(definition))) is not None:

@@ -1,0 +1,156 @@
+"""Bad input: one clear line on stderr, exit code 2, and nothing written to the storage.
+
+Every refusal is checked twice: the message names what is wrong, and the database (an SQLite
+file, or the PostgreSQL database) is exactly as it was before the command ran.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import subprocess
+from pathlib import Path
+from collections.abc import Iterator
+
+import pytest
+import sqlalchemy
+
+from conftest import STUDIES, ok, run_hpo, user_error, write_study
+
+GRID = """
+[sampler]
+type = "grid"
+[space]
+architecture = "base"
+augmentation = "none"
+learning_rate = [0.001]
+batch_size = [64]
+epochs = [1]
+"""
+
+
+def _snapshot(url: str) -> object:
+    """What the storage holds: an SQLite file's bytes (or its absence), or every PostgreSQL row."""
+    if url.startswith("sqlite:///"):
+        path = Path(url.removeprefix("sqlite:///"))
+        return hashlib.sha256(path.read_bytes()).hexdigest() if path.exists() else "absent"
+    engine = sqlalchemy.create_engine(url)
+    try:
+        with engine.connect() as conn:
+            inspector = sqlalchemy.inspect(conn)
+            return {table: sorted(map(tuple, conn.execute(sqlalchemy.text(f'SELECT * FROM "{table}"'))))
+                    for table in sorted(inspector.get_table_names())}
+    finally:
+        engine.dispose()
+
+
+@contextlib.contextmanager
+def _unchanged(url: str) -> Iterator[None]:
+    before = _snapshot(url)
+    yield
+    assert _snapshot(url) == before, "a refused command changed the storage"
+
+
+def test_worker_for_a_missing_study_creates_nothing(storage_url: str) -> None:
+    with _unchanged(storage_url):
+        user_error(run_hpo("worker", "nosuchstudy", storage=storage_url), "no study named 'nosuchstudy'")
+        user_error(run_hpo("export", "nosuchstudy", storage=storage_url), "no study named 'nosuchstudy'")
+        user_error(run_hpo("status", "nosuchstudy", storage=storage_url), "no study named 'nosuchstudy'")
+    # status without a name, on an empty storage: a hint, exit 0, and still nothing written.
+    with _unchanged(storage_url):
+        result = run_hpo("status", storage=storage_url)
+        ok(result)
+        assert "no studies yet" in result.stderr
+
+
+def test_launch_with_bad_data_or_subset_creates_no_study(storage_url: str, tmp_path: Path, data_path: str) -> None:
+    study = write_study(tmp_path, "tiny", GRID)
+    with _unchanged(storage_url):
+        user_error(run_hpo("launch", str(study), "--data", str(tmp_path / "nowhere.tar.gz"), storage=storage_url,
+                           cwd=tmp_path), "nowhere.tar.gz")
+        user_error(run_hpo("launch", str(study), "--data", data_path, "--subset", "999999", storage=storage_url,
+                           cwd=tmp_path), "--subset", "999999")
+        user_error(run_hpo("worker", str(study), "--data", str(tmp_path / "nowhere.tar.gz"), storage=storage_url,
+                           cwd=tmp_path), "nowhere.tar.gz")
+
+
+def test_logs_or_artifacts_pointing_at_a_file_are_refused_before_anything_is_written(
+        storage_url: str, tmp_path: Path, data_path: str) -> None:
+    study = write_study(tmp_path, "tiny", GRID)
+    a_file = tmp_path / "not-a-folder"
+    a_file.write_text("x")
+    with _unchanged(storage_url):
+        user_error(run_hpo("launch", str(study), "--logs", str(a_file), "--data", data_path, "--subset", "100",
+                           storage=storage_url, cwd=tmp_path), "--logs", "is a file")
+        user_error(run_hpo("launch", str(study), "--artifacts", str(a_file), "--data", data_path,
+                           "--subset", "100", storage=storage_url, cwd=tmp_path), "--artifacts", "is a file")
+        user_error(run_hpo("worker", str(study), "--artifacts", str(a_file / "sub"), "--data", data_path,
+                           "--subset", "100", storage=storage_url, cwd=tmp_path), "--artifacts", "is a file")
+
+
+def test_export_into_a_missing_folder_is_one_line(tmp_path: Path) -> None:
+    db = f"sqlite:///{tmp_path / 'hpo.db'}"
+    ok(run_hpo("create", str(write_study(tmp_path, "tiny", GRID)), storage=db))
+    user_error(run_hpo("export", "tiny", "-o", str(tmp_path / "missing" / "out.csv"), storage=db),
+               "--output", "does not exist")
+    user_error(run_hpo("export", "tiny", "-o", str(tmp_path), storage=db), "--output", "is a directory")
+
+
+@pytest.mark.parametrize("variable,value", [
+    ("HPO_HEARTBEAT_INTERVAL", "abc"), ("HPO_HEARTBEAT_INTERVAL", "0"), ("HPO_GRACE_PERIOD", "-5"),
+    ("HPO_GRACE_PERIOD", "1"),  # not longer than the interval
+])
+def test_bad_heartbeat_settings_are_one_line(variable: str, value: str, tmp_path: Path) -> None:
+    db = f"sqlite:///{tmp_path / 'hpo.db'}"
+    with _unchanged(db):
+        user_error(run_hpo("create", str(STUDIES / "exp1.toml"), storage=db,
+                           env={"HPO_HEARTBEAT_INTERVAL": "2", variable: value}), variable)
+
+
+def test_sqlite_paths_that_cannot_be_a_database(tmp_path: Path) -> None:
+    not_a_database = tmp_path / "notes.db"
+    not_a_database.write_text("these are my notes, not a database\n" * 100)
+    before = not_a_database.read_bytes()
+    user_error(run_hpo("create", str(STUDIES / "exp1.toml"), storage=f"sqlite:///{not_a_database}"),
+               "notes.db", "not a database")
+    assert not_a_database.read_bytes() == before
+    user_error(run_hpo("status", storage=f"sqlite:///{tmp_path}"), "is a folder")
+    user_error(run_hpo("create", str(STUDIES / "exp1.toml"), storage=f"sqlite:///{tmp_path / 'no' / 'hpo.db'}"),
+               "does not exist")
+
+
+def test_sqlite_on_a_read_only_file_system(tmp_path: Path) -> None:
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    db = f"sqlite:///{folder / 'hpo.db'}"
+    ok(run_hpo("create", str(STUDIES / "exp1.toml"), storage=db))
+    # Bind the folder read-only over itself (root, as in CI).
+    mounted = subprocess.run(["mount", "--bind", "-o", "ro", str(folder), str(folder)], capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a read-only folder here (needs root): {mounted.stderr.strip()}")
+    try:
+        subprocess.run(["mount", "-o", "remount,bind,ro", str(folder)], check=True)
+        user_error(run_hpo("create", str(STUDIES / "exp2.toml"), storage=db), "hpo.db")
+        user_error(run_hpo("create", str(STUDIES / "exp1.toml"), storage=f"sqlite:///{folder / 'new.db'}"),
+                   "new.db")
+    finally:
+        subprocess.run(["umount", str(folder)], check=True)
+    status = run_hpo("status", "--format", "json", storage=db)
+    ok(status)
+    assert '"exp1"' in status.stdout
+
+
+@pytest.mark.parametrize("name,problem", [
+    ("-rf", "must start with a letter or a digit"),
+    (".", "must start with a letter or a digit"),
+    ("..", "must start with a letter or a digit"),
+    ("../escape", "must be letters, digits"),
+    ("x" * 101, "at most 100"),
+])
+def test_study_names_that_could_escape_their_folders_are_refused(name: str, problem: str, tmp_path: Path) -> None:
+    study = tmp_path / "study.toml"
+    study.write_text(f'[study]\nname = "{name}"\n{GRID}', encoding="utf-8")
+    db = f"sqlite:///{tmp_path / 'hpo.db'}"
+    with _unchanged(db):
+        user_error(run_hpo("create", str(study), storage=db), "study.toml", "study.name", problem)
+        user_error(run_hpo("launch", str(study), storage=db), "study.toml", "study.name", problem)
