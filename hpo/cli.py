@@ -12,20 +12,26 @@ import os
 import sys
 import time
 import warnings
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
 from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
 
 import click
+import optuna
+from optuna import Study
+from optuna.storages import RDBStorage
 
-from hpo import paths, tables
-
-if TYPE_CHECKING:  # for annotations only: the commands import what they use when they run
-    from optuna import Study
-    from optuna.storages import RDBStorage
-
-    from hpo.config import StudyDefinition
+# Keras and matplotlib take seconds to load, so the modules that use them (hpo.objective,
+# hpo.artifacts, hpo.report) are imported by the commands that need them; these load neither.
+from hpo import device, paths, queue, tables
+from hpo import launch as launcher
+from hpo.config import StudyDefinition, load_definition
+from hpo.data import load_dataset
 from hpo.errors import HpoError, OutputError
+from hpo.results import EXPORT_COLUMNS, best_trial_rows, study_status
+from hpo.storage import StorageEmpty, display_url, heartbeat_settings, open_storage, resolve_url
+from hpo.study import DEFINITION, create_study, load_study
+from hpo.worker import run_worker
 
 
 def run(args: Sequence[str] | None = None) -> None:
@@ -61,7 +67,6 @@ def _setup_logging(debug: bool) -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     for noisy in ("optuna", "absl", "tensorflow", "alembic"):
         logging.getLogger(noisy).setLevel(logging.DEBUG if debug else logging.WARNING)
-    import optuna
 
     optuna.logging.set_verbosity(optuna.logging.DEBUG if debug else optuna.logging.WARNING)
     # hpo relies on heartbeats and metric names on purpose; the notice helps no user.
@@ -92,14 +97,12 @@ def _artifacts_option(help_text: str = "Artifact folder (see hpo worker).") -> C
 
 
 def _storage_url(ctx: click.Context) -> str:
-    from hpo.storage import resolve_url
 
     return resolve_url(ctx.obj["storage"])
 
 
 def _open(ctx: click.Context, *, heartbeat: bool = True, retry_for: float = 0.0,
           create: bool = True) -> RDBStorage:
-    from hpo.storage import open_storage
 
     return open_storage(ctx.obj["storage"], heartbeat=heartbeat, retry_for=retry_for, create=create)
 
@@ -115,8 +118,6 @@ def _is_study_file(ref: str) -> bool:
 
 def _existing_study(ctx: click.Context, name: str) -> tuple[RDBStorage, Study, StudyDefinition]:
     """A study that must already exist; reading it writes nothing, not even an empty schema."""
-    from hpo.storage import StorageEmpty
-    from hpo.study import load_study
 
     try:
         storage = _open(ctx, retry_for=60.0, create=False)
@@ -148,8 +149,6 @@ def main(ctx: click.Context, storage: str | None, debug: bool) -> None:
 @click.pass_context
 def create(ctx: click.Context, study_file: str) -> None:
     """Create the study in STUDY_FILE and queue its trials (idempotent)."""
-    from hpo.config import load_definition
-    from hpo.study import create_study
 
     definition = load_definition(study_file)
     _, created = create_study(_open(ctx), definition)
@@ -183,13 +182,9 @@ def _with_data_options(fn: Callable[..., Any]) -> Callable[..., Any]:
 def worker(ctx: click.Context, study: str, data: str | None, subset: int | None, threads: int | None,
            artifacts: str | None, max_trials: int | None) -> None:
     """Run trials of STUDY (a name or a .toml file) until it is done."""
-    from hpo import device
 
     started = time.perf_counter()
     device.apply(threads)
-    from hpo.config import load_definition
-    from hpo.data import load_dataset
-    from hpo.study import create_study
 
     # Everything is checked before the first write: a refused command changes nothing.
     folder = _artifact_folder(ctx, artifacts, make=False)
@@ -202,9 +197,8 @@ def worker(ctx: click.Context, study: str, data: str | None, subset: int | None,
         dataset = load_dataset(data, subset=subset)
     folder = _artifact_folder(ctx, artifacts)
 
-    from hpo.artifacts import TrialArtifacts
-    from hpo.objective import run_trial
-    from hpo.worker import run_worker
+    from hpo.artifacts import TrialArtifacts  # noqa: PLC0415  (matplotlib; after device.apply)
+    from hpo.objective import run_trial  # noqa: PLC0415  (Keras, after device.apply set its threads)
 
     on_complete = TrialArtifacts(folder)
     # Paid once per worker, not per trial: imports, connecting, loading the data.
@@ -238,11 +232,6 @@ def worker(ctx: click.Context, study: str, data: str | None, subset: int | None,
 def launch(ctx: click.Context, study_file: str, workers: int | None, gpus: str | None, data: str | None,
            subset: int | None, threads: int | None, artifacts: str | None, log_dir: str) -> None:
     """Create STUDY_FILE's study if needed and run worker processes on this machine."""
-    from hpo import launch as launcher
-    from hpo.config import load_definition
-    from hpo.data import load_dataset
-    from hpo.storage import display_url, heartbeat_settings
-    from hpo.study import create_study
 
     # Everything is checked before the first write: a refused command changes nothing.
     definition = load_definition(study_file)
@@ -278,12 +267,6 @@ def launch(ctx: click.Context, study_file: str, workers: int | None, gpus: str |
 @click.pass_context
 def status(ctx: click.Context, study: str | None, fmt: str) -> None:
     """Trials by state, queue coverage and the best value, per study."""
-    import optuna
-
-    from hpo import queue
-    from hpo.results import study_status
-    from hpo.storage import StorageEmpty
-    from hpo.study import DEFINITION, load_study
 
     studies = []
     if study:
@@ -330,13 +313,11 @@ def status(ctx: click.Context, study: str | None, fmt: str) -> None:
 @click.pass_context
 def export(ctx: click.Context, study: str, fmt: str, output: str | None) -> None:
     """Write STUDY's best-trial table, best first."""
-    from hpo.results import EXPORT_COLUMNS, best_trial_rows
 
     if output:
         paths.output_file(output, "--output")
     name = study
     if _is_study_file(study):
-        from hpo.config import load_definition
 
         name = load_definition(study).name
     _, optuna_study, definition = _existing_study(ctx, name)
@@ -357,7 +338,7 @@ def export(ctx: click.Context, study: str, fmt: str, output: str | None) -> None
 @click.pass_context
 def dashboard(ctx: click.Context, host: str, port: int, artifacts: str | None) -> None:
     """Serve optuna-dashboard on the same storage (loopback only unless --host says otherwise)."""
-    from hpo.dashboard import serve
+    from hpo.dashboard import serve  # noqa: PLC0415  (the dashboard's web app: only this command)
 
     folder = _artifact_folder(ctx, artifacts)
     serve(_open(ctx, heartbeat=False), host=host, port=port, artifacts=folder)
@@ -376,8 +357,7 @@ def report(ctx: click.Context, studies: tuple[str, ...], output: str, artifacts:
     Without STUDIES, covers every study of the report's experiments in the storage; other
     studies named here get their best-trial table and their best trial's plots.
     """
-    from hpo.report import write_report
-    from hpo.results import EXPORT_COLUMNS
+    from hpo.report import write_report  # noqa: PLC0415  (matplotlib: only this command)
 
     folder = _artifact_folder(ctx, artifacts, make=False)
     storage = _open(ctx, heartbeat=False, create=False)
