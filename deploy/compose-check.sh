@@ -118,15 +118,18 @@ step_start "0 build"
 build_args=()
 if [[ -n ${HPO_CHECK_WHEELS:-} ]]; then
     mkdir -p "$HPO_CHECK_WHEELS"
-    ${PIP:-pip} wheel -q -w "$HPO_CHECK_WHEELS" . "setuptools>=68" wheel
+    ${PIP:-pip} wheel -q -w "$HPO_CHECK_WHEELS" . "setuptools>=68" wheel 2>"$work/pip.log" \
+        || { cat "$work/pip.log" >&2; fail "pip wheel failed"; }
     rm -f "$HPO_CHECK_WHEELS"/hpo-*.whl  # the image builds hpo from its own source
-    bridge=$(docker network inspect bridge -f '{{(index .IPAM.Config 0).Gateway}}')
+    # The host's address on Docker's default bridge, where build containers run.
+    bridge=$(ip -4 -o addr show docker0 2>/dev/null | awk '{print $4}' | cut -d/ -f1)
+    [[ -n $bridge ]] || fail "no docker0 address to serve the wheels on"
     python3 -m http.server --bind "$bridge" --directory "$HPO_CHECK_WHEELS" 8765 >/dev/null 2>&1 &
     server_pid=$!
     build_args=(--build-arg "PIP_FIND_LINKS=http://$bridge:8765/" --build-arg PIP_NO_INDEX=1
                 --build-arg "PIP_TRUSTED_HOST=$bridge")
 fi
-compose build "${build_args[@]}" worker
+compose build "${build_args[@]}" worker || fail "the image did not build"
 step_end "0 build"
 
 step_start "1 up --scale worker=$workers"
