@@ -173,7 +173,8 @@ try:
     s = json.loads(sys.argv[1])[0]
 except (ValueError, IndexError):
     sys.exit()
-print(s["points"]["complete"], s["points"]["running"], s["duplicates"], s["total_points"])' "$status")
+print(s["points"]["complete"], s["points"]["running"], s["duplicates"], s["points"]["total"])' "$status") \
+        || fail "hpo status --format json gave no points: $status"
     if [[ -n $line ]]; then
         read -r complete running dups total <<< "$line"
         log "status: $complete of $total points complete, $running running, $dups duplicates"
@@ -182,7 +183,7 @@ print(s["points"]["complete"], s["points"]["running"], s["duplicates"], s["total
     sleep 10
 done
 # Step 2's own check: the killed trial did not finish; a later trial of its point did.
-python3 -c '
+python3 - "$trial" "$(trials_json)" >&2 <<'PY'
 import json, sys
 trials = [json.loads(l) for l in sys.argv[2].splitlines() if l.startswith("{")]
 number = int(sys.argv[1])
@@ -190,35 +191,36 @@ killed = next(t for t in trials if t["number"] == number)
 if killed["state"] == "COMPLETE":
     sys.exit(f"FAIL: trial {number} completed before the kill landed; nothing was retried")
 if killed["state"] != "FAIL":
-    sys.exit(f"FAIL: killed trial {number} is {killed[\"state\"]}, not FAIL")
+    sys.exit(f"FAIL: killed trial {number} is {killed['state']}, not FAIL")
 retry = [t for t in trials if t["params"] == killed["params"] and t["number"] > number
          and t["state"] == "COMPLETE"]
 if not retry:
-    sys.exit(f"FAIL: the point of killed trial {number} {killed[\"params\"]} was not finished by a retry")
+    sys.exit(f"FAIL: the point of killed trial {number} {killed['params']} was not finished by a retry")
 failed = sum(t["state"] == "FAIL" for t in trials)
-print(f"killed trial {number} is FAIL; its point {killed[\"params\"]} was finished by trial "
-      f"{retry[0][\"number\"]}; {len(trials)} trials in all, {failed} FAIL (retried)")' \
-    "$trial" "$(trials_json)" >&2
+print(f"killed trial {number} is FAIL; its point {killed['params']} was finished by trial "
+      f"{retry[0]['number']}; {len(trials)} trials in all, {failed} FAIL (retried)")
+PY
 log "study finished $(( $(date +%s) - killed_at )) s after the kill"
 step_end "2 docker kill of a worker mid-trial"
 
 # Step 1's checks, through the stack as a user runs them: `run` a fresh worker container.
 csv=$(compose run --rm --no-deps -T worker export "$study" --format csv)
 status=$(compose run --rm --no-deps -T worker status "$study" --format json)
-python3 -c '
+python3 - "$status" "$csv" "$points" >&2 <<'PY'
 import csv, io, json, sys
 s = json.loads(sys.argv[1])[0]
 p = s["points"]
 if (p["complete"], p["running"], s["duplicates"]) != (int(sys.argv[3]), 0, 0):
-    sys.exit(f"FAIL: hpo status: {p} duplicates={s[\"duplicates\"]}")
+    sys.exit(f"FAIL: hpo status: {p} duplicates={s['duplicates']}")
 rows = list(csv.DictReader(io.StringIO(sys.argv[2])))
 complete = [r for r in rows if r["state"] == "COMPLETE"]
 points = {(r["learning_rate"], r["batch_size"], r["epochs"]) for r in complete}
 if len(complete) != int(sys.argv[3]) or len(points) != len(complete):
     sys.exit(f"FAIL: hpo export: {len(complete)} COMPLETE rows, {len(points)} distinct points")
-print(f"hpo status: {p[\"complete\"]} of {s[\"total_points\"]} points COMPLETE, {p[\"running\"]} RUNNING, "
-      f"{s[\"duplicates\"]} duplicates, trials by state {s[\"trials\"]}; hpo export: "
-      f"{len(complete)} COMPLETE rows, {len(points)} distinct points")' "$status" "$csv" "$points" >&2
+print(f"hpo status: {p['complete']} of {p['total']} points COMPLETE, {p['running']} RUNNING, "
+      f"{s['duplicates']} duplicates, trials by state {s['trials']}; hpo export: "
+      f"{len(complete)} COMPLETE rows, {len(points)} distinct points")
+PY
 step_end "1 up --scale worker=$workers"
 
 step_start "3 dashboard on 127.0.0.1:$port"
@@ -258,13 +260,13 @@ step_start "4 down, then up again"
 compose down
 compose up -d --scale "worker=$workers" worker dashboard
 status=$(compose run --rm --no-deps -T worker status "$study" --format json)
-python3 -c '
+python3 - "$status" "$points" >&2 <<'PY'
 import json, sys
 s = json.loads(sys.argv[1])[0]
 if s["points"]["complete"] != int(sys.argv[2]) or s["duplicates"]:
-    sys.exit(f"FAIL: after down and up: {s[\"points\"]}, {s[\"duplicates\"]} duplicates")
-print(f"after down and up: {s[\"points\"][\"complete\"]} of {s[\"total_points\"]} points COMPLETE")' \
-    "$status" "$points" >&2
+    sys.exit(f"FAIL: after down and up: {s['points']}, {s['duplicates']} duplicates")
+print(f"after down and up: {s['points']['complete']} of {s['points']['total']} points COMPLETE")
+PY
 step_end "4 down, then up again"
 
 step_start "5 hpo export"
