@@ -252,7 +252,10 @@ for t in json.loads(sys.argv[1])["trials"]:
 [[ -n $artifact ]] || fail "the dashboard shows no PNG artifact for any trial of $study"
 read -r trial_id artifact_id filename <<< "$artifact"
 url="http://127.0.0.1:$port/artifacts/$study_id/$trial_id/$artifact_id"
-curl -fsS "$url" | head -c 8 | od -An -c | grep -q 'P   N   G' || fail "$url is not a PNG"
+# To a file, not through `head`: under pipefail, curl's write error on a closed pipe
+# would fail the check.
+curl -fsS -o "$work/artifact" "$url" || fail "no artifact at $url"
+[[ $(head -c 4 "$work/artifact" | tail -c 3) == PNG ]] || fail "$url is not a PNG"
 log "/api/studies lists $study (id $study_id); $url serves $filename"
 step_end "3 dashboard on 127.0.0.1:$port"
 
