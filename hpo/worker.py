@@ -162,7 +162,7 @@ def _run_one(study: optuna.Study, definition: StudyDefinition, trial: optuna.Tri
         except Exception as exc:  # noqa: BLE001  (a trial's failure is recorded, not fatal)
             if _recovered(study, trial):
                 _dropped(trial)
-            return None
+                return None
             log.error("trial %d failed: %s\n%s", trial.number, exc, traceback.format_exc())
             return _fail(study, definition, trial, f"{type(exc).__name__}: {exc}")
         return _finish(study, trial, TrialState.COMPLETE, value)

@@ -20,6 +20,7 @@ from conftest import ROOT, STUDIES, TWO_LR_GRID, ok, run_hpo, user_error, write_
 from hpo.config import load_definition
 from hpo.errors import HpoError
 from hpo.report import Output, reference_params, safe_name, tolerance
+from hpo.results import trial_params
 
 TABLE1 = ROOT.parent / "shared" / "seed" / "table1.csv"
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -142,7 +143,7 @@ def test_report_measures_table1_from_the_trials(tmp_path: Path, data_path: str) 
     for row in rows:
         study = optuna.load_study(study_name=row["study"], storage=db)
         runs = [t for t in study.get_trials(states=(TrialState.COMPLETE,))
-                if t.params["learning_rate"] == float(row["learning_rate"])]
+                if trial_params(t)["learning_rate"] == float(row["learning_rate"])]
         accuracies = [t.user_attrs["test_accuracy"] for t in runs]
         assert int(row["n"]) == len(runs)
         if not runs:
