@@ -35,6 +35,7 @@ from sqlalchemy.engine import make_url
 import netns
 from conftest import ROOT, STUDIES, ok, run_hpo
 from hpo import stored
+from hpo.results import trial_params
 
 ARTIFACTS = ROOT / "test-artifacts"
 GRACE_PERIOD = float(os.environ["HPO_GRACE_PERIOD"])  # set by conftest for every worker
@@ -150,9 +151,15 @@ def test_grid_survives_hosts_cut_off_mid_claim_mid_trial_and_idle(
 
         # 2. Mid-trial: a trial RUNNING with at least one epoch reported loses its host's link,
         # which stays down until the others have failed it (no heartbeat for the grace period)
-        # and another host has claimed its retry.
-        victim = _wait(lambda: next((t for t in trials() if t.state == TrialState.RUNNING
-                                     and t.intermediate_values and _host_of(t) in host), None),
+        # and another host has claimed its retry. It has three or more epochs to go, so the cut
+        # lands before its last epoch's report and before its results are written, whatever
+        # the epochs it trains between this read and the cut (each epoch's report is a write
+        # that waits for the link).
+        def mid_trial(t: FrozenTrial) -> bool:
+            return (t.state == TrialState.RUNNING and _host_of(t) in host
+                    and 1 <= len(t.intermediate_values) <= int(trial_params(t)["epochs"]) - 3)
+
+        victim = _wait(lambda: next((t for t in trials() if mid_trial(t)), None),
                        300, "a trial in the middle of training")
         cut_off = host[_host_of(victim)]
         cut = time.monotonic()
