@@ -22,7 +22,7 @@ from optuna.trial import TrialState
 
 from hpo import stored
 
-from conftest import ok, run_hpo, write_study
+from conftest import ok, run_hpo, wait_for, write_study
 
 ONE_POINT = """
 [sampler]
@@ -86,13 +86,14 @@ def test_a_worker_frozen_past_the_grace_period_comes_back_calmly(data_path: str,
             return []
 
     try:
-        _wait(lambda: any(t.state == TrialState.RUNNING and t.intermediate_values for t in trials()), 180)
+        wait_for(lambda: any(t.state == TrialState.RUNNING and t.intermediate_values for t in trials()), 180,
+                 "the first epoch")
         worker.send_signal(signal.SIGSTOP)  # frozen: alive, but no heartbeat, no progress
         frozen_at = time.monotonic()
         # Another process finds the trial dead once the grace period has passed, and queues its retry.
-        _wait(lambda: time.monotonic() - frozen_at > 6 and
-              run_hpo("status", "frozen", storage=db, env=env).returncode == 0 and
-              any(t.state == TrialState.FAIL for t in trials()), 120)
+        wait_for(lambda: time.monotonic() - frozen_at > 6 and
+                 run_hpo("status", "frozen", storage=db, env=env).returncode == 0 and
+                 any(t.state == TrialState.FAIL for t in trials()), 120, "the frozen trial to be recovered")
         failed = next(t for t in trials() if t.state == TrialState.FAIL)
         worker.send_signal(signal.SIGCONT)
         code = worker.wait(timeout=600)
@@ -116,10 +117,3 @@ def test_a_worker_frozen_past_the_grace_period_comes_back_calmly(data_path: str,
     assert "1 complete, 0 pruned, 0 failed, 1 dropped" in output
 
 
-def _wait(predicate, timeout: float) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.5)
-    raise AssertionError(f"timed out after {timeout:.0f} s")

@@ -23,8 +23,8 @@ import sys
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any, TypeVar
-from collections.abc import Callable, Iterator
+from typing import Any
+from collections.abc import Iterator
 
 import optuna
 import psycopg
@@ -33,13 +33,12 @@ from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy.engine import make_url
 
 import netns
-from conftest import ROOT, STUDIES, ok, run_hpo
+from conftest import ROOT, STUDIES, ok, run_hpo, wait_for
 from hpo import stored
 from hpo.results import trial_params
 
 ARTIFACTS = ROOT / "test-artifacts"
 GRACE_PERIOD = float(os.environ["HPO_GRACE_PERIOD"])  # set by conftest for every worker
-T = TypeVar("T")
 
 
 @pytest.fixture
@@ -51,14 +50,6 @@ def three_hosts() -> Iterator[list[netns.Host]]:
         yield made
 
 
-def _wait(predicate: Callable[[], T], timeout: float, what: str, interval: float = 0.3) -> T:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 def _via(url: str, host: netns.Host) -> str:
@@ -129,20 +120,20 @@ def test_grid_survives_hosts_cut_off_mid_claim_mid_trial_and_idle(
         lock = psycopg.connect(_libpq(postgres_url))
         lock.execute("SELECT trial_id FROM trials WHERE state = 'WAITING' FOR UPDATE")
         start("host3")
-        _wait(lambda: any(wait == "Lock" for _, wait in sessions("host3")), 300,
+        wait_for(lambda: any(wait == "Lock" for _, wait in sessions("host3")), 300,
               "host3's claim to wait for the row lock")
         cut = time.monotonic()
         host["host3"].cut()
         lock.rollback()
         lock.close()
-        _wait(lambda: any(state == "idle in transaction" for state, _ in sessions("host3")), 10,
+        wait_for(lambda: any(state == "idle in transaction" for state, _ in sessions("host3")), 10,
               "host3's cut-off session to hold the lock it was granted")
         start("host1")
         start("host2")
         # Hosts 1 and 2 queue behind that row lock too. The server ends a session idle in a
         # transaction (hpo.storage.postgres_connect_args), so they go on without host3.
-        _wait(lambda: sessions("host1") and sessions("host2"), 300, "hosts 1 and 2 to connect")
-        _wait(lambda: any(t.state == TrialState.RUNNING and _host_of(t) != "host3" for t in trials()), 90,
+        wait_for(lambda: sessions("host1") and sessions("host2"), 300, "hosts 1 and 2 to connect")
+        wait_for(lambda: any(t.state == TrialState.RUNNING and _host_of(t) != "host3" for t in trials()), 90,
               "hosts 1 and 2 to claim a trial while host3's half-open claim holds a row lock")
         outcome["others_claimed_after_s"] = round(time.monotonic() - cut, 1)
         time.sleep(max(0.0, cut + GRACE_PERIOD + 5 - time.monotonic()))
@@ -159,7 +150,7 @@ def test_grid_survives_hosts_cut_off_mid_claim_mid_trial_and_idle(
             return (t.state == TrialState.RUNNING and _host_of(t) in host
                     and 1 <= len(t.intermediate_values) <= int(trial_params(t)["epochs"]) - 3)
 
-        victim = _wait(lambda: next((t for t in trials() if mid_trial(t)), None),
+        victim = wait_for(lambda: next((t for t in trials() if mid_trial(t)), None),
                        300, "a trial in the middle of training")
         cut_off = host[_host_of(victim)]
         cut = time.monotonic()
@@ -171,7 +162,7 @@ def test_grid_survives_hosts_cut_off_mid_claim_mid_trial_and_idle(
                           and t.state != TrialState.WAITING), None)
             return (now[victim.number], retry) if retry is not None else None
 
-        failed, _retry = _wait(recovered, 300, f"trial {victim.number} to be failed and its retry claimed")
+        failed, _retry = wait_for(recovered, 300, f"trial {victim.number} to be failed and its retry claimed")
         outcome["trial_cut_s"] = round(time.monotonic() - cut, 1)
         cut_off.restore()
 
@@ -193,7 +184,7 @@ def test_grid_survives_hosts_cut_off_mid_claim_mid_trial_and_idle(
                     return host[name]
             return None
 
-        idler = _wait(idle, 900, "a worker idle while others still train")
+        idler = wait_for(idle, 900, "a worker idle while others still train")
         cut = time.monotonic()
         idler.cut()
         time.sleep(GRACE_PERIOD + 5)

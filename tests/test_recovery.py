@@ -21,7 +21,7 @@ from optuna.trial import TrialState
 
 from hpo import stored
 
-from conftest import ROOT, STUDIES, run_hpo, write_study
+from conftest import ROOT, STUDIES, run_hpo, wait_for, write_study
 
 ARTIFACTS = ROOT / "test-artifacts"
 
@@ -34,14 +34,6 @@ def _worker(storage: str, study: str, data_path: str, log: Path, *extra: str) ->
     )
 
 
-def _wait(predicate, timeout: float, what: str, interval: float = 0.5):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 def _trials(storage: str, name: str) -> list[optuna.trial.FrozenTrial]:
@@ -75,7 +67,7 @@ def test_chaos_kill_a_worker_mid_trial_on_postgres(postgres_url: str, data_path:
                     return t
             return None
 
-        killed = _wait(victim, 300, "a trial in the middle of training")
+        killed = wait_for(victim, 300, "a trial in the middle of training")
         pid = int(killed.system_attrs[stored.WORKER].rsplit(":", 1)[1])
         os.kill(pid, signal.SIGKILL)
         for w in workers:
@@ -142,7 +134,7 @@ def test_interrupted_worker_fails_its_trial_as_retryable_and_exits_quickly(
     assert run_hpo("create", str(study), storage=db).returncode == 0
     worker = _worker(db, str(study), data_path, tmp_path / "worker.log")
     try:
-        _wait(lambda: any(
+        wait_for(lambda: any(
             t.state == TrialState.RUNNING and t.intermediate_values for t in _trials(db, "long")),
             180, "the first epoch")
         sent = time.monotonic()
@@ -175,7 +167,7 @@ def test_ctrl_c_on_launch_stops_every_worker_and_leaves_nothing_running(data_pat
          "--data", data_path, "--subset", "200", "--logs", str(tmp_path / "logs")],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        _wait(lambda: sum(
+        wait_for(lambda: sum(
             t.state == TrialState.RUNNING and bool(t.intermediate_values) for t in _trials(db, "long")) == 2,
             240, "both workers training")
         launcher.send_signal(signal.SIGINT)
