@@ -112,6 +112,9 @@ def test_four_workers_finish_the_grid_on_sqlite_without_lock_errors(data_path: s
     assert "database is locked" not in logs
 
 
+# Long enough that a signal sent after the first epoch always finds the trial training: on
+# 200 images an epoch is 7 steps, a fraction of a second, and CI once saw a 200-epoch trial
+# finish before the test's signal arrived.
 INTERRUPTIBLE = """
 [sampler]
 type = "grid"
@@ -122,7 +125,7 @@ architecture = "base"
 augmentation = "none"
 learning_rate = [0.001]
 batch_size = [32]
-epochs = [200]
+epochs = [5000]
 """
 
 
