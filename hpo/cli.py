@@ -51,7 +51,6 @@ def run(args: Sequence[str] | None = None) -> None:
 
 class _Group(click.Group):
     """Turns the project's errors into one line on stderr and exit code 2."""
-
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
@@ -103,7 +102,6 @@ def _storage_url(ctx: click.Context) -> str:
 
 def _open(ctx: click.Context, *, heartbeat: bool = True, retry_for: float = 0.0,
           create: bool = True) -> RDBStorage:
-
     return open_storage(ctx.obj["storage"], heartbeat=heartbeat, retry_for=retry_for, create=create)
 
 
@@ -118,7 +116,6 @@ def _is_study_file(ref: str) -> bool:
 
 def _existing_study(ctx: click.Context, name: str) -> tuple[RDBStorage, Study, StudyDefinition]:
     """A study that must already exist; reading it writes nothing, not even an empty schema."""
-
     try:
         storage = _open(ctx, retry_for=60.0, create=False)
     except StorageEmpty as exc:
@@ -149,7 +146,6 @@ def main(ctx: click.Context, storage: str | None, debug: bool) -> None:
 @click.pass_context
 def create(ctx: click.Context, study_file: str) -> None:
     """Create the study in STUDY_FILE and queue its trials (idempotent)."""
-
     definition = load_definition(study_file)
     _, created = create_study(_open(ctx), definition)
     verb = "created" if created else "already exists, unchanged"
@@ -182,12 +178,11 @@ def _with_data_options(fn: Callable[..., Any]) -> Callable[..., Any]:
 def worker(ctx: click.Context, study: str, data: str | None, subset: int | None, threads: int | None,
            artifacts: str | None, max_trials: int | None) -> None:
     """Run trials of STUDY (a name or a .toml file) until it is done."""
-
     started = time.perf_counter()
     device.apply(threads)
 
     # Everything is checked before the first write: a refused command changes nothing.
-    folder = _artifact_folder(ctx, artifacts, make=False)
+    _artifact_folder(ctx, artifacts, make=False)
     if _is_study_file(study):
         definition = load_definition(study)
         dataset = load_dataset(data, subset=subset)
@@ -232,7 +227,6 @@ def worker(ctx: click.Context, study: str, data: str | None, subset: int | None,
 def launch(ctx: click.Context, study_file: str, workers: int | None, gpus: str | None, data: str | None,
            subset: int | None, threads: int | None, artifacts: str | None, log_dir: str) -> None:
     """Create STUDY_FILE's study if needed and run worker processes on this machine."""
-
     # Everything is checked before the first write: a refused command changes nothing.
     definition = load_definition(study_file)
     url = _storage_url(ctx)
@@ -267,7 +261,6 @@ def launch(ctx: click.Context, study_file: str, workers: int | None, gpus: str |
 @click.pass_context
 def status(ctx: click.Context, study: str | None, fmt: str) -> None:
     """Trials by state, queue coverage and the best value, per study."""
-
     studies = []
     if study:
         studies.append(_existing_study(ctx, study)[1:])
@@ -313,7 +306,6 @@ def status(ctx: click.Context, study: str | None, fmt: str) -> None:
 @click.pass_context
 def export(ctx: click.Context, study: str, fmt: str, output: str | None) -> None:
     """Write STUDY's best-trial table, best first."""
-
     if output:
         paths.output_file(output, "--output")
     name = study
