@@ -8,6 +8,7 @@ Heartbeats are always on, so a worker killed in the middle of a trial is noticed
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -163,11 +164,12 @@ def _check_sqlite(database: str | None, create: bool) -> None:
             raise StorageEmpty(f"{path} does not exist: no studies yet")
         if not path.parent.is_dir():
             raise StorageError(f"{path}: folder {path.parent} does not exist")
-    # WAL lets readers (status, dashboard) run beside writers; it is stored in the file, so
-    # setting it once here holds for every later connection, Optuna's included.
     try:
-        with sqlite3.connect(path, timeout=SQLITE_BUSY_TIMEOUT_S) as conn:
-            conn.execute("PRAGMA journal_mode=WAL")
+        with contextlib.closing(sqlite3.connect(path, timeout=SQLITE_BUSY_TIMEOUT_S)) as conn:
+            if create:
+                # WAL lets readers (status, dashboard) run beside writers; it is stored in the
+                # file, so setting it once holds for every later connection, Optuna's included.
+                conn.execute("PRAGMA journal_mode=WAL")
             tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     except sqlite3.DatabaseError as exc:  # not a database, read-only file system, no permission
         raise StorageError(f"cannot use {path} as an SQLite database: {exc}") from None
