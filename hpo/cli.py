@@ -23,14 +23,14 @@ from optuna.storages import RDBStorage
 
 # Keras and matplotlib take seconds to load, so the modules that use them (hpo.objective,
 # hpo.artifacts, hpo.report) are imported by the commands that need them; these load neither.
-from hpo import device, paths, queue, tables
+from hpo import device, paths, queue, stored, tables
 from hpo import launch as launcher
 from hpo.config import StudyDefinition, load_definition
 from hpo.data import load_dataset
 from hpo.errors import HpoError, OutputError
 from hpo.results import EXPORT_COLUMNS, best_trial_rows, study_status
 from hpo.storage import StorageEmpty, display_url, heartbeat_settings, open_storage, resolve_url
-from hpo.study import DEFINITION, create_study, load_study
+from hpo.study import create_study, load_study
 from hpo.worker import run_worker
 
 
@@ -272,7 +272,7 @@ def status(ctx: click.Context, study: str | None, fmt: str) -> None:
         else:
             # Every study hpo created (other Optuna studies may share the database).
             studies = [load_study(storage, s.study_name) for s in optuna.get_all_study_summaries(storage)
-                       if DEFINITION in s.user_attrs]
+                       if stored.DEFINITION in s.user_attrs]
     statuses = []
     for optuna_study, definition in studies:
         queue.recover(optuna_study, definition)
@@ -356,7 +356,7 @@ def report(ctx: click.Context, studies: tuple[str, ...], output: str, artifacts:
     paths.folder(output, "--output", make=False)
     try:
         path = write_report(storage, list(studies), Path(output), artifacts=folder if folder.is_dir() else None,
-                            storage_url=_storage_url(ctx), best_columns=EXPORT_COLUMNS)
+                            storage_url=_storage_url(ctx))
     except OSError as exc:  # a disk that fills while the figures are written
         raise OutputError(f"--output {output}: cannot write the report: {exc.strerror or exc}") from None
     click.echo(f"wrote {path}", err=True)

@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
-import logging
 from pathlib import Path
 from collections.abc import Iterator
 
@@ -27,9 +26,6 @@ from sqlalchemy.engine import make_url
 
 from hpo import stored
 from hpo.errors import StorageError
-
-log = logging.getLogger(__name__)
-
 
 LOCK_IDLE_LIMIT_S = 60
 

@@ -26,9 +26,9 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from hpo import plots, stored, tables
-from hpo.config import PARAMETERS, Range, Reference, StudyDefinition
+from hpo.config import PARAMETERS, Reference, StudyDefinition
 from hpo.errors import ConfigError, HpoError
-from hpo.results import best_trial_rows, trial_params
+from hpo.results import EXPORT_COLUMNS, best_trial_rows, trial_params
 from hpo.storage import display_url
 from hpo.study import load_study
 
@@ -75,9 +75,7 @@ class StudyResult:
 
 def reference_params(definition: StudyDefinition, reference: Reference) -> dict[str, Any]:
     """The full configuration of a reference row: its own params over the study's fixed ones."""
-    fixed = {name: spec[0] for name, spec in definition.space.items()
-             if not isinstance(spec, Range) and len(spec) == 1}
-    return {**fixed, **reference.params}
+    return {**definition.fixed, **reference.params}
 
 
 def same_params(wanted: Mapping[str, Any], actual: Mapping[str, Any]) -> bool:
@@ -259,8 +257,7 @@ def select(storage: optuna.storages.BaseStorage, names: Sequence[str]) -> tuple[
 
 
 def write_report(storage: optuna.storages.BaseStorage, names: Sequence[str], output: Path, *,
-                 artifacts: Path | None, storage_url: str,
-                 best_columns: Sequence[str]) -> Path:
+                 artifacts: Path | None, storage_url: str) -> Path:
     """Write report.md, table1.csv and the figures into ``output``; returns report.md's path."""
     out = Output(output)
     experiments, others = select(storage, names)
@@ -278,7 +275,7 @@ def write_report(storage: optuna.storages.BaseStorage, names: Sequence[str], out
                    f"![heatmap]({path.name})", ""]
     md += ["## Best trial of each study", ""]
     for result in [*experiments, *others]:
-        md += _study_section(out, storage, result, artifacts, best_columns)
+        md += _study_section(out, storage, result, artifacts)
     path = out.path("report.md")
     path.write_text("\n".join(md) + "\n", encoding="utf-8")
     log.info("report written to %s", path)
@@ -305,15 +302,15 @@ def _table1_section(out: Output, experiments: Sequence[StudyResult], rows: list[
 
 
 def _study_section(out: Output, storage: optuna.storages.BaseStorage, result: StudyResult,
-                   artifacts: Path | None, best_columns: Sequence[str]) -> list[str]:
+                   artifacts: Path | None) -> list[str]:
     stem = out.stem(result.name)
     lines = [f"### {result.name}", "", result.definition.description, ""]
     if result.definition.experiment is None:
         table = best_trial_rows(result.study, result.definition)
-        out.path(f"{stem}_best_trials.csv").write_text(tables.render(table, "csv", best_columns), encoding="utf-8")
+        out.path(f"{stem}_best_trials.csv").write_text(tables.render(table, "csv", EXPORT_COLUMNS), encoding="utf-8")
         lines += [f"Best trials, {min(len(table), OTHER_TABLE_ROWS)} of {len(table)} "
                   f"(all in [{stem}_best_trials.csv]({stem}_best_trials.csv)):", "",
-                  tables.render(table[:OTHER_TABLE_ROWS], "md", best_columns)]
+                  tables.render(table[:OTHER_TABLE_ROWS], "md", EXPORT_COLUMNS)]
     best = result.best
     if best is None:
         return lines + ["No COMPLETE trial yet.", ""]

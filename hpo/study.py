@@ -21,8 +21,6 @@ from hpo.lock import study_lock
 
 log = logging.getLogger(__name__)
 
-DEFINITION = stored.DEFINITION
-
 
 def trial_seed(definition: StudyDefinition, number: int) -> int:
     """Each trial's seed, for its sampler and its training: the study's seed and the trial's number.
@@ -84,7 +82,7 @@ def create_study(storage: optuna.storages.BaseStorage, definition: StudyDefiniti
         except optuna.exceptions.DuplicatedStudyError:
             study = _load(storage, definition)
             created = False
-        stored_definition = study.user_attrs.get(DEFINITION)
+        stored_definition = study.user_attrs.get(stored.DEFINITION)
         if stored_definition is not None:
             if stored_definition != wanted:
                 raise ConfigError(
@@ -96,7 +94,7 @@ def create_study(storage: optuna.storages.BaseStorage, definition: StudyDefiniti
         added = queue.add_missing(study, definition, still_held)
         study.set_metric_names([definition.metric])
         _save_note(study, definition)
-        study.set_user_attr(DEFINITION, wanted)
+        study.set_user_attr(stored.DEFINITION, wanted)
     log.info("study %s: %d trials queued", definition.name, added)
     return study, True
 
@@ -107,10 +105,10 @@ def load_study(storage: optuna.storages.BaseStorage, name: str) -> tuple[optuna.
     if name not in summaries:
         known = ", ".join(sorted(summaries)) or "none"
         raise StudyNotFound(f"no study named {name!r} in this storage (studies: {known})")
-    stored = summaries[name].user_attrs.get(DEFINITION)
-    if stored is None:
+    saved = summaries[name].user_attrs.get(stored.DEFINITION)
+    if saved is None:
         raise StudyNotFound(f"study {name!r} was not created by hpo (no stored definition); run hpo create")
-    definition = definition_from_dict(stored, origin=f"study {name!r}")
+    definition = definition_from_dict(saved, origin=f"study {name!r}")
     return _load(storage, definition), definition
 
 
