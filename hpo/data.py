@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import fcntl
 import functools
+import gzip
 import hashlib
 import io
 import logging
@@ -263,10 +264,34 @@ def _decode(path: Path) -> Arrays:
     if kind == "npz":
         return _from_npz(path)
     try:
-        with tarfile.open(path, "r|*") as tar:  # streaming: much faster than random access
-            return _from_members(path, _tar_members(tar))
-    except (tarfile.TarError, EOFError, OSError, zlib.error) as e:
+        with _open_stream(path) as stream, tarfile.open(fileobj=stream, mode="r|") as tar:
+            return _from_members(path, _tar_members(path, stream, tar))
+    except (tarfile.TarError, EOFError, OSError, zlib.error, gzip.BadGzipFile) as e:
         raise DataError(f"{path}: corrupt archive ({e})") from e
+
+
+def _open_stream(path: Path) -> io.BufferedIOBase:
+    """The archive's tar bytes, through gzip when it is compressed.
+
+    gzip.GzipFile, unlike tarfile's own stream, checks the end-of-stream marker and the CRC, so
+    a download cut short is an error rather than an archive that ends early.
+    """
+    with path.open("rb") as f:
+        compressed = f.read(2) == b"\x1f\x8b"
+    return gzip.open(path, "rb") if compressed else path.open("rb")  # type: ignore[return-value]
+
+
+def _check_end_of_archive(path: Path, stream: io.BufferedIOBase, tar: tarfile.TarFile) -> None:
+    """Refuse a tar that stopped without its end-of-archive blocks.
+
+    tarfile ends its member loop quietly when a header is cut short, so a truncated archive
+    would otherwise load as a smaller data set. Every tar writer ends with two zero blocks
+    (POSIX); tarfile stopped at the first, at ``tar.offset``.
+    """
+    while stream.read(1 << 20):  # a truncated gzip stream raises EOFError here
+        pass
+    if stream.tell() - tar.offset < 2 * tarfile.BLOCKSIZE:
+        raise DataError(f"{path}: corrupt archive (truncated: no end-of-archive marker)")
 
 
 def _folder_members(root: Path) -> Iterator[tuple[str, Callable[[], bytes]]]:
@@ -274,7 +299,9 @@ def _folder_members(root: Path) -> Iterator[tuple[str, Callable[[], bytes]]]:
         yield path.relative_to(root).as_posix(), path.read_bytes
 
 
-def _tar_members(tar: tarfile.TarFile) -> Iterator[tuple[str, Callable[[], bytes]]]:
+def _tar_members(
+    path: Path, stream: io.BufferedIOBase, tar: tarfile.TarFile
+) -> Iterator[tuple[str, Callable[[], bytes]]]:
     for member in tar:
         if member.isfile():
             # Read now: a streamed tar cannot seek back to this member later.
@@ -282,6 +309,7 @@ def _tar_members(tar: tarfile.TarFile) -> Iterator[tuple[str, Callable[[], bytes
             assert extracted is not None  # a regular file always has its contents
             data = extracted.read()
             yield member.name.removeprefix("./"), functools.partial(bytes, data)
+    _check_end_of_archive(path, stream, tar)
 
 
 def _from_members(path: Path, members: Iterator[tuple[str, Callable[[], bytes]]]) -> Arrays:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gzip
+import io
 import logging
 import os
 import pickle
@@ -270,6 +272,33 @@ BAD: dict[str, tuple[Callable[[Path], Path], str]] = {
         "forbidden global posix.mkdir",
     ),
 }
+
+
+def _cuts(tar_bytes: bytes) -> list[int]:
+    """Where a cut hurts most: at a header or the end marker, where tarfile stops without a word."""
+    with tarfile.open(fileobj=io.BytesIO(tar_bytes)) as tar:
+        headers = [m.offset for m in tar.getmembers()]
+        end = tar.offset  # where the two zero blocks that end every tar begin
+    return [*headers[1:], headers[-1] + 700, end, end + tarfile.BLOCKSIZE]
+
+
+@pytest.mark.parametrize("compress", [False, True], ids=["tar", "tar.gz"])
+def test_an_archive_cut_short_is_refused_wherever_the_cut_falls(compress: bool, tmp_path: Path) -> None:
+    folder = _write_image_folder(tmp_path / "images", _arrays(1, 1))
+    whole = _write_tar(folder, tmp_path / "whole.tar", top=None).read_bytes()
+    for cut in _cuts(whole):
+        part = gzip.compress(whole[:cut]) if compress else whole[:cut]
+        source = tmp_path / f"cut-{cut}.tar{'.gz' if compress else ''}"
+        source.write_bytes(part)
+        with pytest.raises(DataError, match="corrupt archive"):
+            load_dataset(source, cache_dir=tmp_path / "cache")
+    if compress:  # and a gzip stream cut short, at a few places
+        packed = gzip.compress(whole)
+        for fraction in (0.3, 0.5, 0.9, 0.999):
+            source = tmp_path / f"short-{fraction}.tar.gz"
+            source.write_bytes(packed[: int(len(packed) * fraction)])
+            with pytest.raises(DataError, match="corrupt archive"):
+                load_dataset(source, cache_dir=tmp_path / "cache")
 
 
 @pytest.mark.parametrize("case", BAD)
