@@ -6,6 +6,8 @@ translated here, once; ``--debug`` shows the traceback instead.
 
 from __future__ import annotations
 
+import functools
+import glob
 import json
 import logging
 import os
@@ -27,11 +29,11 @@ from hpo import device, paths, queue, stored, tables
 from hpo import launch as launcher
 from hpo.config import StudyDefinition, load_definition
 from hpo.data import load_dataset
-from hpo.errors import HpoError, OutputError
-from hpo.results import EXPORT_COLUMNS, best_trial_rows, study_status
+from hpo.errors import ConfigError, HpoError, OutputError
+from hpo.results import EXPORT_COLUMNS, best_trial_rows, configuration_columns, configuration_rows, study_status
 from hpo.storage import StorageEmpty, display_url, heartbeat_settings, open_storage, resolve_url
 from hpo.study import create_study, load_study
-from hpo.worker import run_worker
+from hpo.worker import Job, run_worker
 
 
 def run(args: Sequence[str] | None = None) -> None:
@@ -114,6 +116,32 @@ def _is_study_file(ref: str) -> bool:
     return ref.endswith(".toml") or Path(ref).is_file()
 
 
+def _definitions(study_files: Sequence[str]) -> list[StudyDefinition]:
+    """The study files named, a quoted glob expanded (sorted); two files may not name one study."""
+    files: list[str] = []
+    for pattern in study_files:
+        if not glob.has_magic(pattern) or Path(pattern).exists():
+            files.append(pattern)
+            continue
+        matches = sorted(glob.glob(pattern))
+        if not matches:
+            raise ConfigError(f"{pattern}: no study file matches")
+        files += matches
+    definitions: dict[str, StudyDefinition] = {}
+    for file in dict.fromkeys(files):
+        definition = load_definition(file)
+        if definition.name in definitions:
+            raise ConfigError(f"{file}: study {definition.name!r} is also named by another study file")
+        definitions[definition.name] = definition
+    return list(definitions.values())
+
+
+def _joined(names: Sequence[str]) -> str:
+    """A log folder name for several studies, short enough for any file system."""
+    joined = "+".join(names)
+    return joined if len(joined) <= 100 else f"{names[0]}+{len(names) - 1}-more"
+
+
 def _existing_study(ctx: click.Context, name: str) -> tuple[RDBStorage, Study, StudyDefinition]:
     """A study that must already exist; reading it writes nothing, not even an empty schema."""
     try:
@@ -169,27 +197,25 @@ def _with_data_options(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 @main.command()
-@click.argument("study")
+@click.argument("studies", metavar="STUDY...", nargs=-1, required=True)
 @_with_data_options
 @_artifacts_option("Artifact folder [env HPO_ARTIFACTS; default: beside an SQLite file, else ./hpo-artifacts].")
 @click.option("--max-trials", type=click.IntRange(min=1), help="Stop after this many completed trials.")
 @_common_options
 @click.pass_context
-def worker(ctx: click.Context, study: str, data: str | None, subset: int | None, threads: int | None,
-           artifacts: str | None, max_trials: int | None) -> None:
-    """Run trials of STUDY (a name or a .toml file) until it is done."""
+def worker(ctx: click.Context, studies: tuple[str, ...], data: str | None, subset: int | None,
+           threads: int | None, artifacts: str | None, max_trials: int | None) -> None:
+    """Run trials of each STUDY (a name or a .toml file), in order, until all are done."""
     started = time.perf_counter()
     device.apply(threads)
 
     # Everything is checked before the first write: a refused command changes nothing.
     _artifact_folder(ctx, artifacts, make=False)
-    if _is_study_file(study):
-        definition = load_definition(study)
-        dataset = load_dataset(data, subset=subset)
-        optuna_study, _ = create_study(_open(ctx, retry_for=60.0), definition)
-    else:
-        _, optuna_study, definition = _existing_study(ctx, study)
-        dataset = load_dataset(data, subset=subset)
+    files = {s: load_definition(s) for s in studies if _is_study_file(s)}
+    existing = {s: _existing_study(ctx, s)[1:] for s in studies if s not in files}
+    dataset = load_dataset(data, subset=subset)
+    chosen = [existing[s] if s not in files else (create_study(_open(ctx, retry_for=60.0), files[s])[0], files[s])
+              for s in studies]
     folder = _artifact_folder(ctx, artifacts)
 
     from hpo.artifacts import TrialArtifacts  # noqa: PLC0415  (matplotlib; after device.apply)
@@ -199,11 +225,10 @@ def worker(ctx: click.Context, study: str, data: str | None, subset: int | None,
     # Paid once per worker, not per trial: imports, connecting, loading the data.
     environment = {**device.describe(), "subset": subset,
                    "worker_startup_seconds": round(time.perf_counter() - started, 2)}
-    summary = run_worker(
-        optuna_study, definition,
-        lambda trial: run_trial(trial, definition, dataset, environment=environment, on_complete=on_complete),
-        max_trials=max_trials,
-    )
+    jobs = [Job(study, definition, functools.partial(run_trial, definition=definition, data=dataset,
+                                                      environment=environment, on_complete=on_complete))
+            for study, definition in chosen]
+    summary = run_worker(jobs, max_trials=max_trials)
     dropped = f", {summary.dropped} dropped (recovered by another worker)" if summary.dropped else ""
     click.echo(f"worker done: {summary.complete} complete, {summary.pruned} pruned, "
                f"{summary.failed} failed{dropped}", err=True)
@@ -216,7 +241,7 @@ def worker(ctx: click.Context, study: str, data: str | None, subset: int | None,
 
 
 @main.command()
-@click.argument("study_file", type=click.Path(dir_okay=False))
+@click.argument("study_files", metavar="STUDY_FILE...", nargs=-1, required=True)
 @click.option("-n", "--workers", type=click.IntRange(min=1), help="Worker processes [default: from the hardware].")
 @click.option("--gpus", metavar="IDS", help="Comma-separated GPU ids, workers placed round-robin.")
 @_with_data_options
@@ -224,14 +249,19 @@ def worker(ctx: click.Context, study: str, data: str | None, subset: int | None,
 @click.option("--logs", "log_dir", default="hpo-logs", show_default=True, help="Folder for worker logs.")
 @_common_options
 @click.pass_context
-def launch(ctx: click.Context, study_file: str, workers: int | None, gpus: str | None, data: str | None,
-           subset: int | None, threads: int | None, artifacts: str | None, log_dir: str) -> None:
-    """Create STUDY_FILE's study if needed and run worker processes on this machine."""
+def launch(ctx: click.Context, study_files: tuple[str, ...], workers: int | None, gpus: str | None,
+           data: str | None, subset: int | None, threads: int | None, artifacts: str | None, log_dir: str) -> None:
+    """Create each STUDY_FILE's study if needed and run one pool of worker processes on them all.
+
+    Several files (or a quoted glob such as 'studies/exp*.toml') share the workers: they take
+    the studies in the order given, and move on while a study's last trials train elsewhere.
+    """
     # Everything is checked before the first write: a refused command changes nothing.
-    definition = load_definition(study_file)
+    definitions = _definitions(study_files)
+    names = [d.name for d in definitions]
     url = _storage_url(ctx)
     heartbeat_settings()
-    logs = paths.folder(Path(log_dir) / definition.name, "--logs", make=False)
+    logs = paths.folder(Path(log_dir) / (names[0] if len(names) == 1 else _joined(names)), "--logs", make=False)
     _artifact_folder(ctx, artifacts, make=False)
     gpu_ids = [g.strip() for g in gpus.split(",") if g.strip()] if gpus else []
     n = workers or launcher.default_workers(gpu_ids)
@@ -239,17 +269,18 @@ def launch(ctx: click.Context, study_file: str, workers: int | None, gpus: str |
     # Decode and cache the data once here, so N workers do not all start by decoding it.
     load_dataset(data, subset=subset)
     storage = _open(ctx, retry_for=60.0)
-    study, _ = create_study(storage, definition)
+    studies = [(create_study(storage, d)[0], d) for d in definitions]
 
     args: list[str] = []
     for flag, value in (("--data", data), ("--subset", subset), ("--artifacts", artifacts)):
         if value is not None:
             args += [flag, str(value)]
-    code = launcher.launch(study, definition, url, placements, args, logs)
+    code = launcher.launch(studies, url, placements, args, logs)
     # The password never reaches the terminal. Where HPO_STORAGE named the storage, it still does.
     from_flag = ctx.obj["storage"] is not None and ctx.obj["storage"] != os.environ.get("HPO_STORAGE")
     storage_flag = f" --storage '{display_url(url)}'" if from_flag else ""
-    click.echo(f"best trials: hpo{storage_flag} export {definition.name}\n"
+    report = f"report:      hpo{storage_flag} report --output report/\n" if len(names) > 1 else ""
+    click.echo(f"best trials: hpo{storage_flag} export {names[0]}\n{report}"
                f"dashboard:   hpo{storage_flag} dashboard   (then open http://127.0.0.1:8080)", err=True)
     ctx.exit(code)
 
@@ -291,6 +322,9 @@ def status(ctx: click.Context, study: str | None, fmt: str) -> None:
     } for s in statuses]
     click.echo(tables.render(rows, "table"), nl=False)
     for s in statuses:
+        repeats = s.repeat_summary()
+        if len(repeats) > 1:
+            click.echo(f"{s.name}: " + "; ".join(repeats))
         if s.running_epochs:
             click.echo(f"{s.name}: running trials at epoch {s.running_progress()}")
         for point in s.failed_points:
@@ -302,9 +336,11 @@ def status(ctx: click.Context, study: str | None, fmt: str) -> None:
 @click.argument("study")
 @click.option("--format", "fmt", type=click.Choice(list(tables.FORMATS)), default="table", show_default=True)
 @click.option("--output", "-o", type=click.Path(dir_okay=False), help="Write to FILE, not stdout.")
+@click.option("--by", type=click.Choice(["trial", "configuration"]), default="trial", show_default=True,
+              help="One row per trial, or per configuration: n, mean and std over its COMPLETE trials.")
 @_common_options
 @click.pass_context
-def export(ctx: click.Context, study: str, fmt: str, output: str | None) -> None:
+def export(ctx: click.Context, study: str, fmt: str, output: str | None, by: str) -> None:
     """Write STUDY's best-trial table, best first."""
     if output:
         paths.output_file(output, "--output")
@@ -313,8 +349,11 @@ def export(ctx: click.Context, study: str, fmt: str, output: str | None) -> None
 
         name = load_definition(study).name
     _, optuna_study, definition = _existing_study(ctx, name)
-    rows = best_trial_rows(optuna_study, definition)
-    text = tables.render(rows, fmt, columns=EXPORT_COLUMNS)
+    if by == "configuration":
+        rows, columns = configuration_rows(optuna_study, definition), configuration_columns(definition.metric)
+    else:
+        rows, columns = best_trial_rows(optuna_study, definition), EXPORT_COLUMNS
+    text = tables.render(rows, fmt, columns=columns)
     if output:
         paths.write_text(Path(output), text, "--output")
         click.echo(f"wrote {len(rows)} rows to {output}", err=True)

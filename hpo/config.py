@@ -70,6 +70,8 @@ class StudyDefinition:
     space: Mapping[str, Spec]
     experiment: int | None = None
     references: tuple[Reference, ...] = field(default=())
+    repeats: int = 1              # grid: trainings of every point, each with its own seed
+    share_prefixes: bool = True   # grid: points that differ only in epochs share one training run
 
     @property
     def grid(self) -> dict[str, list[Any]]:
@@ -89,8 +91,15 @@ class StudyDefinition:
 
     @property
     def n_trials(self) -> int:
-        """How many trials the study runs: one per grid point, or the budget."""
-        return len(self.grid_points) if self.sampler == "grid" else self.trials
+        """How many trials the study runs: one per grid point and repeat, or the budget."""
+        return len(self.grid_points) * self.repeats if self.sampler == "grid" else self.trials
+
+    @property
+    def shares_prefixes(self) -> bool:
+        """Whether trials of this grid share epoch prefixes: on unless switched off, for a grid
+        whose points differ in epochs. Nothing in training depends on the total epoch count (no
+        schedule), so a 5-epoch model is the first 5 epochs of the 15-epoch one, same seed."""
+        return self.sampler == "grid" and self.share_prefixes and len(self.grid.get("epochs", ())) > 1
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -152,7 +161,8 @@ def name_problem(name: str) -> str | None:
 # --- parsing -----------------------------------------------------------------------------------
 
 _SECTIONS = {
-    "study": {"name", "description", "direction", "metric", "trials", "max_retries", "experiment"},
+    "study": {"name", "description", "direction", "metric", "trials", "max_retries", "experiment", "repeats",
+              "share_prefixes"},
     "sampler": {"type", "seed"},
     "pruner": {"type"},
     "data": {"protocol", "validation_split"},
@@ -231,6 +241,12 @@ def _parse(raw: dict[str, Any], origin: str) -> StudyDefinition:
     if max_retries < 0:
         study.fail("study.max_retries", max_retries, "must be 0 or more")
     experiment = study.get("experiment", int, None)
+    repeats = study.get("repeats", int, 1)
+    if repeats < 1:
+        study.fail("study.repeats", repeats, "must be at least 1")
+    if repeats > 1 and sampler_type != "grid":
+        study.fail("study.repeats", repeats, f"needs the grid sampler; a {sampler_type} study sets study.trials")
+    share_prefixes = study.get("share_prefixes", bool, True)
 
     space = {key: _parse_spec(space_reader, key) for key in PARAMETERS if key in space_reader.table}
     missing = [key for key in PARAMETERS if key not in space]
@@ -253,6 +269,8 @@ def _parse(raw: dict[str, Any], origin: str) -> StudyDefinition:
         space=space,
         experiment=experiment,
         references=tuple(_parse_references(raw.get("reference", []), origin)),
+        repeats=repeats,
+        share_prefixes=share_prefixes,
     )
     if sampler_type in ("grid", "fixed") and definition.pruner != "none":
         pruner.fail("pruner.type", definition.pruner, f"cannot be used with the {sampler_type} sampler")

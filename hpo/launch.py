@@ -8,6 +8,7 @@ fails its current trial as retryable and exits.
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import subprocess
@@ -79,10 +80,10 @@ def describe(placements: Sequence[Placement]) -> str:
     return ", ".join(f"{n} x {t} thread{'s' if t != 1 else ''}" for t, n in threads.items())
 
 
-def worker_command(study: str, worker_args: Sequence[str]) -> list[str]:
+def worker_command(studies: Sequence[str], worker_args: Sequence[str]) -> list[str]:
     """A worker's command line. The storage URL is not on it: any user on the machine can read a
     command line (ps), so it goes through the worker's environment, HPO_STORAGE."""
-    return [sys.executable, "-m", "hpo", "worker", study, *worker_args]
+    return [sys.executable, "-m", "hpo", "worker", *studies, *worker_args]
 
 
 class Workers:
@@ -92,7 +93,7 @@ class Workers:
     once, as SIGTERM; one still running :data:`STOP_TIMEOUT_S` later is killed.
     """
 
-    def __init__(self, study: str, storage_url: str, placements: Sequence[Placement],
+    def __init__(self, studies: Sequence[str], storage_url: str, placements: Sequence[Placement],
                  worker_args: Sequence[str], log_dir: Path) -> None:
         log_dir.mkdir(parents=True, exist_ok=True)
         self.log_dir = log_dir
@@ -102,7 +103,7 @@ class Workers:
             env = {**os.environ, **device.worker_environment(place.threads, place.gpu), "HPO_STORAGE": storage_url}
             with open(log_dir / f"worker-{i}.log", "ab") as logfile:  # the child keeps its own copy
                 self.procs.append(subprocess.Popen(
-                    worker_command(study, worker_args), env=env, stdout=logfile, stderr=subprocess.STDOUT,
+                    worker_command(studies, worker_args), env=env, stdout=logfile, stderr=subprocess.STDOUT,
                     stdin=subprocess.DEVNULL, start_new_session=True))
 
     @property
@@ -136,9 +137,11 @@ class Workers:
         return 0
 
 
+Job = tuple[optuna.Study, StudyDefinition]
+
+
 def launch(
-    study: optuna.Study,
-    definition: StudyDefinition,
+    studies: Sequence[Job],
     storage_url: str,
     placements: Sequence[Placement],
     worker_args: Sequence[str],
@@ -147,9 +150,14 @@ def launch(
     out: TextIO = sys.stderr,
     interval: float = 2.0,
 ) -> int:
-    """Start the workers, show progress until they all exit, and return the exit code."""
-    workers = Workers(definition.name, storage_url, placements, worker_args, log_dir)
-    print(f"hpo: {len(workers.procs)} workers on study {definition.name} ({describe(placements)}); "
+    """Start the workers on the studies, show progress until they all exit, return the exit code.
+
+    Every worker takes every study, in order: one pool, so no core idles while one study's last
+    trial trains.
+    """
+    names = [definition.name for _, definition in studies]
+    workers = Workers(names, storage_url, placements, worker_args, log_dir)
+    print(f"hpo: {len(workers.procs)} workers on {_studies(names)} ({describe(placements)}); "
           f"logs in {log_dir}/", file=out, flush=True)
 
     def stop(_signum: int, _frame: object) -> None:
@@ -158,23 +166,28 @@ def launch(
         workers.stop()
 
     previous = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
-    progress = Progress(out, definition.n_trials)
+    progress = Progress(out, sum(definition.n_trials for _, definition in studies))
     try:
         while workers.running:
-            progress.show(_status(study, definition))
+            progress.show(_statuses(studies))
             time.sleep(interval)
             workers.kill_stragglers()
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     # Every worker has exited: no trial of theirs may stay RUNNING.
-    retrying(lambda: queue.recover(study, definition), what="recover trials of exited workers")
-    progress.show(_status(study, definition), final=True)
+    for study, definition in studies:
+        retrying(functools.partial(queue.recover, study, definition), what="recover trials of exited workers")
+    progress.show(_statuses(studies), final=True)
     return workers.exit_code(out)
 
 
-def _status(study: optuna.Study, definition: StudyDefinition) -> StudyStatus:
-    return retrying(lambda: study_status(study, definition), what="read progress")
+def _studies(names: Sequence[str]) -> str:
+    return f"study {names[0]}" if len(names) == 1 else f"{len(names)} studies ({', '.join(names)})"
+
+
+def _statuses(studies: Sequence[Job]) -> list[StudyStatus]:
+    return [retrying(functools.partial(study_status, s, d), what="read progress") for s, d in studies]
 
 
 class Progress:
@@ -187,12 +200,11 @@ class Progress:
         self.last = ""
         self.tty = out.isatty()
 
-    def show(self, status: StudyStatus, final: bool = False) -> None:
-        p = status.points
-        done = p["complete"] + p["pruned"] + p["failed"]
+    def show(self, statuses: Sequence[StudyStatus], final: bool = False) -> None:
+        done = sum(_done(s) for s in statuses)
         if self.first_done is None:
             self.first_done = done
-        counts = self._counts(status, done)
+        counts = self._counts(statuses, done)
         line = counts + self._eta(done)
         if self.tty:
             self.out.write("\r\033[K" + line + ("\n" if final else ""))
@@ -201,11 +213,15 @@ class Progress:
             print(line, file=self.out, flush=True)
         self.last = counts
 
-    def _counts(self, status: StudyStatus, done: int) -> str:
-        best = f"{status.best_value:.4f}" if status.best_value is not None else "-"
-        running = f" (epochs {status.running_progress()})" if status.running_epochs else ""
-        return (f"{status.name}: {done}/{self.total} done, {status.points['running']} running{running}, "
-                f"{status.points['failed']} failed, best {status.metric} {best}")
+    def _counts(self, statuses: Sequence[StudyStatus], done: int) -> str:
+        running = sum(s.points["running"] for s in statuses)
+        failed = sum(s.points["failed"] for s in statuses)
+        epochs = ", ".join(s.running_progress() for s in statuses if s.running_epochs)
+        head = f"{done}/{self.total} done, {running} running{f' (epochs {epochs})' if epochs else ''}, {failed} failed"
+        if len(statuses) == 1:
+            return f"{statuses[0].name}: {head}, best {statuses[0].metric} {_best(statuses[0])}"
+        each = ", ".join(f"{s.name} {_done(s)}/{s.total_points} best {_best(s)}" for s in statuses)
+        return f"{len(statuses)} studies: {head} ({each})"
 
     def _eta(self, done: int) -> str:
         elapsed = self.clock() - self.started
@@ -216,6 +232,14 @@ class Progress:
         if fresh <= 0:
             return f", {_duration(elapsed)} elapsed, ETA -"
         return f", {_duration(elapsed)} elapsed, ETA {_duration(elapsed / fresh * remaining)}"
+
+
+def _done(status: StudyStatus) -> int:
+    return status.points["complete"] + status.points["pruned"] + status.points["failed"]
+
+
+def _best(status: StudyStatus) -> str:
+    return f"{status.best_value:.4f}" if status.best_value is not None else "-"
 
 
 def _duration(seconds: float) -> str:

@@ -7,6 +7,7 @@ dashboard, and the pruner's input), and records the report's Table 1 numbers on 
 
 from __future__ import annotations
 
+import functools
 import logging
 from typing import Any
 from collections.abc import Callable, Mapping
@@ -18,8 +19,9 @@ from hpo import stored
 from hpo.config import Range, StudyDefinition
 from hpo.data import Dataset
 from hpo.storage import retrying
-from hpo.study import trial_seed
+from hpo.queue import trial_seed
 from hpo.train import Params, TrainResult, train
+from hpo.worker import Run
 
 log = logging.getLogger(__name__)
 
@@ -44,19 +46,26 @@ def suggest(trial: optuna.Trial, definition: StudyDefinition) -> Params:
 
 
 class EpochReporter(keras.callbacks.Callback):
-    """Reports validation accuracy after every epoch and stops the fit if the pruner says so."""
+    """Reports validation accuracy after every epoch and stops the fit if the pruner says so.
 
-    def __init__(self, trial: optuna.Trial) -> None:
+    ``shorter`` trials of a shared run get the epochs up to their own count, as their own
+    training run would have reported them.
+    """
+
+    def __init__(self, trial: optuna.Trial, shorter: Mapping[optuna.Trial, int] | None = None) -> None:
         super().__init__()
         self.trial = trial
+        self.shorter = [(t, epochs) for t, epochs in (shorter or {}).items()]
 
     def on_epoch_end(self, epoch: int, logs: Mapping[str, float] | None = None) -> None:
         value = (logs or {}).get("val_accuracy")
         if value is None:
             return
-        retrying(lambda: self.trial.report(float(value), step=epoch + 1), what="report an epoch")
+        step = epoch + 1
+        for trial in [self.trial, *(t for t, epochs in self.shorter if step <= epochs)]:
+            retrying(functools.partial(trial.report, float(value), step), what="report an epoch")
         if self.trial.should_prune():
-            raise optuna.TrialPruned(f"pruned after epoch {epoch + 1} (val_accuracy {value:.4f})")
+            raise optuna.TrialPruned(f"pruned after epoch {step} (val_accuracy {value:.4f})")
 
 
 def _record(trial: optuna.Trial, attrs: Mapping[str, Any]) -> None:
@@ -68,29 +77,50 @@ def _record(trial: optuna.Trial, attrs: Mapping[str, Any]) -> None:
 
 
 def run_trial(
-    trial: optuna.Trial,
+    run: Run,
     definition: StudyDefinition,
     data: Dataset,
     *,
     environment: Mapping[str, Any] | None = None,
     on_complete: TrialHook | None = None,
 ) -> float:
-    params = retrying(lambda: suggest(trial, definition), what="suggest parameters")
-    seed = trial_seed(definition, trial.number)  # the seed its sampler drew the params with, too
-    _record(trial, {stored.SEED: seed, stored.FIXED: definition.fixed, "data": data.source,
-                    "train_images": int(len(data.x_train)), **(environment or {})})
-    log.info("trial %d: %s (seed %d)", trial.number, params, seed)
+    """Train ``run.trial`` and record its results; complete ``run.shorter`` at their epochs."""
+    trial = run.trial
+    params = {t.number: retrying(functools.partial(suggest, t, definition), what="suggest parameters")
+              for t in run.trials}
+    seed = run_seed(trial, definition)
+    shared = {stored.PREFIX_RUN: trial.number} if run.shorter else {}
+    for t in run.trials:
+        repeat = stored.frozen(t).system_attrs.get(stored.REPEAT)
+        _record(t, {stored.SEED: seed, stored.FIXED: definition.fixed, "data": data.source,
+                    "train_images": int(len(data.x_train)), **shared, **(environment or {}),
+                    **({stored.REPEAT_ATTR: repeat} if repeat is not None else {})})
+    log.info("trial %d: %s (seed %d)%s", trial.number, params[trial.number], seed,
+             "".join(f"; trial {t.number} at epoch {params[t.number].epochs}" for t in run.shorter))
 
-    result = train(params, data, protocol=definition.protocol, fraction=definition.validation_split,
-                   seed=seed, callbacks=[EpochReporter(trial)])
-    metrics = result.metrics()
-    _record(trial, metrics)
-    if on_complete is not None:
-        on_complete(trial, result)
+    def finish(t: optuna.Trial, result: TrainResult) -> float:
+        metrics = result.metrics()
+        _record(t, metrics)
+        if on_complete is not None:
+            on_complete(t, result)
+        value = metrics[definition.metric]
+        if value is None:  # a loss that blew up to inf/nan still ranks, last
+            value = float("-inf") if definition.direction == "maximize" else float("inf")
+        log.info("trial %d: %s = %.4f, test accuracy %s%s", t.number, definition.metric, value,
+                 metrics["test_accuracy"], " (diverged)" if result.diverged else "")
+        return float(value)
 
-    value = metrics[definition.metric]
-    if value is None:  # a loss that blew up to inf/nan still ranks, last
-        value = float("-inf") if definition.direction == "maximize" else float("inf")
-    log.info("trial %d: %s = %.4f, test accuracy %s%s", trial.number, definition.metric, value,
-             metrics["test_accuracy"], " (diverged)" if result.diverged else "")
-    return float(value)
+    def milestone(t: optuna.Trial) -> Callable[[TrainResult], None]:
+        return lambda result: run.complete(t, finish(t, result))
+
+    epochs = {t: params[t.number].epochs for t in run.shorter}
+    result = train(params[trial.number], data, protocol=definition.protocol, fraction=definition.validation_split,
+                   seed=seed, callbacks=[EpochReporter(trial, epochs)],
+                   milestones={n: milestone(t) for t, n in epochs.items()})
+    return finish(trial, result)
+
+
+def run_seed(trial: optuna.Trial, definition: StudyDefinition) -> int:
+    """The seed a trial trains with (and its sampler drew with): fixed when a grid trial was
+    queued, shared by a prefix group; else the study's seed and the trial's number."""
+    return int(stored.frozen(trial).system_attrs.get(stored.RUN_SEED, trial_seed(definition, trial.number)))

@@ -65,6 +65,56 @@ class QueuedGridSampler(optuna.samplers.GridSampler):
         return stored.grid_point(self, grid_id)
 
 
+def trial_seed(definition: StudyDefinition, index: int) -> int:
+    """A seed for the trial with this number (or, on a grid, this slot): the study's seed and the
+    index. Distinct for every trial of a study, and the same when the study is run again."""
+    return definition.seed * 100_003 + index
+
+
+def prefix_groups(definition: StudyDefinition) -> dict[int, int]:
+    """Grid id -> grid id of the longest point that differs from it only in epochs.
+
+    Such points form a group that one training run completes (see :mod:`hpo.worker`).
+    """
+    sampler = QueuedGridSampler(grid_search_space(definition), seed=definition.seed)
+    points = [sampler.point(g) for g in range(len(definition.grid_points))]
+
+    def key(point: dict[str, Any]) -> tuple[tuple[str, str], ...]:
+        return tuple(sorted((k, repr(v)) for k, v in point.items() if k != "epochs"))
+
+    longest: dict[tuple[tuple[str, str], ...], int] = {}
+    for g, point in enumerate(points):
+        other = longest.get(key(point))
+        if other is None or point["epochs"] > points[other]["epochs"]:
+            longest[key(point)] = g
+    return {g: longest[key(point)] for g, point in enumerate(points)}
+
+
+def planned_epochs(definition: StudyDefinition, trial: optuna.Trial) -> int:
+    """The epochs a queued grid trial will train (0 where the sampler has yet to draw them)."""
+    grid_id = stored.frozen(trial).system_attrs.get(stored.GRID_ID)
+    if grid_id is None:
+        return 0
+    point = QueuedGridSampler(grid_search_space(definition), seed=definition.seed).point(int(grid_id))
+    return int(point.get("epochs", 0))
+
+
+def _first_try(definition: StudyDefinition, slot: int, groups: dict[int, int]) -> dict[str, Any]:
+    """A slot's first trial. On a grid, slot = repeat x points + grid id, and the training seed
+    is fixed now: the slot's own, or, with shared prefixes, that of its group's longest point."""
+    attrs: dict[str, Any] = {stored.SLOT: slot, stored.ATTEMPT: 0}
+    if definition.sampler != "grid":
+        return attrs
+    n_points = len(definition.grid_points)
+    grid_id, repeat = slot % n_points, slot // n_points
+    attrs.update({stored.GRID_ID: grid_id, stored.GRID_SEARCH_SPACE: grid_search_space(definition),
+                  stored.REPEAT: repeat, stored.RUN_SEED: trial_seed(definition, slot)})
+    if groups:
+        group = repeat * n_points + groups[grid_id]
+        attrs.update({stored.GROUP: group, stored.RUN_SEED: trial_seed(definition, group)})
+    return attrs
+
+
 def grid_search_space(definition: StudyDefinition) -> dict[str, list[Any]]:
     # GridSampler keys its grid ids to the sorted parameter names; so must the stored copy.
     return {name: values for name, values in sorted(definition.grid.items())}
@@ -103,16 +153,14 @@ def add_missing(study: optuna.Study, definition: StudyDefinition, still_held: St
     A slot holding a WAITING, RUNNING, COMPLETE or PRUNED trial needs nothing.
     """
     slots = by_slot(study.get_trials(deepcopy=False))
-    search_space = grid_search_space(definition) if definition.sampler == "grid" else {}
+    groups = prefix_groups(definition) if definition.shares_prefixes else {}
     added = 0
     for slot in range(definition.n_trials):
         attempts = slots.get(slot, [])
         if any(t.state in LIVE for t in attempts):
             continue
         if not attempts:
-            system_attrs: dict[str, Any] = {stored.SLOT: slot, stored.ATTEMPT: 0}
-            if definition.sampler == "grid":
-                system_attrs.update({stored.GRID_ID: slot, stored.GRID_SEARCH_SPACE: search_space})
+            system_attrs = _first_try(definition, slot, groups)
         else:
             attempt = counted_attempts(attempts)
             if attempt > definition.max_retries:
@@ -145,17 +193,38 @@ def claim(study: optuna.Study, sampler_for: Callable[[int], optuna.samplers.Base
     """
     storage = stored.storage_of(study)
     for frozen in storage.get_all_trials(stored.study_id(study), deepcopy=False, states=(TrialState.WAITING,)):
-        trial_id = stored.trial_id(frozen)
-        try:
-            if not storage.set_trial_state_values(trial_id, state=TrialState.RUNNING):
-                continue
-        except optuna.exceptions.UpdateFinishedTrialError:
-            continue
-        storage.set_trial_system_attr(trial_id, stored.WORKER, f"{HOST}:{os.getpid()}")
-        storage.record_heartbeat(trial_id)
-        study.sampler = sampler_for(frozen.number)
-        return optuna.Trial(study, trial_id)
+        if _take(storage, frozen):
+            study.sampler = sampler_for(frozen.number)
+            return optuna.Trial(study, stored.trial_id(frozen))
     return None
+
+
+def _take(storage: optuna.storages.RDBStorage, frozen: FrozenTrial) -> bool:
+    """WAITING -> RUNNING for this process, in one locked row update; False if another was first."""
+    trial_id = stored.trial_id(frozen)
+    try:
+        if not storage.set_trial_state_values(trial_id, state=TrialState.RUNNING):
+            return False
+    except optuna.exceptions.UpdateFinishedTrialError:
+        return False
+    storage.set_trial_system_attr(trial_id, stored.WORKER, f"{HOST}:{os.getpid()}")
+    storage.record_heartbeat(trial_id)
+    return True
+
+
+def claim_group(study: optuna.Study, trial: optuna.Trial) -> list[optuna.Trial]:
+    """Claim, for the worker that holds ``trial``, the WAITING trials of its prefix group.
+
+    Each is claimed as :func:`claim` claims one, so a trial another worker took first is left
+    to it: groups may split under contention, and every trial still runs once.
+    """
+    storage = stored.storage_of(study)
+    group = storage.get_trial(stored.trial_id(trial)).system_attrs.get(stored.GROUP)
+    if group is None:
+        return []
+    waiting = storage.get_all_trials(stored.study_id(study), deepcopy=False, states=(TrialState.WAITING,))
+    return [optuna.Trial(study, stored.trial_id(frozen)) for frozen in waiting
+            if frozen.system_attrs.get(stored.GROUP) == group and _take(storage, frozen)]
 
 
 def fail(study: optuna.Study, trial_id: int, message: str, *, interrupted: bool = False) -> bool:

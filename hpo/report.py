@@ -1,9 +1,8 @@
 """``hpo report``: the report's Table 1 reproduced from the studies, with figures and findings.
 
-Table 1's rows are the ``[[reference]]`` rows of the experiment studies (``experiment`` 1..4),
-in the report's order. Each is measured as the mean over the COMPLETE trials that ran exactly
-its parameters. Everything in ``report.md`` is computed from the storage: a row not run yet
-says so, and the findings are derived from the same numbers as the table.
+Table 1 is all 30 of the report's rows, each measured on the stored trials (:mod:`hpo.table1`):
+a row that no study has run says ``not run``. Everything in ``report.md`` is computed from the
+storage, and the findings are derived from the same numbers as the table.
 
 Every file is written inside the output folder: names derived from study names are sanitised,
 and each path is resolved and checked before anything is written.
@@ -13,135 +12,35 @@ from __future__ import annotations
 
 import datetime
 import logging
-import math
 import re
 import statistics
 from collections import defaultdict
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from collections.abc import Mapping, Sequence
 
 import optuna
-from optuna.trial import FrozenTrial, TrialState
 
 from hpo import plots, stored, tables
-from hpo.config import PARAMETERS, Reference, StudyDefinition
+from hpo.config import PARAMETERS
 from hpo.errors import ConfigError, HpoError
-from hpo.results import EXPORT_COLUMNS, best_trial_rows, trial_params
+from hpo.results import EXPORT_COLUMNS, best_trial_rows, configuration_columns, configuration_rows, trial_params
 from hpo.storage import display_url
 from hpo.study import load_study
+from hpo.table1 import (BEYOND_NOISE, NOISE_RULE, NOISE_TEST, NOT_RUN, TABLE1_COLUMNS, StudyResult, report_rows,
+                        table1_rows)
 
 log = logging.getLogger(__name__)
 
-NOISE_FLOOR = 0.01   # run-to-run noise of one training, in test accuracy (seed README)
 OTHER_TABLE_ROWS = 10  # best trials shown for a study outside Table 1
 LISTED_ROWS = 8       # rows beyond noise spelled out in the findings
-NOISE_TEST = "|diff_accuracy| > max(0.01, 2·std·√(1 + 1/n))"
-NOISE_RULE = (f"a row differs from the report beyond run-to-run noise when {NOISE_TEST}: the report's "
-              "number is ONE training run, so the difference between it and the mean of n measured "
-              "runs varies with standard deviation std·√(1 + 1/n), std being the measured runs' "
-              "spread; at least one percentage point (a single run's noise) where that is larger")
-
-TABLE1_COLUMNS = ("study", "experiment", "architecture", "learning_rate", "batch_size", "epochs",
-                  "augmentation", "n", "mean_test_accuracy", "std_test_accuracy", "mean_test_loss",
-                  "report_accuracy", "report_loss", "diff_accuracy", "diff_loss", "tolerance", "note")
-NOT_RUN = "not run"
-BEYOND_NOISE = "beyond noise"
-
-
-@dataclass
-class StudyResult:
-    """One study as the report reads it."""
-
-    study: optuna.Study
-    definition: StudyDefinition
-    rows: list[dict[str, Any]] = field(default_factory=list)   # its Table 1 rows
-
-    @property
-    def name(self) -> str:
-        return self.study.study_name
-
-    @property
-    def complete(self) -> list[FrozenTrial]:
-        return self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-
-    @property
-    def best(self) -> FrozenTrial | None:
-        return self.study.best_trial if self.complete else None
-
-
-# --- Table 1 -------------------------------------------------------------------------------------
-
-def reference_params(definition: StudyDefinition, reference: Reference) -> dict[str, Any]:
-    """The full configuration of a reference row: its own params over the study's fixed ones."""
-    return {**definition.fixed, **reference.params}
-
-
-def same_params(wanted: Mapping[str, Any], actual: Mapping[str, Any]) -> bool:
-    for name, value in wanted.items():
-        other = actual.get(name)
-        if isinstance(value, float) or isinstance(other, float):
-            if other is None or not math.isclose(float(value), float(other), rel_tol=1e-9):
-                return False
-        elif value != other:
-            return False
-    return True
-
-
-def tolerance(std: float | None, n: int) -> float:
-    """Two standard deviations of (mean of n runs - one run), floored at one point (see NOISE_RULE)."""
-    if std is None or n < 2:
-        return NOISE_FLOOR
-    return max(NOISE_FLOOR, 2 * std * math.sqrt(1 + 1 / n))
-
-
-def table1_rows(result: StudyResult) -> list[dict[str, Any]]:
-    """One row per reference of the study, measured on its COMPLETE trials."""
-    complete = result.complete
-    rows = []
-    for reference in result.definition.references:
-        params = reference_params(result.definition, reference)
-        runs = [t for t in complete if same_params(params, trial_params(t))]
-        rows.append(_measure(result, params, reference, runs))
-    return rows
-
-
-def _measure(result: StudyResult, params: Mapping[str, Any], reference: Reference,
-             runs: list[FrozenTrial]) -> dict[str, Any]:
-    accuracies = [float(t.user_attrs["test_accuracy"]) for t in runs if t.user_attrs.get("test_accuracy") is not None]
-    losses = [float(t.user_attrs["test_loss"]) for t in runs if t.user_attrs.get("test_loss") is not None]
-    accuracy = statistics.fmean(accuracies) if accuracies else None
-    loss = statistics.fmean(losses) if losses else None
-    std = statistics.stdev(accuracies) if len(accuracies) > 1 else None
-    limit = tolerance(std, len(accuracies))
-    diff = accuracy - reference.test_accuracy if accuracy is not None else None
-    diverged = sum(1 for t in runs if t.user_attrs.get("diverged"))
-    notes = [NOT_RUN if not runs else "", f"diverged {diverged} of {len(runs)}" if diverged else "",
-             BEYOND_NOISE if diff is not None and abs(diff) > limit else ""]
-    note = ", ".join(filter(None, notes))
-    return {
-        "study": result.name,
-        "experiment": result.definition.experiment,
-        **{name: params.get(name) for name in PARAMETERS},
-        "n": len(runs),
-        "mean_test_accuracy": accuracy,
-        "std_test_accuracy": std,
-        "mean_test_loss": loss,
-        "report_accuracy": reference.test_accuracy,
-        "report_loss": reference.test_loss,
-        "diff_accuracy": diff,
-        "diff_loss": loss - reference.test_loss if loss is not None else None,
-        "tolerance": limit if runs else None,
-        "note": note,
-    }
 
 
 # --- Findings ------------------------------------------------------------------------------------
 
-def findings(experiments: Sequence[StudyResult], others: Sequence[StudyResult]) -> list[str]:
-    """Markdown bullet lines, every number taken from the rows and trials."""
-    rows = [row for result in experiments for row in result.rows]
+def findings(rows: Sequence[dict[str, Any]], experiments: Sequence[StudyResult],
+             others: Sequence[StudyResult]) -> list[str]:
+    """Markdown bullet lines, every number taken from Table 1's rows and the studies' trials."""
     measured = [row for row in rows if row["mean_test_accuracy"] is not None]
     lines = []
     if measured:
@@ -149,8 +48,11 @@ def findings(experiments: Sequence[StudyResult], others: Sequence[StudyResult]) 
         lines.append(f"- Best configuration of Table 1: experiment {top['experiment']}, {_describe(top)}: "
                      f"mean test accuracy {top['mean_test_accuracy']:.4f} over {top['n']} run(s) "
                      f"(report: {top['report_accuracy']:.4f}).")
-    elif rows:
+    else:
         lines.append("- No row of Table 1 has been run yet.")
+    not_run = sum(row["n"] == 0 for row in rows)
+    if not_run:
+        lines.append(f"- {not_run} of the {len(rows)} rows of Table 1 not run yet (`{NOT_RUN}` in the table).")
     for result in [*experiments, *others]:
         best = result.best
         if best is None:
@@ -171,7 +73,7 @@ def findings(experiments: Sequence[StudyResult], others: Sequence[StudyResult]) 
         mad = statistics.fmean(abs(row["diff_accuracy"]) for row in run)
         lines.append(f"- Experiment {experiment}: mean absolute difference from the report in test accuracy "
                      f"{mad:.4f} ({mad * 100:.1f} points) over {len(run)} of {len(group)} rows.")
-    lines += _beyond_noise(rows, len(measured)) if rows else []
+    lines += _beyond_noise(rows, len(measured))
     lines += _data_findings([*experiments, *others])
     return lines
 
@@ -243,7 +145,8 @@ class Output:
 
 
 def select(storage: optuna.storages.BaseStorage, names: Sequence[str]) -> tuple[list[StudyResult], list[StudyResult]]:
-    """The experiment studies (in report order) and the other studies to report on."""
+    """The experiment studies (in report order) and the other studies to report on (without
+    ``rows`` yet: :func:`table1_rows` fills them)."""
     if not names:
         names = [s.study_name for s in optuna.get_all_study_summaries(storage)
                  if (s.user_attrs.get(stored.DEFINITION) or {}).get("experiment") is not None]
@@ -251,8 +154,6 @@ def select(storage: optuna.storages.BaseStorage, names: Sequence[str]) -> tuple[
     experiments = sorted((r for r in results if r.definition.experiment is not None),
                          key=lambda r: (r.definition.experiment, r.name))
     others = [r for r in results if r.definition.experiment is None]
-    for result in experiments:
-        result.rows = table1_rows(result)
     return experiments, others
 
 
@@ -261,11 +162,11 @@ def write_report(storage: optuna.storages.BaseStorage, names: Sequence[str], out
     """Write report.md, table1.csv and the figures into ``output``; returns report.md's path."""
     out = Output(output)
     experiments, others = select(storage, names)
-    rows = [row for result in experiments for row in result.rows]
+    rows = table1_rows(experiments)
     md = ["# hpo report", "",
           f"Storage `{display_url(storage_url)}`, "
           f"written {datetime.datetime.now().isoformat(timespec='seconds')}.", "",
-          "## Findings", "", *findings(experiments, others), ""]
+          "## Findings", "", *findings(rows, experiments, others), ""]
     md += _table1_section(out, experiments, rows, named=bool(names))
     for result in experiments:
         if result.definition.experiment == 3 and result.rows:
@@ -284,21 +185,26 @@ def write_report(storage: optuna.storages.BaseStorage, names: Sequence[str], out
 
 def _table1_section(out: Output, experiments: Sequence[StudyResult], rows: list[dict[str, Any]], *,
                     named: bool) -> list[str]:
-    if not experiments:
-        where = "among the studies named" if named else "in this storage"
-        return ["## Table 1", "", f"No study of the report's experiments {where} "
-                "(create them with `hpo create studies/exp1.toml` ... `exp4.toml`).", ""]
     out.path("table1.csv").write_text(tables.render(rows, "csv", TABLE1_COLUMNS), encoding="utf-8")
     present = {r.definition.experiment for r in experiments}
-    missing = [str(e) for e in (1, 2, 3, 4) if e not in present]
+    missing = [str(e) for e in dict.fromkeys(row.experiment for row in report_rows()) if e not in present]
     lines = ["## Table 1, reproduced", "",
              f"{len(rows)} rows (also in [table1.csv](table1.csv)). `mean_test_accuracy` and `mean_test_loss` are "
              "means over the COMPLETE trials with exactly the row's parameters, `n` their number, "
              "`std_test_accuracy` their sample standard deviation; `report_*` are the report's numbers and "
              f"`diff_* = mean - report`. `tolerance` and `{BEYOND_NOISE}`: {NOISE_RULE}.", ""]
     if missing:
-        lines += [f"Experiment(s) {', '.join(missing)}: no study in this storage, so their rows are absent.", ""]
+        where = "among the studies named" if named else "in this storage"
+        lines += [f"Experiment(s) {', '.join(missing)}: no study {where}, so their rows say `{NOT_RUN}` "
+                  "(create them with `hpo create studies/exp1.toml` ... `exp4.toml`).", ""]
     return lines + [tables.render(rows, "md", TABLE1_COLUMNS)]
+
+
+def _listed(out: Output, name: str, title: str, rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> list[str]:
+    """The first rows of a table in Markdown, all of them in the CSV file ``name``."""
+    out.path(name).write_text(tables.render(rows, "csv", columns), encoding="utf-8")
+    return [f"{title}, {min(len(rows), OTHER_TABLE_ROWS)} of {len(rows)} (all in [{name}]({name})):", "",
+            tables.render(rows[:OTHER_TABLE_ROWS], "md", columns)]
 
 
 def _study_section(out: Output, storage: optuna.storages.BaseStorage, result: StudyResult,
@@ -306,11 +212,12 @@ def _study_section(out: Output, storage: optuna.storages.BaseStorage, result: St
     stem = out.stem(result.name)
     lines = [f"### {result.name}", "", result.definition.description, ""]
     if result.definition.experiment is None:
-        table = best_trial_rows(result.study, result.definition)
-        out.path(f"{stem}_best_trials.csv").write_text(tables.render(table, "csv", EXPORT_COLUMNS), encoding="utf-8")
-        lines += [f"Best trials, {min(len(table), OTHER_TABLE_ROWS)} of {len(table)} "
-                  f"(all in [{stem}_best_trials.csv]({stem}_best_trials.csv)):", "",
-                  tables.render(table[:OTHER_TABLE_ROWS], "md", EXPORT_COLUMNS)]
+        lines += _listed(out, f"{stem}_best_trials.csv", "Best trials",
+                         best_trial_rows(result.study, result.definition), EXPORT_COLUMNS)
+    configurations = configuration_rows(result.study, result.definition)
+    if len(configurations) < len(result.complete):  # repeats: rank configurations by their mean, not one lucky run
+        lines += _listed(out, f"{stem}_configurations.csv", "Configurations over their repeats, by mean "
+                         f"{result.definition.metric}", configurations, configuration_columns(result.definition.metric))
     best = result.best
     if best is None:
         return lines + ["No COMPLETE trial yet.", ""]

@@ -6,7 +6,10 @@ they always agree with each other.
 
 from __future__ import annotations
 
+import math
+import statistics
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -33,6 +36,19 @@ class StudyStatus:
     failed_points: list[dict[str, Any]] = field(default_factory=list)
     # Per RUNNING trial, oldest first: (epochs reported so far, epochs planned or None if unknown yet)
     running_epochs: list[tuple[int, int | None]] = field(default_factory=list)
+    # A grid's coverage: per point (in grid id order) its parameters and the state of each repeat
+    coverage: list[dict[str, Any]] = field(default_factory=list)
+
+    def repeat_summary(self) -> list[str]:
+        """Per repeat of a grid: "repeat 1: 27/27 complete" (+ running, pending, failed where any)."""
+        n_repeats = len(self.coverage[0]["repeats"]) if self.coverage else 0
+        lines = []
+        for r in range(n_repeats):
+            states = Counter(point["repeats"][r] for point in self.coverage)
+            rest = ", ".join(f"{states[s]} {s}" for s in POINT_STATES if s != "complete" and states[s])
+            done = f"repeat {r}: {states['complete']}/{len(self.coverage)} complete"
+            lines.append(f"{done}, {rest}" if rest else done)
+        return lines
 
     def running_progress(self) -> str:
         """Epochs done of each running trial, "3/10, 0/5" ("?" before a trial has its params)."""
@@ -45,6 +61,7 @@ class StudyStatus:
             "duplicates": self.duplicates, "best_value": self.best_value, "best_trial": self.best_trial,
             "failed_points": self.failed_points,
             "running_epochs": [{"done": done, "planned": planned} for done, planned in self.running_epochs],
+            "coverage": self.coverage,
         }
 
 
@@ -92,7 +109,17 @@ def study_status(study: optuna.Study, definition: StudyDefinition) -> StudyStatu
         metric=definition.metric,
         failed_points=failed_points,
         running_epochs=[_epochs(t) for t in trials if t.state == TrialState.RUNNING],
+        coverage=_coverage(definition, by_slot) if definition.sampler == "grid" else [],
     )
+
+
+def _coverage(definition: StudyDefinition, by_slot: dict[int, list[FrozenTrial]]) -> list[dict[str, Any]]:
+    """Each grid point's parameters and the state of each of its repeats (slot = repeat x points + id)."""
+    sampler = queue.QueuedGridSampler(queue.grid_search_space(definition), seed=definition.seed)
+    n_points = len(definition.grid_points)
+    return [{"point": grid_id, "params": sampler.point(grid_id),
+             "repeats": [point_state(by_slot.get(r * n_points + grid_id, [])) for r in range(definition.repeats)]}
+            for grid_id in range(n_points)]
 
 
 def _epochs(trial: FrozenTrial) -> tuple[int, int | None]:
@@ -168,3 +195,52 @@ def trial_row(trial: FrozenTrial, rank: int | None) -> dict[str, Any]:
         "state": trial.state.name,
         "note": note,
     }
+
+
+# --- one row per configuration -------------------------------------------------------------------
+
+# The per-configuration table's columns, in order; "{metric}" stands for the study's metric
+# (configuration_columns fills it in).
+CONFIGURATION_COLUMNS = ("rank", *PARAMETERS, "n", "mean_{metric}", "std_{metric}", "mean_test_accuracy",
+                         "std_test_accuracy", "mean_test_loss", "std_test_loss", "trials")
+
+
+def configuration_columns(metric: str) -> tuple[str, ...]:
+    """CONFIGURATION_COLUMNS for a study scored on ``metric``; a test metric is not listed twice."""
+    return tuple(dict.fromkeys(column.format(metric=metric) for column in CONFIGURATION_COLUMNS))
+
+
+def mean_std(values: Iterable[float | None]) -> tuple[float | None, float | None]:
+    """Mean and sample standard deviation of the finite values: None for the mean of none, and
+    for the spread of fewer than two."""
+    finite = [float(v) for v in values if v is not None and math.isfinite(v)]
+    return (statistics.fmean(finite) if finite else None,
+            statistics.stdev(finite) if len(finite) > 1 else None)
+
+
+def configuration_rows(study: optuna.Study, definition: StudyDefinition) -> list[dict[str, Any]]:
+    """The best-trial table by configuration: one row per distinct set of PARAMETERS over its
+    COMPLETE trials, ranked by the mean of the study's metric in the study's direction.
+
+    Repeats of a configuration (seeds, grid repeats) give n, mean and standard deviation of the
+    metric, of test accuracy and of test loss, and the trial numbers. A value that is not finite
+    (a loss that blew up) is left out of the means; a configuration with no finite metric ranks last.
+    """
+    groups: dict[tuple[Any, ...], list[FrozenTrial]] = {}
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        params = trial_params(trial)
+        groups.setdefault(tuple(params.get(name) for name in PARAMETERS), []).append(trial)
+    rows = [_configuration_row(dict(zip(PARAMETERS, key, strict=True)), trials, definition.metric)
+            for key, trials in groups.items()]
+    mean, sign = f"mean_{definition.metric}", -1.0 if definition.direction == "maximize" else 1.0
+    rows.sort(key=lambda row: (row[mean] is None, sign * (row[mean] or 0.0), row["trials"][0]))
+    return [{"rank": rank, **row} for rank, row in enumerate(rows, 1)]
+
+
+def _configuration_row(params: dict[str, Any], trials: list[FrozenTrial], metric: str) -> dict[str, Any]:
+    row = {**params, "n": len(trials), "trials": sorted(t.number for t in trials)}
+    columns = {metric: [t.value for t in trials]}
+    columns.update({name: [t.user_attrs.get(name) for t in trials] for name in ("test_accuracy", "test_loss")})
+    for name, values in columns.items():
+        row[f"mean_{name}"], row[f"std_{name}"] = mean_std(values)
+    return row

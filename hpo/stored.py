@@ -24,6 +24,9 @@ ATTEMPT = "hpo:attempt"            # 0 for the first try, then 1, 2, ... for ret
 RETRY_OF = "hpo:retry_of"          # number of the trial this one retries
 WORKER = "hpo:worker"              # "host/pid-namespace:pid" of the worker that claimed the trial
 INTERRUPTED = "hpo:interrupted"    # set on a FAIL trial stopped by a signal: its retry is free
+REPEAT = "hpo:repeat"              # grid: which training of its point (0, 1, ...)
+GROUP = "hpo:group"                # grid with shared prefixes: slot of the longest point of the group
+RUN_SEED = "hpo:seed"              # grid: the training seed, fixed when queued (a group shares one)
 
 # --- trial system attributes that Optuna itself reads ------------------------------------------
 FIXED_PARAMS = "fixed_params"      # optuna.Trial suggests these values as they are (a retry's params)
@@ -36,6 +39,8 @@ ARTIFACT_PREFIX = "artifacts:"     # + artifact id: optuna.artifacts.ArtifactMet
 ERROR = "error"                    # why a trial failed
 SEED = "seed"                      # the seed the trial's sampler and training ran with
 FIXED = "fixed"                    # the study's single-valued parameters (not Optuna parameters)
+PREFIX_RUN = "prefix_run"          # number of the trial whose training run completed this one
+REPEAT_ATTR = "repeat"             # the grid repeat, shown beside the parameters
 # The rest are the trial's results: hpo.train.TrainResult.metrics() and hpo.device.describe().
 
 

@@ -15,19 +15,12 @@ from typing import Any
 import optuna
 
 from hpo import queue, stored
+from hpo.queue import trial_seed
 from hpo.config import StudyDefinition, definition_from_dict
 from hpo.errors import ConfigError, StudyNotFound
 from hpo.lock import study_lock
 
 log = logging.getLogger(__name__)
-
-
-def trial_seed(definition: StudyDefinition, number: int) -> int:
-    """Each trial's seed, for its sampler and its training: the study's seed and the trial's number.
-
-    Distinct for every trial of a study, and the same when the study is run again.
-    """
-    return definition.seed * 100_003 + number
 
 
 def make_sampler(definition: StudyDefinition, seed: int | None = None) -> optuna.samplers.BaseSampler:
@@ -84,6 +77,8 @@ def create_study(storage: optuna.storages.BaseStorage, definition: StudyDefiniti
             created = False
         stored_definition = study.user_attrs.get(stored.DEFINITION)
         if stored_definition is not None:
+            # As this hpo reads it: keys added since (with their defaults) are no difference.
+            stored_definition = _normalise(definition_from_dict(stored_definition).to_dict())
             if stored_definition != wanted:
                 raise ConfigError(
                     f"study {definition.name!r} already exists with a different definition "

@@ -29,6 +29,8 @@ def format_value(column: str, value: Any) -> Any:
 
 
 def _text(column: str, value: Any) -> str:
+    if isinstance(value, (list, tuple)):  # a list of numbers, such as trial numbers: "3 7 12" (JSON keeps the list)
+        return " ".join(_text(column, item) for item in value)
     value = format_value(column, value)
     if value is None:
         return ""

@@ -12,7 +12,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from typing import Any
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import keras
 import numpy as np
@@ -94,6 +94,9 @@ def split(data: Dataset, protocol: str, fraction: float) -> tuple[Arrays, Arrays
     return validation_split(data.x_train, data.y_train, fraction)
 
 
+Milestone = Callable[["TrainResult"], None]
+
+
 def train(
     params: Params,
     data: Dataset,
@@ -102,7 +105,15 @@ def train(
     fraction: float = 0.2,
     seed: int = 0,
     callbacks: Sequence[keras.callbacks.Callback] = (),
+    milestones: Mapping[int, Milestone] | None = None,
 ) -> TrainResult:
+    """Train ``params`` and score it on the test set.
+
+    ``milestones`` maps an epoch count below ``params.epochs`` to a function called, at the end
+    of that epoch, with the result a run of that many epochs gives: the same history, test-set
+    scores and model (nothing here depends on the total epoch count). The model trains on
+    afterwards, so the function must use it at once (save it, score it).
+    """
     keras.backend.clear_session()  # a worker trains many models; free the last one's graph
     keras.utils.set_random_seed(seed)
     started = time.perf_counter()
@@ -111,18 +122,47 @@ def train(
     build_seconds = time.perf_counter() - started
 
     (x_fit, y_fit), validation = split(data, protocol, fraction)
-    started = time.perf_counter()
+
+    def result(history: Mapping[str, Sequence[float]], fit_seconds: float) -> TrainResult:
+        return _score(model, history, data, fit_images=len(x_fit), batch_size=params.batch_size,
+                      fit_seconds=fit_seconds, build_seconds=build_seconds)
+
+    milestone = _Milestones(milestones or {}, result)
     history = model.fit(
         x_fit, y_fit,
         batch_size=params.batch_size,
         epochs=params.epochs,
         validation_data=validation,
-        callbacks=list(callbacks),
+        callbacks=[*callbacks, milestone],  # last: a trial completed at its milestone takes no more reports
         verbose=0,
     ).history
-    fit_seconds = time.perf_counter() - started
-    epochs_run = len(history.get("loss", []))
+    return result(history, time.perf_counter() - milestone.started)
 
+
+class _Milestones(keras.callbacks.Callback):
+    """Calls each milestone's function with the result as of its epoch."""
+
+    def __init__(self, milestones: Mapping[int, Milestone],
+                 result: Callable[[Mapping[str, Sequence[float]], float], TrainResult]) -> None:
+        super().__init__()
+        self.milestones, self.result = milestones, result
+        self.history: dict[str, list[float]] = {}
+        self.started = time.perf_counter()
+
+    def on_train_begin(self, logs: Mapping[str, float] | None = None) -> None:
+        self.started = time.perf_counter()
+
+    def on_epoch_end(self, epoch: int, logs: Mapping[str, float] | None = None) -> None:
+        for key, value in (logs or {}).items():
+            self.history.setdefault(key, []).append(float(value))
+        if epoch + 1 in self.milestones:
+            self.milestones[epoch + 1](self.result(self.history, time.perf_counter() - self.started))
+
+
+def _score(model: keras.Model, history: Mapping[str, Sequence[float]], data: Dataset, *, fit_images: int,
+           batch_size: int, fit_seconds: float, build_seconds: float) -> TrainResult:
+    """The result of the epochs in ``history``: the model as it is now, scored on the test set."""
+    epochs_run = len(history.get("loss", []))
     # One pass over the test set gives the report's two columns and the confusion matrix;
     # model.evaluate would trace and run a second one (about 2 s a trial here).
     probabilities = model.predict(data.x_test, batch_size=1024, verbose=0)
@@ -130,11 +170,11 @@ def train(
     test_loss, test_accuracy = _loss_and_accuracy(probabilities, data.y_test, predicted)
     val_accuracy = float(history["val_accuracy"][-1]) if epochs_run else math.nan
     val_loss = float(history["val_loss"][-1]) if epochs_run else math.nan
-    steps = math.ceil(len(x_fit) / params.batch_size) * epochs_run
+    steps = math.ceil(fit_images / batch_size) * epochs_run
     diverged = _diverged(history.get("loss", []), steps, test_accuracy, data.num_classes)
     if diverged:
         log.info("training diverged: test accuracy %.4f, loss %s after %d steps", test_accuracy,
-                 history["loss"][-1:], steps)
+                 list(history["loss"][-1:]), steps)
     return TrainResult(
         history={k: [float(v) for v in values] for k, values in history.items()},
         val_accuracy=val_accuracy,
@@ -144,7 +184,7 @@ def train(
         epochs_run=epochs_run,
         fit_seconds=fit_seconds,
         build_seconds=build_seconds,
-        images_per_second=len(x_fit) * epochs_run / fit_seconds if fit_seconds > 0 else 0.0,
+        images_per_second=fit_images * epochs_run / fit_seconds if fit_seconds > 0 else 0.0,
         steps=steps,
         diverged=diverged,
         xla=bool(getattr(model, "jit_compile", False)),

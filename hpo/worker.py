@@ -11,6 +11,7 @@ write to a finished trial, so nothing it sends changes the stored trials.
 
 from __future__ import annotations
 
+import functools
 import logging
 import signal
 import threading
@@ -18,7 +19,7 @@ import time
 import traceback
 from dataclasses import dataclass
 from types import FrameType
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import optuna
 from optuna.trial import TrialState
@@ -49,14 +50,15 @@ class WorkerSummary:
 
 
 class Heartbeat:
-    """Records the trial's heartbeat every interval, in a thread, surviving database hiccups.
+    """Records the heartbeat of a run's trials every interval, in a thread, surviving database
+    hiccups.
 
     Optuna's own heartbeat thread dies on the first failed write; then a live trial looks
     dead and is retried by another worker while this one still trains it.
     """
 
-    def __init__(self, storage: optuna.storages.RDBStorage, trial_id: int) -> None:
-        self._storage, self._trial_id = storage, trial_id
+    def __init__(self, storage: optuna.storages.RDBStorage, trial_ids: Sequence[int]) -> None:
+        self._storage, self._trial_ids = storage, list(trial_ids)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="heartbeat", daemon=True)
 
@@ -71,10 +73,11 @@ class Heartbeat:
     def _run(self) -> None:
         interval = self._storage.get_heartbeat_interval() or 5
         while not self._stop.wait(interval):
-            try:
-                self._storage.record_heartbeat(self._trial_id)
-            except Exception as exc:  # noqa: BLE001  (keep beating; the database may come back)
-                log.warning("heartbeat for trial %d failed: %s", self._trial_id, str(exc).splitlines()[0])
+            for trial_id in self._trial_ids:
+                try:
+                    self._storage.record_heartbeat(trial_id)
+                except Exception as exc:  # noqa: BLE001  (keep beating; the database may come back)
+                    log.warning("heartbeat for trial %d failed: %s", trial_id, str(exc).splitlines()[0])
 
 
 class _Signals:
@@ -99,73 +102,124 @@ class _Signals:
             raise Interrupted(signal.Signals(signum).name)
 
 
-Objective = Callable[[optuna.Trial], float]
+@dataclass
+class Run:
+    """What one training run completes: ``trial``, trained to its end, and on a grid with shared
+    epoch prefixes the claimed ``shorter`` trials of its group, each completed on the way with
+    ``complete(trial, value)`` when the run passes its epoch count."""
+
+    trial: optuna.Trial
+    shorter: list[optuna.Trial]
+    complete: Callable[[optuna.Trial, float], None]
+
+    @property
+    def trials(self) -> list[optuna.Trial]:
+        return [self.trial, *self.shorter]
 
 
-def run_worker(study: optuna.Study, definition: StudyDefinition, objective: Objective, *,
-               poll_interval: float = 2.0, max_trials: int | None = None) -> WorkerSummary:
-    """Run trials of ``study`` until its queue is empty and no trial is running anywhere.
+Objective = Callable[[Run], float]  # returns the value of run.trial
+
+
+@dataclass
+class Job:
+    """A study a worker runs trials of, with the objective that trains them."""
+
+    study: optuna.Study
+    definition: StudyDefinition
+    objective: Objective
+
+
+def run_worker(jobs: Sequence[Job], *, poll_interval: float = 2.0,
+               max_trials: int | None = None) -> WorkerSummary:
+    """Run trials of the ``jobs``' studies, in order, until no trial is waiting or running in any.
 
     A worker waits while other workers still run trials: if one of them dies, its trial is
-    queued again and someone has to pick it up.
+    queued again and someone has to pick it up. With several studies, a worker takes the next
+    study's trials while the last ones of a study train elsewhere, so no core idles.
     """
     summary = WorkerSummary()
-    storage = stored.storage_of(study)
-    sampler_for = trial_sampler(definition)
     with _Signals() as signals:
         while signals.requested is None and (max_trials is None or summary.complete < max_trials):
-            retrying(lambda: queue.recover(study, definition), what="recover stale trials")
-            trial = retrying(lambda: queue.claim(study, sampler_for), what="claim a trial")
-            if trial is None:
+            claimed = _claim(jobs)
+            if claimed is None:
                 # Nothing waiting. A retry whose queueing was cut short (a crash between failing
                 # a trial and queueing its retry) is queued now; else wait for running trials.
-                if retrying(lambda: queue.sync(study, definition), what="queue missing trials"):
+                if sum(retrying(functools.partial(queue.sync, j.study, j.definition), what="queue missing trials")
+                       for j in jobs):
                     continue
-                running = retrying(lambda: storage.get_all_trials(
-                    stored.study_id(study), deepcopy=False, states=(TrialState.RUNNING,)), what="poll")
-                if not running:
+                if not any(_running(job.study) for job in jobs):
                     break
                 time.sleep(poll_interval)
                 continue
-            state = _run_one(study, definition, trial, objective, signals)
-            if state == TrialState.COMPLETE:
-                summary.complete += 1
-            elif state == TrialState.PRUNED:
-                summary.pruned += 1
-            elif state == TrialState.FAIL:
-                summary.failed += 1
-            else:
-                summary.dropped += 1
+            job, trial = claimed
+            _run_one(job, _shared_run(job, trial, summary), signals, summary)
         summary.interrupted = signals.requested is not None
     return summary
 
 
-def _run_one(study: optuna.Study, definition: StudyDefinition, trial: optuna.Trial, objective: Objective,
-             signals: _Signals) -> TrialState | None:
-    """Train one claimed trial and record how it ended; None if its result was dropped."""
-    with Heartbeat(stored.storage_of(study), stored.trial_id(trial)):
+def _claim(jobs: Sequence[Job]) -> tuple[Job, optuna.Trial] | None:
+    for job in jobs:
+        retrying(functools.partial(queue.recover, job.study, job.definition), what="recover stale trials")
+        trial = retrying(functools.partial(queue.claim, job.study, trial_sampler(job.definition)), what="claim a trial")
+        if trial is not None:
+            return job, trial
+    return None
+
+
+def _running(study: optuna.Study) -> bool:
+    return bool(retrying(lambda: stored.storage_of(study).get_all_trials(
+        stored.study_id(study), deepcopy=False, states=(TrialState.RUNNING,)), what="poll"))
+
+
+def _shared_run(job: Job, trial: optuna.Trial, summary: WorkerSummary) -> Run:
+    """The run for a claimed trial: with the rest of its prefix group, the longest point first."""
+    group = retrying(lambda: queue.claim_group(job.study, trial), what="claim a trial's group")
+    trials = sorted([trial, *group], key=lambda t: -queue.planned_epochs(job.definition, t))
+
+    def complete(shorter: optuna.Trial, value: float) -> None:
+        _count(summary, _finish(job.study, shorter, TrialState.COMPLETE, value))
+
+    return Run(trials[0], trials[1:], complete)
+
+
+def _run_one(job: Job, run: Run, signals: _Signals, summary: WorkerSummary) -> None:
+    """Train one run and record how its trials ended."""
+    study, trial = job.study, run.trial
+    with Heartbeat(stored.storage_of(study), [stored.trial_id(t) for t in run.trials]):
         try:
             signals.training = True
             try:
-                value = objective(trial)
+                value = job.objective(run)
             finally:
                 signals.training = False
         except optuna.TrialPruned as exc:
             log.info("trial %d pruned: %s", trial.number, exc)
-            return _finish(study, trial, TrialState.PRUNED)
-        except optuna.exceptions.UpdateFinishedTrialError:
-            _dropped(trial)
-            return None
+            _count(summary, _finish(study, trial, TrialState.PRUNED))
+            return
         except Interrupted as exc:
             log.warning("trial %d interrupted by %s; it will be retried", trial.number, exc)
-            return _fail(study, definition, trial, f"interrupted by {exc}", interrupted=True)
+            _fail_run(job, run, f"interrupted by {exc}", summary, interrupted=True)
+            return
         except Exception as exc:  # noqa: BLE001  (a trial's failure is recorded, not fatal)
-            if _recovered(study, trial):
+            if _recovered(study, trial):  # its writes were refused: UpdateFinishedTrialError
                 _dropped(trial)
-                return None
+                summary.dropped += 1
+                return
             log.error("trial %d failed: %s\n%s", trial.number, exc, traceback.format_exc())
-            return _fail(study, definition, trial, f"{type(exc).__name__}: {exc}")
-        return _finish(study, trial, TrialState.COMPLETE, value)
+            _fail_run(job, run, f"{type(exc).__name__}: {exc}", summary)
+            return
+        _count(summary, _finish(study, trial, TrialState.COMPLETE, value))
+
+
+def _count(summary: WorkerSummary, state: TrialState | None) -> None:
+    if state == TrialState.COMPLETE:
+        summary.complete += 1
+    elif state == TrialState.PRUNED:
+        summary.pruned += 1
+    elif state == TrialState.FAIL:
+        summary.failed += 1
+    else:
+        summary.dropped += 1
 
 
 def _recovered(study: optuna.Study, trial: optuna.Trial) -> bool:
@@ -191,12 +245,14 @@ def _finish(study: optuna.Study, trial: optuna.Trial, state: TrialState,
     return state
 
 
-def _fail(study: optuna.Study, definition: StudyDefinition, trial: optuna.Trial, message: str, *,
-          interrupted: bool = False) -> TrialState | None:
-    """Fail the trial and queue its retry; None if another worker had already recovered it."""
-    if not retrying(lambda: queue.fail(study, stored.trial_id(trial), message, interrupted=interrupted),
-                    what="record a failed trial"):
-        _dropped(trial)
-        return None
-    retrying(lambda: queue.sync(study, definition), what="queue a retry")
-    return TrialState.FAIL
+def _fail_run(job: Job, run: Run, message: str, summary: WorkerSummary, *, interrupted: bool = False) -> None:
+    """Fail the run's trials not yet finished (a group's shorter points already passed stay
+    COMPLETE), then queue their retries."""
+    for trial in run.trials:
+        fail = functools.partial(queue.fail, job.study, stored.trial_id(trial), message, interrupted=interrupted)
+        if retrying(fail, what="record a failed trial"):
+            summary.failed += 1
+        elif trial is run.trial:
+            _dropped(trial)
+            summary.dropped += 1
+    retrying(lambda: queue.sync(job.study, job.definition), what="queue a retry")

@@ -1,11 +1,17 @@
-"""How hpo launch places workers and reports progress."""
+"""How hpo launch places workers, reports progress, and runs several studies in one pool."""
 
 from __future__ import annotations
 
 import io
+import json
+from pathlib import Path
+
+import optuna
 
 from hpo.launch import Placement, Progress, default_workers, describe, plan
 from hpo.results import StudyStatus
+
+from conftest import ok, run_hpo, user_error, write_study
 
 
 def test_cpu_workers_split_the_cores_between_them() -> None:
@@ -43,11 +49,11 @@ def test_progress_line_counts_and_estimates_time_left() -> None:
     now = [100.0]
     out = io.StringIO()
     progress = Progress(out, 27, clock=lambda: now[0])
-    progress.show(_status(0, 2))
+    progress.show([_status(0, 2)])
     now[0] += 60
-    progress.show(_status(3, 2, best=0.61234))
+    progress.show([_status(3, 2, best=0.61234)])
     now[0] += 60
-    progress.show(_status(3, 2, best=0.61234))  # nothing new: no new line when not a terminal
+    progress.show([_status(3, 2, best=0.61234)])  # nothing new: no new line when not a terminal
     lines = out.getvalue().splitlines()
     assert lines[0] == "exp3: 0/27 done, 2 running, 0 failed, best val_accuracy -, 0m00s elapsed, ETA -"
     # 3 trials in 60 s, 24 left: 8 minutes.
@@ -59,9 +65,65 @@ def test_progress_line_shows_each_running_trials_epoch() -> None:
     """A 10-epoch trial on the full data takes many minutes: the line moves with every epoch."""
     out = io.StringIO()
     progress = Progress(out, 27, clock=lambda: 0.0)
-    progress.show(_status(0, 2, epochs=[(3, 10), (0, None)]))
-    progress.show(_status(0, 2, epochs=[(4, 10), (0, 5)]))
+    progress.show([_status(0, 2, epochs=[(3, 10), (0, None)])])
+    progress.show([_status(0, 2, epochs=[(4, 10), (0, 5)])])
     assert out.getvalue().splitlines() == [
         "exp3: 0/27 done, 2 running (epochs 3/10, 0/?), 0 failed, best val_accuracy -, 0m00s elapsed, ETA -",
         "exp3: 0/27 done, 2 running (epochs 4/10, 0/5), 0 failed, best val_accuracy -, 0m00s elapsed, ETA -",
     ]
+
+
+def test_progress_line_counts_every_study_of_a_launch() -> None:
+    out = io.StringIO()
+    other = _status(1, 0)
+    other.name, other.total_points = "exp1", 3
+    Progress(out, 30, clock=lambda: 0.0).show([_status(3, 2, best=0.5), other])
+    assert out.getvalue().splitlines() == [
+        "2 studies: 4/30 done, 2 running, 0 failed (exp3 3/27 best 0.5000, exp1 1/3 best -), 0m00s elapsed, ETA -"]
+
+
+TINY = """
+[sampler]
+type = "{sampler}"
+seed = 1
+[space]
+architecture = "base"
+augmentation = "none"
+learning_rate = [0.001]
+batch_size = [64]
+epochs = {epochs}
+"""
+
+
+def test_one_launch_runs_several_studies_through_one_pool(storage_url: str, data_path: str, tmp_path: Path) -> None:
+    folder = tmp_path / "studies"
+    folder.mkdir()
+    write_study(folder, "grid", TINY.format(sampler="grid", epochs="[1, 2]"))
+    write_study(folder, "seeds", "trials = 3\n" + TINY.format(sampler="fixed", epochs="1"))
+    # A quoted glob, as a user may pass it; the launcher expands it (sorted: grid, then seeds).
+    result = run_hpo("launch", str(folder / "*.toml"), "-n", "2", "--threads", "1", "--data", data_path,
+                     "--subset", "100", "--logs", str(tmp_path / "logs"), storage=storage_url, cwd=tmp_path)
+    ok(result)
+    assert "2 workers on 2 studies (grid, seeds)" in result.stderr
+    assert "2 studies: 5/5 done" in result.stderr
+    statuses = json.loads(run_hpo("status", "--format", "json", storage=storage_url).stdout)
+    assert {s["study"]: s["points"]["complete"] for s in statuses} == {"grid": 2, "seeds": 3}
+    # One pool: the worker that found the grid's one run taken went on to the next study at once,
+    # rather than idling until the grid was done.
+    grid, seeds = (optuna.load_study(study_name=n, storage=storage_url).get_trials() for n in ("grid", "seeds"))
+    assert min(t.datetime_start for t in seeds) < max(t.datetime_complete for t in grid)
+    assert len(list((tmp_path / "logs" / "grid+seeds").glob("worker-*.log"))) == 2
+
+
+def test_two_study_files_may_not_name_one_study(tmp_path: Path) -> None:
+    a = write_study(tmp_path, "same", TINY.format(sampler="grid", epochs="[1]"))
+    b = tmp_path / "copy.toml"
+    b.write_text(a.read_text())
+    result = run_hpo("launch", str(a), str(b), storage=f"sqlite:///{tmp_path / 'hpo.db'}")
+    user_error(result, "copy.toml", "study 'same' is also named by another study file")
+    assert not (tmp_path / "hpo.db").exists()
+
+
+def test_a_glob_that_matches_nothing_is_one_line(tmp_path: Path) -> None:
+    result = run_hpo("launch", str(tmp_path / "nothing*.toml"), storage=f"sqlite:///{tmp_path / 'hpo.db'}")
+    user_error(result, "nothing*.toml: no study file matches")

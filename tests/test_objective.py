@@ -17,7 +17,7 @@ from hpo.results import trial_params, trial_row
 from hpo.storage import open_storage
 from hpo.study import create_study
 from hpo.train import JUDGE_AFTER_STEPS, Params, _diverged, train
-from hpo.worker import WorkerSummary, run_worker
+from hpo.worker import Job, WorkerSummary, run_worker
 
 from conftest import write_study
 
@@ -48,8 +48,8 @@ def _run(tmp_path: Path, data, body: str, name: str = "study", db: str = "hpo.db
     study, _ = create_study(open_storage(f"sqlite:///{tmp_path / db}"), definition)
     if pruner is not None:
         study.pruner = pruner
-    summary = run_worker(study, definition, lambda trial: run_trial(trial, definition, data,
-                                                                    environment={"host": "test"}))
+    summary = run_worker([Job(study, definition, lambda run: run_trial(run, definition, data,
+                                                                         environment={"host": "test"}))])
     return sorted(study.get_trials(), key=lambda t: t.number), summary, definition
 
 

@@ -18,7 +18,7 @@ from hpo.errors import ConfigError, StudyNotFound
 from hpo.results import best_trial_rows, study_status
 from hpo.storage import open_storage
 from hpo.study import create_study, load_study, trial_sampler
-from hpo.worker import run_worker
+from hpo.worker import Job, run_worker
 
 from conftest import STUDIES, write_study
 
@@ -111,7 +111,7 @@ def test_a_failing_point_is_retried_then_reported_failed_never_dropped(storage_u
             raise RuntimeError("exploded")
         return 0.5
 
-    summary = run_worker(study, definition, objective, poll_interval=0.1)
+    summary = run_worker([Job(study, definition, lambda run: objective(run.trial))], poll_interval=0.1)
     assert summary.complete == 4 and summary.failed == 4  # 2 points x (1 try + 1 retry)
     status = study_status(study, definition)
     assert status.points == {"pending": 0, "running": 0, "complete": 4, "pruned": 0, "failed": 2}

@@ -18,9 +18,10 @@ from optuna.trial import TrialState
 
 from conftest import ROOT, STUDIES, TWO_LR_GRID, ok, run_hpo, user_error, write_study
 from hpo.config import load_definition
-from hpo.errors import HpoError
-from hpo.report import Output, reference_params, safe_name, tolerance
+from hpo.errors import ConfigError, HpoError
+from hpo.report import Output, safe_name
 from hpo.results import trial_params
+from hpo.table1 import COLUMNS, parse, reference_params, report_rows, tolerance
 
 TABLE1 = ROOT.parent / "shared" / "seed" / "table1.csv"
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -28,32 +29,15 @@ PNG = b"\x89PNG\r\n\x1a\n"
 # The project's augmentation names for the report's augmentation columns.
 AUGMENTATION_IN_TABLE1 = {"none": "none", "standard": "rotation15_shift0.1_hflip"}
 
+# A three-point slice of experiment 3's grid: three of Table 1's rows (5 epochs, batch 64).
 GRID3 = """
-description = "A two-point slice of experiment 3."
+description = "A three-point slice of experiment 3."
 experiment = 3
-""" + TWO_LR_GRID + """
-[[reference]]
-learning_rate = 0.01
-batch_size = 64
-epochs = 1
-test_accuracy = 0.30
-test_loss = 1.95
-[[reference]]
-learning_rate = 0.001
-batch_size = 64
-epochs = 1
-test_accuracy = 0.25
-test_loss = 2.05
-[[reference]]
-learning_rate = 0.0001
-batch_size = 64
-epochs = 1
-test_accuracy = 0.20
-test_loss = 2.20
-"""
+""" + TWO_LR_GRID.replace("[0.01, 0.001]", "[0.01, 0.001, 0.0001]").replace("epochs = [1]", "epochs = [5]")
 
+# Experiment 1's configuration, twice: its row of Table 1 over two runs.
 FIXED1 = """
-description = "Experiment 1, two seeds of one epoch."
+description = "Experiment 1, two seeds."
 experiment = 1
 trials = 2
 [sampler]
@@ -64,16 +48,8 @@ protocol = "test"
 architecture = "base"
 augmentation = "none"
 learning_rate = 0.001
-batch_size = 64
-epochs = 1
-[[reference]]
-architecture = "base"
-augmentation = "none"
-learning_rate = 0.001
-batch_size = 64
-epochs = 1
-test_accuracy = 0.6382
-test_loss = 1.13
+batch_size = 32
+epochs = 10
 """
 
 OTHER = """
@@ -96,37 +72,54 @@ def _csv(path: Path) -> list[dict[str, str]]:
     return list(csv.DictReader(io.StringIO(path.read_text())))
 
 
-def test_study_references_are_the_reports_table1() -> None:
-    """The report's numbers live in the study files: together, row for row, they are its Table 1."""
-    if not TABLE1.exists():
-        pytest.skip(f"no {TABLE1}")
-    ours = []
+def test_packaged_table1_is_the_study_files_references() -> None:
+    """Table 1 ships with hpo, and the study files carry the same numbers: row for row, in order."""
+    in_files = []
     for number in (1, 2, 3, 4):
         definition = load_definition(STUDIES / f"exp{number}.toml")
         assert definition.experiment == number
-        for ref in definition.references:
-            params = reference_params(definition, ref)
-            ours.append((str(number), params["architecture"], float(params["learning_rate"]),
-                         int(params["batch_size"]), int(params["epochs"]),
-                         AUGMENTATION_IN_TABLE1[params["augmentation"]], ref.test_accuracy, ref.test_loss))
-    theirs = [(r["experiment"], r["architecture"], float(r["learning_rate"]), int(r["batch_size"]),
+        in_files += [(number, reference_params(definition, ref), ref.test_accuracy, ref.test_loss)
+                     for ref in definition.references]
+    packaged = [(row.experiment, row.params, row.reference.test_accuracy, row.reference.test_loss)
+                for row in report_rows()]
+    assert len(packaged) == 30
+    assert packaged == in_files
+
+
+def test_packaged_table1_is_the_reports() -> None:
+    if not TABLE1.exists():
+        pytest.skip(f"no {TABLE1}")
+    theirs = [(int(r["experiment"]), r["architecture"], float(r["learning_rate"]), int(r["batch_size"]),
                int(r["epochs"]), r["augmentation"], float(r["test_accuracy"]), float(r["test_loss"]))
               for r in _csv(TABLE1)]
-    assert len(ours) == 30
+    ours = [(row.experiment, row.params["architecture"], row.params["learning_rate"], row.params["batch_size"],
+             row.params["epochs"], AUGMENTATION_IN_TABLE1[row.params["augmentation"]],
+             row.reference.test_accuracy, row.reference.test_loss) for row in report_rows()]
     assert ours == theirs
+
+
+def test_a_bad_table1_row_names_its_line_and_column() -> None:
+    header = ",".join(COLUMNS)
+    with pytest.raises(ConfigError, match=r"t\.csv: line 3: learning_rate = 'fast' must be float"):
+        parse(f"{header}\n1,base,0.001,32,10,none,0.6,1.1\n1,base,fast,32,10,none,0.6,1.1\n", "t.csv")
+    with pytest.raises(ConfigError, match="unknown architecture 'vgg'"):
+        parse(f"{header}\n1,vgg,0.001,32,10,none,0.6,1.1\n", "t.csv")
+    with pytest.raises(ConfigError, match="columns"):
+        parse("experiment,architecture\n1,base\n", "t.csv")
 
 
 def test_report_measures_table1_from_the_trials(tmp_path: Path, data_path: str) -> None:
     db = f"sqlite:///{tmp_path / 'hpo.db'}"
-    files = [write_study(tmp_path, name, body) for name, body in
-             (("grid3", GRID3), ("fixed1", FIXED1), ("other", OTHER))]
+    # grid3 runs two of its three points, so one row it holds is not run yet.
+    studies = [(write_study(tmp_path, name, body), extra) for name, body, extra in
+               (("grid3", GRID3, ["--max-trials", "2"]), ("fixed1", FIXED1, []), ("other", OTHER, []))]
     # The database exists before the workers start: workers racing to create a new SQLite file's
     # tables is a separate matter, for hpo.storage's own tests.
-    ok(run_hpo("create", str(files[0]), storage=db))
+    ok(run_hpo("create", str(studies[0][0]), storage=db))
     workers = [subprocess.Popen([sys.executable, "-m", "hpo", "--storage", db, "worker", str(f),
-                                 "--data", data_path, "--subset", "200"],
+                                 "--data", data_path, "--subset", "200", *extra],
                                 cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-               for f in files]
+               for f, extra in studies]
     for worker in workers:
         _, err = worker.communicate(timeout=600)
         assert worker.returncode == 0, err[-3000:]
@@ -136,16 +129,24 @@ def test_report_measures_table1_from_the_trials(tmp_path: Path, data_path: str) 
     ok(result)
     report = (out / "report.md").read_text()
 
-    # Table 1: the experiments' reference rows in order, measured as the mean of their trials.
+    # Table 1: all the report's rows in its order, those the studies hold measured as the mean of their trials.
     rows = _csv(out / "table1.csv")
-    assert [(r["experiment"], float(r["learning_rate"]), r["batch_size"]) for r in rows] == \
-        [("1", 0.001, "64"), ("3", 0.01, "64"), ("3", 0.001, "64"), ("3", 0.0001, "64")]
-    for row in rows:
+    assert [(int(r["experiment"]), float(r["learning_rate"]), int(r["batch_size"]), int(r["epochs"]))
+            for r in rows] == [(row.experiment, *(row.params[k] for k in ("learning_rate", "batch_size", "epochs")))
+                               for row in report_rows()]
+    held = [r for r in rows if r["study"]]
+    assert [(r["study"], r["experiment"], float(r["learning_rate"]), r["batch_size"], r["epochs"]) for r in held] == \
+        [("fixed1", "1", 0.001, "32", "10"), ("grid3", "3", 0.01, "64", "5"), ("grid3", "3", 0.001, "64", "5"),
+         ("grid3", "3", 0.0001, "64", "5")]
+    for row in held:
         study = optuna.load_study(study_name=row["study"], storage=db)
         runs = [t for t in study.get_trials(states=(TrialState.COMPLETE,))
                 if trial_params(t)["learning_rate"] == float(row["learning_rate"])]
         accuracies = [t.user_attrs["test_accuracy"] for t in runs]
         assert int(row["n"]) == len(runs)
+        md_cells = f"| {row['study']} | {row['experiment']} | base | {row['learning_rate']} | {row['batch_size']} | " \
+                   f"{row['epochs']} | none | {row['n']} | {row['mean_test_accuracy']} |"
+        assert md_cells in report
         if not runs:
             assert row["note"] == "not run" and row["mean_test_accuracy"] == "" and row["diff_accuracy"] == ""
             continue
@@ -155,21 +156,31 @@ def test_report_measures_table1_from_the_trials(tmp_path: Path, data_path: str) 
         assert float(row["diff_accuracy"]) == pytest.approx(mean - float(row["report_accuracy"]), abs=1e-4)
         if len(runs) > 1:
             assert float(row["std_test_accuracy"]) == pytest.approx(statistics.stdev(accuracies), abs=5e-5)
-        md_cells = f"| {row['study']} | {row['experiment']} | base | {row['learning_rate']} | 64 | 1 | none | " \
-                   f"{row['n']} | {row['mean_test_accuracy']} |"
-        assert md_cells in report
-    assert [int(r["n"]) for r in rows] == [2, 1, 1, 0]
-    assert "| grid3 | 3 | base | 0.0001 | 64 | 1 | none | 0 |" in report and "not run" in report
+    assert int(held[0]["n"]) == 2 and sorted(int(r["n"]) for r in held[1:]) == [0, 1, 1]
+    # A row no stored study can run is in the table too, and says so.
+    assert all(r["n"] == "0" and r["note"] == "not run" and r["mean_test_accuracy"] == "" for r in rows
+               if not r["study"])
+    assert "|  | 2 | deeper_dropout | 0.001 | 32 | 10 | none | 0 |" in report
     assert "| other |" not in report and "### other" not in report  # not an experiment, not named
 
-    # Findings, from the same numbers: the best row and the distance from the report.
+    # Findings, from the same numbers: the best row, the rows not run, the distance from the report.
     best = max((r for r in rows if r["mean_test_accuracy"]), key=lambda r: float(r["mean_test_accuracy"]))
     assert f"mean test accuracy {best['mean_test_accuracy']} over {best['n']} run(s)" in report
+    assert "27 of the 30 rows of Table 1 not run yet" in report
+    assert "Experiment 2: none of its 1 rows run yet." in report and "Experiment(s) 2, 4: no study" in report
     diffs = [abs(float(r["diff_accuracy"])) for r in rows if r["experiment"] == "3" and r["diff_accuracy"]]
     found = re.search(r"Experiment 3: mean absolute difference from the report in test accuracy "
-                      r"([0-9.]+) \(.*\) over 2 of 3 rows", report)
+                      r"([0-9.]+) \(.*\) over 2 of 27 rows", report)
     assert found and float(found[1]) == pytest.approx(statistics.fmean(diffs), abs=2e-4), report
     assert "max(0.01, 2·std·√(1 + 1/n))" in report and "--subset" in report
+
+    # fixed1 ran its one configuration twice: its section ranks configurations by their mean.
+    (configuration,) = _csv(out / "fixed1_configurations.csv")
+    fixed1 = optuna.load_study(study_name="fixed1", storage=db).get_trials(states=(TrialState.COMPLETE,))
+    assert configuration["n"] == "2" and configuration["trials"] == " ".join(str(t.number) for t in fixed1)
+    assert float(configuration["mean_val_accuracy"]) == pytest.approx(
+        statistics.fmean(t.value for t in fixed1 if t.value is not None), abs=5e-5)
+    assert "](fixed1_configurations.csv)" in report and not (out / "grid3_configurations.csv").exists()
 
     # Figures: the grid heatmap, and each study's best trial curves and confusion matrix.
     for name in ("grid3_heatmap.png", "grid3_learning_curves.png", "grid3_confusion_matrix.png",
@@ -189,7 +200,9 @@ def test_report_measures_table1_from_the_trials(tmp_path: Path, data_path: str) 
     assert other_row["rank"] == "1" and other_row["state"] == "COMPLETE" and other_row["batch_size"] == "128"
     assert f"| {other_row['rank']} | {other_row['trial']} | base |" in report2
     assert (tmp_path / "out2" / "other_learning_curves.png").read_bytes().startswith(PNG)
-    assert [r["study"] for r in _csv(tmp_path / "out2" / "table1.csv")] == ["grid3"] * 3
+    rows2 = _csv(tmp_path / "out2" / "table1.csv")
+    assert len(rows2) == 30 and [r["study"] for r in rows2 if r["study"]] == ["grid3"] * 3
+    assert "Experiment(s) 1, 2, 4: no study among the studies named" in report2
 
 
 def _study_with_trials(db: str, name: str, accuracies: list[float]) -> optuna.Study:
@@ -205,6 +218,32 @@ def _study_with_trials(db: str, name: str, accuracies: list[float]) -> optuna.St
             params=params, distributions={k: CategoricalDistribution([v]) for k, v in params.items()},
             value=accuracy, user_attrs={"test_accuracy": accuracy, "test_loss": 1.0, "val_accuracy": accuracy}))
     return study
+
+
+def test_report_has_all_of_table1_with_only_one_study(storage_url: str, tmp_path: Path) -> None:
+    """A storage holding one small study of experiment 1: Table 1 still has the report's 30 rows."""
+    _study_with_trials(storage_url, "exp1", [0.60, 0.62])
+    out = tmp_path / "out"
+    ok(run_hpo("report", "--output", str(out), storage=storage_url, cwd=tmp_path))
+    rows = _csv(out / "table1.csv")
+    assert [int(r["experiment"]) for r in rows] == [1, 2] + [3] * 27 + [4]
+    assert [r["note"] for r in rows].count("not run") == 29
+    assert all(r["n"] == "0" and r["study"] == "" and r["mean_test_accuracy"] == "" for r in rows[1:])
+    first = rows[0]
+    assert (first["study"], first["architecture"], first["batch_size"], first["epochs"], first["n"]) == \
+        ("exp1", "base", "32", "10", "2")
+    assert float(first["mean_test_accuracy"]) == pytest.approx(0.61)
+    assert float(first["std_test_accuracy"]) == pytest.approx(statistics.stdev([0.60, 0.62]), abs=5e-5)
+    assert float(first["report_accuracy"]) == 0.6382 and first["note"] == ""
+
+    report = (out / "report.md").read_text()
+    assert report.count("| not run |") == 29
+    assert "29 of the 30 rows of Table 1 not run yet" in report
+    assert "Experiment 3: none of its 27 rows run yet." in report
+    assert "Experiment(s) 2, 3, 4: no study in this storage" in report
+    # Its two runs of one configuration, ranked by their mean in its own section.
+    (configuration,) = _csv(out / "exp1_configurations.csv")
+    assert configuration["n"] == "2" and float(configuration["mean_val_accuracy"]) == pytest.approx(0.61)
 
 
 def test_report_stays_inside_its_output_folder(tmp_path: Path) -> None:
@@ -227,7 +266,8 @@ def test_report_stays_inside_its_output_folder(tmp_path: Path) -> None:
     for name in hostile:
         assert f"### {name}" in report
     assert report.count("no artifacts were recorded") == len(hostile)
-    assert len(_csv(out / "table1.csv")) == len(hostile)
+    rows = _csv(out / "table1.csv")
+    assert sorted(r["study"] for r in rows if r["study"]) == sorted(hostile) and len(rows) == 29 + len(hostile)
 
     # A file in the output folder that links elsewhere is not written through.
     victim = tmp_path / "victim.csv"
