@@ -21,14 +21,13 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
-from machine import describe_machine  # bench/machine.py; bench/ is on sys.path when run as a script
+import launches  # bench/launches.py; bench/ is on sys.path when run as a script
+from machine import describe_machine
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -82,25 +81,12 @@ def run_launch(workers: int, args: argparse.Namespace, folder: Path) -> dict[str
     folder.mkdir(parents=True)
     study_file = folder / "parallel.toml"
     study_file.write_text(STUDY_TOML.format(epochs=args.epochs), encoding="utf-8")
-    url = f"sqlite:///{folder / 'hpo.db'}"
-    command = [sys.executable, "-m", "hpo", "--storage", url, "launch", str(study_file),
-               "-n", str(workers), "--subset", str(args.subset),
-               "--artifacts", str(folder / "artifacts"), "--logs", str(folder / "logs")]
-    if args.data:
-        command += ["--data", args.data]
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("TF_NUM_", "OMP_NUM", "OPENBLAS_NUM", "MKL_NUM"))}
-    started = time.perf_counter()
-    proc = subprocess.run(command, capture_output=True, text=True, env=env, cwd=folder)
-    wall = time.perf_counter() - started
-    if proc.returncode != 0:
-        sys.stderr.write(proc.stderr[-4000:])
-        raise SystemExit(f"hpo launch -n {workers} failed with exit code {proc.returncode}")
-    times = trial_times(url)
+    launch = launches.run_launch([study_file], folder / "run", workers=workers, subset=args.subset, data=args.data)
+    times = trial_times(launch.url)
     if times["failed"]:
-        raise SystemExit(f"hpo launch -n {workers}: {times['failed']} trials failed; see {folder}/logs")
-    return {"workers": workers, "wall": wall, **times,
-            "wall_per_hour": times["complete"] / wall * 3600,
+        raise SystemExit(f"hpo launch -n {workers}: {times['failed']} trials failed; see {folder}/run/logs")
+    return {"workers": workers, "wall": launch.wall, **times,
+            "wall_per_hour": times["complete"] / launch.wall * 3600,
             "span_per_hour": times["complete"] / times["span"] * 3600}
 
 
