@@ -90,13 +90,16 @@ def prefix_groups(definition: StudyDefinition) -> dict[int, int]:
     return {g: longest[key(point)] for g, point in enumerate(points)}
 
 
-def planned_epochs(definition: StudyDefinition, trial: optuna.Trial) -> int:
+def planned_epochs(trial: FrozenTrial) -> int:
     """The epochs a queued grid trial will train (0 where the sampler has yet to draw them)."""
-    grid_id = stored.frozen(trial).system_attrs.get(stored.GRID_ID)
-    if grid_id is None:
-        return 0
-    point = QueuedGridSampler(grid_search_space(definition), seed=definition.seed).point(int(grid_id))
-    return int(point.get("epochs", 0))
+    return int(trial.system_attrs.get(stored.EPOCHS, 0))
+
+
+def claim_order(trial: FrozenTrial) -> tuple[int, int, int]:
+    """Which WAITING trial a worker takes first: a grid's repeats in turn (a study stopped early
+    holds whole repeats), within one the longest points first, so that the last runs of a study
+    are short and no worker waits long on another's; else the oldest."""
+    return int(trial.system_attrs.get(stored.REPEAT, 0)), -planned_epochs(trial), trial.number
 
 
 def _first_try(definition: StudyDefinition, slot: int, groups: dict[int, int]) -> dict[str, Any]:
@@ -107,8 +110,10 @@ def _first_try(definition: StudyDefinition, slot: int, groups: dict[int, int]) -
         return attrs
     n_points = len(definition.grid_points)
     grid_id, repeat = slot % n_points, slot // n_points
+    point = QueuedGridSampler(grid_search_space(definition), seed=definition.seed).point(grid_id)
     attrs.update({stored.GRID_ID: grid_id, stored.GRID_SEARCH_SPACE: grid_search_space(definition),
-                  stored.REPEAT: repeat, stored.RUN_SEED: trial_seed(definition, slot)})
+                  stored.REPEAT: repeat, stored.RUN_SEED: trial_seed(definition, slot),
+                  stored.EPOCHS: int(point.get("epochs", 0))})
     if groups:
         group = repeat * n_points + groups[grid_id]
         attrs.update({stored.GROUP: group, stored.RUN_SEED: trial_seed(definition, group)})
@@ -184,7 +189,8 @@ def _retry_attrs(last: FrozenTrial, attempt: int) -> dict[str, Any]:
 
 
 def claim(study: optuna.Study, sampler_for: Callable[[int], optuna.samplers.BaseSampler]) -> optuna.Trial | None:
-    """Move one WAITING trial to RUNNING for this process, or return None if none is left.
+    """Move a WAITING trial (the first in :func:`claim_order`) to RUNNING for this process, or
+    return None if none is left.
 
     ``set_trial_state_values`` locks the row (SELECT ... FOR UPDATE on PostgreSQL; on SQLite
     every transaction is BEGIN IMMEDIATE, see hpo.storage), so a trial is claimed once. The
@@ -192,7 +198,8 @@ def claim(study: optuna.Study, sampler_for: Callable[[int], optuna.samplers.Base
     with its own seed, so parallel workers never repeat each other's draws.
     """
     storage = stored.storage_of(study)
-    for frozen in storage.get_all_trials(stored.study_id(study), deepcopy=False, states=(TrialState.WAITING,)):
+    waiting = storage.get_all_trials(stored.study_id(study), deepcopy=False, states=(TrialState.WAITING,))
+    for frozen in sorted(waiting, key=claim_order):
         if _take(storage, frozen):
             study.sampler = sampler_for(frozen.number)
             return optuna.Trial(study, stored.trial_id(frozen))

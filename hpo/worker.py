@@ -174,7 +174,7 @@ def _running(study: optuna.Study) -> bool:
 def _shared_run(job: Job, trial: optuna.Trial, summary: WorkerSummary) -> Run:
     """The run for a claimed trial: with the rest of its prefix group, the longest point first."""
     group = retrying(lambda: queue.claim_group(job.study, trial), what="claim a trial's group")
-    trials = sorted([trial, *group], key=lambda t: -queue.planned_epochs(job.definition, t))
+    trials = sorted([trial, *group], key=lambda t: -queue.planned_epochs(stored.frozen(t)))
 
     def complete(shorter: optuna.Trial, value: float) -> None:
         _count(summary, _finish(job.study, shorter, TrialState.COMPLETE, value))

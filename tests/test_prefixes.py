@@ -21,11 +21,11 @@ import optuna
 import pytest
 from optuna.trial import FrozenTrial, TrialState
 
-from hpo import stored
+from hpo import queue, stored
 from hpo.config import load_definition
 from hpo.objective import run_trial
 from hpo.storage import open_storage
-from hpo.study import create_study
+from hpo.study import create_study, trial_sampler
 from hpo.train import Params, TrainResult, train
 from hpo.worker import Job, run_worker
 
@@ -219,3 +219,15 @@ def test_repeats_need_a_grid(tmp_path: Path) -> None:
     result = run_hpo("create", str(study_file), storage=f"sqlite:///{tmp_path / 'hpo.db'}")
     user_error(result, "study.repeats = 2 needs the grid sampler")
     assert not (tmp_path / "hpo.db").exists()
+
+
+def test_workers_take_a_repeat_at_a_time_longest_points_first(tmp_path: Path) -> None:
+    """So that a study stopped early holds whole repeats, and its last runs are short ones."""
+    body = PREFIX_GRID.replace("repeats = 2", "repeats = 2\nshare_prefixes = false").replace("[1, 2]", "[1, 3]")
+    definition = load_definition(write_study(tmp_path, "order", body))
+    study, _ = create_study(open_storage(f"sqlite:///{tmp_path / 'hpo.db'}"), definition)
+    taken = []
+    while (trial := queue.claim(study, trial_sampler(definition))) is not None:
+        attrs = stored.frozen(trial).system_attrs
+        taken.append((attrs[stored.REPEAT], attrs[stored.EPOCHS]))
+    assert taken == [(0, 3), (0, 3), (0, 1), (0, 1), (1, 3), (1, 3), (1, 1), (1, 1)]
