@@ -49,21 +49,31 @@ class EpochReporter(keras.callbacks.Callback):
     """Reports validation accuracy after every epoch and stops the fit if the pruner says so.
 
     ``shorter`` trials of a shared run get the epochs up to their own count, as their own
-    training run would have reported them.
+    training run would have reported them; one whose writes are refused (another process
+    took it over) goes to ``on_lost`` and gets no more.
     """
 
-    def __init__(self, trial: optuna.Trial, shorter: Mapping[optuna.Trial, int] | None = None) -> None:
+    def __init__(self, trial: optuna.Trial, shorter: Mapping[optuna.Trial, int] | None = None,
+                 on_lost: Callable[[optuna.Trial], None] | None = None) -> None:
         super().__init__()
-        self.trial = trial
-        self.shorter = [(t, epochs) for t, epochs in (shorter or {}).items()]
+        self.trial, self.on_lost = trial, on_lost
+        self.shorter = dict(shorter or {})
 
     def on_epoch_end(self, epoch: int, logs: Mapping[str, float] | None = None) -> None:
         value = (logs or {}).get("val_accuracy")
         if value is None:
             return
         step = epoch + 1
-        for trial in [self.trial, *(t for t, epochs in self.shorter if step <= epochs)]:
-            retrying(functools.partial(trial.report, float(value), step), what="report an epoch")
+        retrying(functools.partial(self.trial.report, float(value), step), what="report an epoch")
+        for trial, epochs in list(self.shorter.items()):
+            if step > epochs:
+                continue
+            try:
+                retrying(functools.partial(trial.report, float(value), step), what="report an epoch")
+            except optuna.exceptions.UpdateFinishedTrialError:
+                del self.shorter[trial]
+                if self.on_lost is not None:
+                    self.on_lost(trial)
         if self.trial.should_prune():
             raise optuna.TrialPruned(f"pruned after epoch {step} (val_accuracy {value:.4f})")
 
@@ -111,11 +121,21 @@ def run_trial(
         return float(value)
 
     def milestone(t: optuna.Trial) -> Callable[[TrainResult], None]:
-        return lambda result: run.complete(t, finish(t, result))
+        def reached(result: TrainResult) -> None:
+            if t.number in run.done:  # given up on the way (EpochReporter)
+                return
+            try:
+                value = finish(t, result)
+            except optuna.exceptions.UpdateFinishedTrialError:
+                run.drop(t)
+                return
+            run.complete(t, value)
+
+        return reached
 
     epochs = {t: params[t.number].epochs for t in run.shorter}
     result = train(params[trial.number], data, protocol=definition.protocol, fraction=definition.validation_split,
-                   seed=seed, callbacks=[EpochReporter(trial, epochs)],
+                   seed=seed, callbacks=[EpochReporter(trial, epochs, on_lost=run.drop)],
                    milestones={n: milestone(t) for t, n in epochs.items()})
     return finish(trial, result)
 

@@ -17,7 +17,7 @@ import signal
 import threading
 import time
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import FrameType
 from collections.abc import Callable, Sequence
 
@@ -111,10 +111,18 @@ class Run:
     trial: optuna.Trial
     shorter: list[optuna.Trial]
     complete: Callable[[optuna.Trial, float], None]
+    # For a shorter trial whose writes were refused (another process found it dead and retried
+    # it): give it up, and train on for the others.
+    drop: Callable[[optuna.Trial], None]
+    done: set[int] = field(default_factory=set)  # numbers of the shorter trials finished so far
 
     @property
     def trials(self) -> list[optuna.Trial]:
         return [self.trial, *self.shorter]
+
+    @property
+    def unfinished(self) -> list[optuna.Trial]:
+        return [t for t in self.trials if t.number not in self.done]
 
 
 Objective = Callable[[Run], float]  # returns the value of run.trial
@@ -177,9 +185,17 @@ def _shared_run(job: Job, trial: optuna.Trial, summary: WorkerSummary) -> Run:
     trials = sorted([trial, *group], key=lambda t: -queue.planned_epochs(stored.frozen(t)))
 
     def complete(shorter: optuna.Trial, value: float) -> None:
-        _count(summary, _finish(job.study, shorter, TrialState.COMPLETE, value))
+        state = _finish(job.study, shorter, TrialState.COMPLETE, value)
+        run.done.add(shorter.number)
+        _count(summary, state)
 
-    return Run(trials[0], trials[1:], complete)
+    def drop(shorter: optuna.Trial) -> None:
+        _dropped(shorter)
+        run.done.add(shorter.number)
+        summary.dropped += 1
+
+    run = Run(trials[0], trials[1:], complete, drop)
+    return run
 
 
 def _run_one(job: Job, run: Run, signals: _Signals, summary: WorkerSummary) -> None:
@@ -201,14 +217,21 @@ def _run_one(job: Job, run: Run, signals: _Signals, summary: WorkerSummary) -> N
             _fail_run(job, run, f"interrupted by {exc}", summary, interrupted=True)
             return
         except Exception as exc:  # noqa: BLE001  (a trial's failure is recorded, not fatal)
-            if _recovered(study, trial):  # its writes were refused: UpdateFinishedTrialError
-                _dropped(trial)
-                summary.dropped += 1
-                return
-            log.error("trial %d failed: %s\n%s", trial.number, exc, traceback.format_exc())
+            if not _lost(job, run, summary):  # else its writes were refused: UpdateFinishedTrialError
+                log.error("trial %d failed: %s\n%s", trial.number, exc, traceback.format_exc())
             _fail_run(job, run, f"{type(exc).__name__}: {exc}", summary)
             return
         _count(summary, _finish(study, trial, TrialState.COMPLETE, value))
+
+
+def _lost(job: Job, run: Run, summary: WorkerSummary) -> bool:
+    """Drop, with a warning each, the run's unfinished trials that another process has finished
+    (found dead, and retried); True if its main trial is among them."""
+    lost = [t for t in run.unfinished if _recovered(job.study, t)]
+    for t in lost:
+        _dropped(t)
+    summary.dropped += len(lost)
+    return run.trial in lost
 
 
 def _count(summary: WorkerSummary, state: TrialState | None) -> None:
@@ -246,13 +269,10 @@ def _finish(study: optuna.Study, trial: optuna.Trial, state: TrialState,
 
 
 def _fail_run(job: Job, run: Run, message: str, summary: WorkerSummary, *, interrupted: bool = False) -> None:
-    """Fail the run's trials not yet finished (a group's shorter points already passed stay
-    COMPLETE), then queue their retries."""
-    for trial in run.trials:
+    """Fail the run's trials still RUNNING (a group's shorter points already passed stay COMPLETE;
+    one another process failed first is its to retry), then queue their retries."""
+    for trial in run.unfinished:
         fail = functools.partial(queue.fail, job.study, stored.trial_id(trial), message, interrupted=interrupted)
         if retrying(fail, what="record a failed trial"):
             summary.failed += 1
-        elif trial is run.trial:
-            _dropped(trial)
-            summary.dropped += 1
     retrying(lambda: queue.sync(job.study, job.definition), what="queue a retry")

@@ -13,6 +13,7 @@ import multiprocessing
 import signal
 import subprocess
 import sys
+import threading
 from collections import Counter
 from pathlib import Path
 
@@ -231,3 +232,39 @@ def test_workers_take_a_repeat_at_a_time_longest_points_first(tmp_path: Path) ->
         attrs = stored.frozen(trial).system_attrs
         taken.append((attrs[stored.REPEAT], attrs[stored.EPOCHS]))
     assert taken == [(0, 3), (0, 3), (0, 1), (0, 1), (1, 3), (1, 3), (1, 1), (1, 1)]
+
+
+def test_a_shorter_point_taken_over_by_another_worker_is_dropped_and_the_run_goes_on(
+        storage_url: str, tmp_path: Path, small_data, caplog: pytest.LogCaptureFixture) -> None:  # type: ignore[no-untyped-def]
+    """Mid-run, another process finds the 2-epoch point dead (as when its heartbeats stop
+    arriving) and fails it: its retry stands, this run writes nothing more to it and still
+    completes its own 3-epoch point."""
+    body = PREFIX_GRID.replace("repeats = 2", "").replace("learning_rate = [0.001, 0.0001]", "learning_rate = [0.001]")
+    definition = load_definition(write_study(tmp_path, "taken", body.replace("[1, 2]", "[2, 3]")))
+    study, _ = create_study(open_storage(storage_url), definition)
+    taken: list[int] = []
+
+    def take_over(run) -> None:  # type: ignore[no-untyped-def]
+        """Another process: once epoch 1 is reported, fail the shorter trial, before epoch 2 ends."""
+        other = optuna.load_study(study_name="taken", storage=storage_url)
+        wait_for(lambda: other._storage.get_trial(run.trial._trial_id).intermediate_values, 60, "epoch 1",
+                 interval=0.02)
+        queue.fail(other, stored.trial_id(run.shorter[0]), "worker stopped sending heartbeats")
+        queue.sync(other, definition)
+
+    def objective(run) -> float:  # type: ignore[no-untyped-def]
+        if not taken:
+            taken.append(run.shorter[0].number)
+            threading.Thread(target=take_over, args=(run,)).start()
+        return run_trial(run, definition, small_data)
+
+    with caplog.at_level("WARNING"):
+        summary = run_worker([Job(study, definition, objective)])
+    trials = _trials(storage_url, "taken")
+    lost = next(t for t in trials if t.number == taken[0])
+    assert lost.state == TrialState.FAIL and "test_accuracy" not in lost.user_attrs
+    assert f"trial {lost.number} was recovered by another worker" in caplog.text
+    # The run's own 3-epoch point completed; the 2-epoch point's retry completed in a run of its own.
+    assert sorted((t.system_attrs[stored.EPOCHS], t.state.name) for t in trials) == [
+        (2, "COMPLETE"), (2, "FAIL"), (3, "COMPLETE")]
+    assert (summary.complete, summary.dropped, summary.failed) == (2, 1, 0)
