@@ -152,6 +152,24 @@ def open_storage(url: str | None = None, *, heartbeat: bool = True, retry_for: f
     return storage
 
 
+def _use_wal(conn: sqlite3.Connection) -> None:
+    """WAL lets readers (status, dashboard) run beside writers; it is stored in the file, so
+    setting it once holds for every later connection, Optuna's included.
+
+    Switching needs the file to itself, and SQLite answers "database is locked" at once, without
+    waiting, while another process has it open: several launchers creating one new file at the
+    same moment. Then the others go on; whoever has the file alone next (or its next open) sets it.
+    """
+    if conn.execute("PRAGMA journal_mode").fetchone()[0].lower() == "wal":
+        return
+    try:
+        conn.execute("PRAGMA journal_mode=WAL")
+    except sqlite3.OperationalError as exc:
+        if "locked" not in str(exc):
+            raise
+        log.info("SQLite journal mode left for another process to set: %s", exc)
+
+
 def _check_sqlite(database: str | None, create: bool) -> None:
     """Refuse, in one line, an SQLite path that cannot be a study database; set up WAL mode."""
     if not database or database == ":memory:":
@@ -167,9 +185,7 @@ def _check_sqlite(database: str | None, create: bool) -> None:
     try:
         with contextlib.closing(sqlite3.connect(path, timeout=SQLITE_BUSY_TIMEOUT_S)) as conn:
             if create:
-                # WAL lets readers (status, dashboard) run beside writers; it is stored in the
-                # file, so setting it once holds for every later connection, Optuna's included.
-                conn.execute("PRAGMA journal_mode=WAL")
+                _use_wal(conn)
             tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     except sqlite3.DatabaseError as exc:  # not a database, read-only file system, no permission
         raise StorageError(f"cannot use {path} as an SQLite database: {exc}") from None
