@@ -71,13 +71,17 @@ def trial_seed(definition: StudyDefinition, index: int) -> int:
     return definition.seed * 100_003 + index
 
 
-def prefix_groups(definition: StudyDefinition) -> dict[int, int]:
+def grid_points(definition: StudyDefinition) -> list[dict[str, Any]]:
+    """A grid's points by grid id, as GridSampler (shuffled by the study's seed) numbers them."""
+    sampler = QueuedGridSampler(grid_search_space(definition), seed=definition.seed)
+    return [sampler.point(g) for g in range(len(definition.grid_points))]
+
+
+def prefix_groups(points: list[dict[str, Any]]) -> dict[int, int]:
     """Grid id -> grid id of the longest point that differs from it only in epochs.
 
     Such points form a group that one training run completes (see :mod:`hpo.worker`).
     """
-    sampler = QueuedGridSampler(grid_search_space(definition), seed=definition.seed)
-    points = [sampler.point(g) for g in range(len(definition.grid_points))]
 
     def key(point: dict[str, Any]) -> tuple[tuple[str, str], ...]:
         return tuple(sorted((k, repr(v)) for k, v in point.items() if k != "epochs"))
@@ -102,18 +106,18 @@ def claim_order(trial: FrozenTrial) -> tuple[int, int, int]:
     return int(trial.system_attrs.get(stored.REPEAT, 0)), -planned_epochs(trial), trial.number
 
 
-def _first_try(definition: StudyDefinition, slot: int, groups: dict[int, int]) -> dict[str, Any]:
+def _first_try(definition: StudyDefinition, slot: int, points: list[dict[str, Any]],
+               groups: dict[int, int]) -> dict[str, Any]:
     """A slot's first trial. On a grid, slot = repeat x points + grid id, and the training seed
     is fixed now: the slot's own, or, with shared prefixes, that of its group's longest point."""
     attrs: dict[str, Any] = {stored.SLOT: slot, stored.ATTEMPT: 0}
     if definition.sampler != "grid":
         return attrs
-    n_points = len(definition.grid_points)
+    n_points = len(points)
     grid_id, repeat = slot % n_points, slot // n_points
-    point = QueuedGridSampler(grid_search_space(definition), seed=definition.seed).point(grid_id)
     attrs.update({stored.GRID_ID: grid_id, stored.GRID_SEARCH_SPACE: grid_search_space(definition),
                   stored.REPEAT: repeat, stored.RUN_SEED: trial_seed(definition, slot),
-                  stored.EPOCHS: int(point.get("epochs", 0))})
+                  stored.EPOCHS: int(points[grid_id].get("epochs", 0))})
     if groups:
         group = repeat * n_points + groups[grid_id]
         attrs.update({stored.GROUP: group, stored.RUN_SEED: trial_seed(definition, group)})
@@ -158,14 +162,15 @@ def add_missing(study: optuna.Study, definition: StudyDefinition, still_held: St
     A slot holding a WAITING, RUNNING, COMPLETE or PRUNED trial needs nothing.
     """
     slots = by_slot(study.get_trials(deepcopy=False))
-    groups = prefix_groups(definition) if definition.shares_prefixes else {}
+    points = grid_points(definition) if definition.sampler == "grid" else []
+    groups = prefix_groups(points) if definition.shares_prefixes else {}
     added = 0
     for slot in range(definition.n_trials):
         attempts = slots.get(slot, [])
         if any(t.state in LIVE for t in attempts):
             continue
         if not attempts:
-            system_attrs = _first_try(definition, slot, groups)
+            system_attrs = _first_try(definition, slot, points, groups)
         else:
             attempt = counted_attempts(attempts)
             if attempt > definition.max_retries:
@@ -226,7 +231,7 @@ def claim_group(study: optuna.Study, trial: optuna.Trial) -> list[optuna.Trial]:
     to it: groups may split under contention, and every trial still runs once.
     """
     storage = stored.storage_of(study)
-    group = storage.get_trial(stored.trial_id(trial)).system_attrs.get(stored.GROUP)
+    group = stored.frozen(trial).system_attrs.get(stored.GROUP)
     if group is None:
         return []
     waiting = storage.get_all_trials(stored.study_id(study), deepcopy=False, states=(TrialState.WAITING,))

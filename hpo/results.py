@@ -115,11 +115,10 @@ def study_status(study: optuna.Study, definition: StudyDefinition) -> StudyStatu
 
 def _coverage(definition: StudyDefinition, by_slot: dict[int, list[FrozenTrial]]) -> list[dict[str, Any]]:
     """Each grid point's parameters and the state of each of its repeats (slot = repeat x points + id)."""
-    sampler = queue.QueuedGridSampler(queue.grid_search_space(definition), seed=definition.seed)
-    n_points = len(definition.grid_points)
-    return [{"point": grid_id, "params": sampler.point(grid_id),
-             "repeats": [point_state(by_slot.get(r * n_points + grid_id, [])) for r in range(definition.repeats)]}
-            for grid_id in range(n_points)]
+    points = queue.grid_points(definition)
+    return [{"point": grid_id, "params": params,
+             "repeats": [point_state(by_slot.get(r * len(points) + grid_id, [])) for r in range(definition.repeats)]}
+            for grid_id, params in enumerate(points)]
 
 
 def _epochs(trial: FrozenTrial) -> tuple[int, int | None]:
