@@ -72,6 +72,9 @@ class StudyDefinition:
     references: tuple[Reference, ...] = field(default=())
     repeats: int = 1              # grid: trainings of every point, each with its own seed
     share_prefixes: bool = True   # grid: points that differ only in epochs share one training run
+    min_resource: int = 1         # hyperband: epochs of its first rung; the last is the top of the epoch range
+    reduction_factor: int = 3     # hyperband: 1/reduction_factor of a rung's trials go on to the next
+    points: tuple[Mapping[str, Any], ...] = ()  # grid: explicit points, in place of the axes' product
 
     @property
     def grid(self) -> dict[str, list[Any]]:
@@ -86,8 +89,17 @@ class StudyDefinition:
 
     @property
     def grid_points(self) -> list[dict[str, Any]]:
+        """A grid's points: the product of its axes, or the points it lists (a confirmation)."""
+        if self.points:
+            return [dict(point) for point in self.points]
         names = list(self.space)
         return [dict(zip(names, combo, strict=True)) for combo in itertools.product(*self.grid.values())]
+
+    @property
+    def max_epochs(self) -> int:
+        """The most epochs any trial trains: Hyperband's largest resource."""
+        spec = self.space["epochs"]
+        return int(spec.high) if isinstance(spec, Range) else int(max(spec))
 
     @property
     def n_trials(self) -> int:
@@ -108,6 +120,7 @@ class StudyDefinition:
             for name, spec in self.space.items()
         }
         data["references"] = [asdict(ref) for ref in self.references]
+        data["points"] = [dict(point) for point in self.points]
         return data
 
 
@@ -131,8 +144,9 @@ def definition_from_dict(data: Mapping[str, Any], origin: str = "stored definiti
         for name, spec in data["space"].items()
     }
     refs = tuple(Reference(**ref) for ref in data.get("references", ()))
-    fields = {k: v for k, v in data.items() if k not in ("space", "references")}
-    definition = StudyDefinition(**fields, space=space, references=refs)
+    points = tuple(dict(point) for point in data.get("points", ()))
+    fields = {k: v for k, v in data.items() if k not in ("space", "references", "points")}
+    definition = StudyDefinition(**fields, space=space, references=refs, points=points)
     # The name is not checked again here: a study stored by an older hpo may carry a name the
     # study files no longer accept, and whatever writes files from it makes the name safe.
     _validate_space(definition.space, definition.sampler, origin)
@@ -164,7 +178,7 @@ _SECTIONS = {
     "study": {"name", "description", "direction", "metric", "trials", "max_retries", "experiment", "repeats",
               "share_prefixes"},
     "sampler": {"type", "seed"},
-    "pruner": {"type"},
+    "pruner": {"type", "min_resource", "reduction_factor"},
     "data": {"protocol", "validation_split"},
     "space": set(PARAMETERS),
     "reference": {"test_accuracy", "test_loss", *PARAMETERS},
@@ -247,6 +261,16 @@ def _parse(raw: dict[str, Any], origin: str) -> StudyDefinition:
     if repeats > 1 and sampler_type != "grid":
         study.fail("study.repeats", repeats, f"needs the grid sampler; a {sampler_type} study sets study.trials")
     share_prefixes = study.get("share_prefixes", bool, True)
+    pruner_type = pruner.choice("type", PRUNERS, "none")
+    for key in ("min_resource", "reduction_factor"):
+        if key in pruner.table and pruner_type != "hyperband":
+            pruner.fail(f"pruner.{key}", pruner.table[key], "is a hyperband setting; pruner.type is not hyperband")
+    min_resource = pruner.get("min_resource", int, 1)
+    if min_resource < 1:
+        pruner.fail("pruner.min_resource", min_resource, "must be at least 1 epoch")
+    reduction_factor = pruner.get("reduction_factor", int, 3)
+    if reduction_factor < 2:
+        pruner.fail("pruner.reduction_factor", reduction_factor, "must be at least 2")
 
     space = {key: _parse_spec(space_reader, key) for key in PARAMETERS if key in space_reader.table}
     missing = [key for key in PARAMETERS if key not in space]
@@ -261,7 +285,7 @@ def _parse(raw: dict[str, Any], origin: str) -> StudyDefinition:
         metric=metric,
         sampler=sampler_type,
         seed=sampler.get("seed", int, 0),
-        pruner=pruner.choice("type", PRUNERS, "none"),
+        pruner=pruner_type,
         protocol=protocol,
         validation_split=split if protocol == "validation_split" else 0.0,
         trials=trials,
@@ -271,9 +295,14 @@ def _parse(raw: dict[str, Any], origin: str) -> StudyDefinition:
         references=tuple(_parse_references(raw.get("reference", []), origin)),
         repeats=repeats,
         share_prefixes=share_prefixes,
+        min_resource=min_resource,
+        reduction_factor=reduction_factor,
     )
     if sampler_type in ("grid", "fixed") and definition.pruner != "none":
         pruner.fail("pruner.type", definition.pruner, f"cannot be used with the {sampler_type} sampler")
+    if definition.pruner == "hyperband" and min_resource >= definition.max_epochs:
+        pruner.fail("pruner.min_resource", min_resource,
+                    f"must be less than the most epochs a trial trains ({definition.max_epochs})")
     return definition
 
 

@@ -72,7 +72,10 @@ def trial_seed(definition: StudyDefinition, index: int) -> int:
 
 
 def grid_points(definition: StudyDefinition) -> list[dict[str, Any]]:
-    """A grid's points by grid id, as GridSampler (shuffled by the study's seed) numbers them."""
+    """A grid's points by grid id, as GridSampler (shuffled by the study's seed) numbers them;
+    the points a grid lists (a confirmation), in their order."""
+    if definition.points:
+        return definition.grid_points
     sampler = QueuedGridSampler(grid_search_space(definition), seed=definition.seed)
     return [sampler.point(g) for g in range(len(definition.grid_points))]
 
@@ -115,8 +118,13 @@ def _first_try(definition: StudyDefinition, slot: int, points: list[dict[str, An
         return attrs
     n_points = len(points)
     grid_id, repeat = slot % n_points, slot // n_points
-    attrs.update({stored.GRID_ID: grid_id, stored.GRID_SEARCH_SPACE: grid_search_space(definition),
-                  stored.REPEAT: repeat, stored.RUN_SEED: trial_seed(definition, slot),
+    if definition.points:
+        # Listed points are no product of axes for GridSampler: the trial suggests them as fixed.
+        fixed = definition.fixed
+        attrs[stored.FIXED_PARAMS] = {k: v for k, v in points[grid_id].items() if k not in fixed}
+    else:
+        attrs.update({stored.GRID_ID: grid_id, stored.GRID_SEARCH_SPACE: grid_search_space(definition)})
+    attrs.update({stored.POINT: grid_id, stored.REPEAT: repeat, stored.RUN_SEED: trial_seed(definition, slot),
                   stored.EPOCHS: int(points[grid_id].get("epochs", 0))})
     if groups:
         group = repeat * n_points + groups[grid_id]

@@ -243,3 +243,42 @@ def _configuration_row(params: dict[str, Any], trials: list[FrozenTrial], metric
     for name, values in columns.items():
         row[f"mean_{name}"], row[f"std_{name}"] = mean_std(values)
     return row
+
+
+# --- a search's progress -------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class CurvePoint:
+    """Where a search stood when one more trial finished."""
+
+    trial: int
+    epochs: int            # training epochs spent so far, by every finished trial (pruned and failed too)
+    seconds: float         # since the study's first trial started
+    best: float | None     # the best metric of a COMPLETE trial so far
+
+
+def epochs_trained(trial: FrozenTrial) -> int:
+    """Epochs a trial trained itself: one reported value per epoch, so a trial pruned or failed
+    after 3 epochs counts 3. A trial that a shared run completed on the way trained none itself
+    (its run's trial counts them)."""
+    run = trial.user_attrs.get(stored.PREFIX_RUN)
+    if run is not None and run != trial.number:
+        return 0
+    return len(trial.intermediate_values)
+
+
+def search_curve(study: optuna.Study, definition: StudyDefinition) -> list[CurvePoint]:
+    """Best metric so far against training epochs spent and wall time, trial by finished trial."""
+    finished = [t for t in study.get_trials(deepcopy=False)
+                if t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL) and t.datetime_complete]
+    if not finished:
+        return []
+    start = min(t.datetime_start or t.datetime_complete for t in finished)
+    pick = max if definition.direction == "maximize" else min
+    points, epochs, best = [], 0, None
+    for trial in sorted(finished, key=lambda t: (t.datetime_complete, t.number)):
+        epochs += epochs_trained(trial)
+        if trial.state == TrialState.COMPLETE and trial.value is not None and math.isfinite(trial.value):
+            best = trial.value if best is None else pick(best, trial.value)
+        points.append(CurvePoint(trial.number, epochs, (trial.datetime_complete - start).total_seconds(), best))
+    return points

@@ -28,6 +28,7 @@ REPEAT = "hpo:repeat"              # grid: which training of its point (0, 1, ..
 GROUP = "hpo:group"                # grid with shared prefixes: slot of the longest point of the group
 RUN_SEED = "hpo:seed"              # grid: the training seed, fixed when queued (a group shares one)
 EPOCHS = "hpo:epochs"              # grid: the point's epochs, so that workers claim the longest first
+POINT = "hpo:point"                # grid: the point's index (its grid id; a confirmation's configuration)
 
 # --- trial system attributes that Optuna itself reads ------------------------------------------
 FIXED_PARAMS = "fixed_params"      # optuna.Trial suggests these values as they are (a retry's params)

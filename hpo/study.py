@@ -49,7 +49,10 @@ def make_pruner(definition: StudyDefinition) -> optuna.pruners.BasePruner:
     if definition.pruner == "median":
         return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=2)
     if definition.pruner == "hyperband":
-        return optuna.pruners.HyperbandPruner()
+        # Resources are epochs: rungs at min_resource x reduction_factor^k, up to the epoch range's top.
+        return optuna.pruners.HyperbandPruner(min_resource=definition.min_resource,
+                                              max_resource=definition.max_epochs,
+                                              reduction_factor=definition.reduction_factor)
     return optuna.pruners.NopPruner()
 
 

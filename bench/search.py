@@ -1,0 +1,330 @@
+"""Issue 11's benchmark: does a search find the grid's best configuration with fewer epochs?
+
+On one fixed, stratified subset (``--subset`` training images, the last 20% of them held out
+for validation, ``--subset``/5 test images), through the real service (``hpo launch``, one
+SQLite file for every study):
+
+- the report's exp3 grid over its own space (studies/exp3.toml, validation scored), the baseline;
+- over the space of studies/search.toml: random search, TPE without pruning, TPE with median
+  pruning and TPE with Hyperband, each with ``--seeds`` study seeds, each stopped once its
+  finished trials have spent ``--budget`` training epochs (default: the grid's 270, as the
+  report ran it).
+
+Then ``hpo confirm`` retrains each method's best configuration (best over its seeds) with fresh
+seeds on the whole training subset, scored on the test images; ``--phase analyse`` prints the
+table, the epochs each run needed to reach the grid's best validation accuracy, and draws the
+curves (median and range over seeds) into ``--out``.
+
+    python bench/search.py --subset 2000 --out bench/results/search
+
+Phases can run apart (``--phase run|confirm|analyse``) on the same ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import time
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import optuna
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import describe_machine
+
+from hpo.config import load_definition
+from hpo.results import search_curve
+from hpo.study import load_study
+
+ROOT = Path(__file__).resolve().parent.parent
+METHODS = {  # name: (sampler, pruner)
+    "random": ("random", "none"),
+    "tpe": ("tpe", "none"),
+    "tpe-median": ("tpe", "median"),
+    "tpe-hyperband": ("tpe", "hyperband"),
+}
+GRID = "bench-grid"
+REPORT_BEST = 0.7026  # the report's best test accuracy (exp4, one run)
+
+
+def study_name(method: str, seed: int) -> str:
+    return f"bench-{method}-s{seed}"
+
+
+def grid_file(folder: Path) -> Path:
+    """studies/exp3.toml under another name: the grid over its own space, validation scored."""
+    text = (ROOT / "studies" / "exp3.toml").read_text(encoding="utf-8")
+    path = folder / "grid.toml"
+    path.write_text(text.replace('name = "exp3"', f'name = "{GRID}"', 1), encoding="utf-8")
+    return path
+
+
+def method_file(folder: Path, method: str, seed: int, trials: int) -> Path:
+    """studies/search.toml's space and data protocol, with this method's sampler, pruner and seed."""
+    raw = tomllib.loads((ROOT / "studies" / "search.toml").read_text(encoding="utf-8"))
+    sampler, pruner = METHODS[method]
+    space = "\n".join(f"{key} = {_toml(value)}" for key, value in raw["space"].items())
+    text = f"""[study]
+name = "{study_name(method, seed)}"
+description = "bench/search.py: {method}, study seed {seed}, over studies/search.toml's space"
+metric = "val_accuracy"
+trials = {trials}
+
+[sampler]
+type = "{sampler}"
+seed = {seed}
+
+[pruner]
+type = "{pruner}"
+
+[data]
+protocol = "validation_split"
+validation_split = {raw["data"]["validation_split"]}
+
+[space]
+{space}
+"""
+    path = folder / f"{method}-s{seed}.toml"
+    path.write_text(text, encoding="utf-8")
+    load_definition(path)  # refuse a bad file here, not in the middle of the benchmark
+    return path
+
+
+def _toml(value: Any) -> str:
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{k} = {_toml(v)}" for k, v in value.items()) + " }"
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return json.dumps(value)
+    return repr(value)
+
+
+def hpo_command(args: argparse.Namespace, *rest: str) -> list[str]:
+    command = [sys.executable, "-m", "hpo", "--storage", args.url, *rest]
+    return command
+
+
+def launch(args: argparse.Namespace, study_file: Path, name: str, budget: int | None) -> dict[str, Any]:
+    """``hpo launch`` the study; with a budget, stop it (as Ctrl-C does) once its finished and
+    running trials have spent that many epochs."""
+    command = hpo_command(args, "launch", str(study_file), "-n", str(args.workers), "--subset", str(args.subset),
+                          "--artifacts", str(args.out / "artifacts"), "--logs", str(args.out / "logs"))
+    if args.data:
+        command += ["--data", args.data]
+    started = time.perf_counter()
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    stopped_at = None
+    while proc.poll() is None:
+        time.sleep(2.0)
+        if budget is not None and stopped_at is None and _epochs_spent(args.url, name) >= budget:
+            stopped_at = time.perf_counter() - started
+            os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate()
+    wall = time.perf_counter() - started
+    if proc.returncode not in (0, 130) and stopped_at is None:
+        sys.stderr.write(err[-4000:])
+        raise SystemExit(f"hpo launch {study_file} failed with exit code {proc.returncode}")
+    print(f"{name}: {wall:.0f} s" + (f", stopped at the budget after {stopped_at:.0f} s" if stopped_at else ""),
+          flush=True)
+    return {"study": name, "wall_s": round(wall, 1), "stopped_s": stopped_at and round(stopped_at, 1)}
+
+
+def _epochs_spent(url: str, name: str) -> int:
+    try:
+        study = optuna.load_study(study_name=name, storage=url)
+    except KeyError:
+        return 0  # not created yet
+    return sum(len(t.intermediate_values) for t in study.get_trials(deepcopy=False))
+
+
+def run_phase(args: argparse.Namespace) -> None:
+    describe_machine("bench/search.py run")
+    files = args.out / "studies"
+    files.mkdir(parents=True, exist_ok=True)
+    runs = [launch(args, grid_file(files), GRID, None)]
+    grid_epochs = args.budget
+    for seed in args.seeds:
+        for method in METHODS:
+            name = study_name(method, seed)
+            runs.append(launch(args, method_file(files, method, seed, args.max_trials), name, grid_epochs))
+            _save(args, "runs.json", runs)
+    describe_machine("bench/search.py run, end")
+
+
+def _save(args: argparse.Namespace, name: str, data: Any) -> None:
+    (args.out / name).write_text(json.dumps(data, indent=1), encoding="utf-8")
+
+
+def curves(args: argparse.Namespace) -> dict[str, list[Any]]:
+    """Per study: (epochs spent, seconds, best val accuracy so far) after each finished trial."""
+    out = {}
+    storage = optuna.storages.RDBStorage(args.url)
+    for summary in optuna.get_all_study_summaries(storage):
+        if not summary.study_name.startswith("bench-") or summary.study_name.endswith("-confirm"):
+            continue
+        study, definition = load_study(storage, summary.study_name)
+        out[summary.study_name] = [(p.epochs, p.seconds, p.best) for p in search_curve(study, definition)]
+    return out
+
+
+def best_at(curve: list[Any], epochs: float) -> float | None:
+    """The best value a curve had reached with at most ``epochs`` spent."""
+    best = None
+    for spent, _, value in curve:
+        if spent > epochs:
+            break
+        best = value
+    return best
+
+
+def epochs_to_reach(curve: list[Any], target: float, budget: int) -> int | None:
+    """Epochs spent when the curve first reached ``target`` within the budget, else None."""
+    for spent, _, value in curve:
+        if spent > budget:
+            return None
+        if value is not None and value >= target:
+            return spent
+    return None
+
+
+def confirm_phase(args: argparse.Namespace) -> None:
+    """Each method's best configuration over its seeds (and the grid's), retrained with fresh seeds."""
+    storage = optuna.storages.RDBStorage(args.url)
+    chosen = {}
+    for method in ("grid", *METHODS):
+        names = [GRID] if method == "grid" else [study_name(m, s) for m in [method] for s in args.seeds]
+        best = None
+        for name in names:
+            study, _ = load_study(storage, name)
+            trials = [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+                      if _spent_before(study, t) <= args.budget]
+            for t in trials:
+                if best is None or t.value > best[1]:
+                    best = (name, t.value, t.number)
+        chosen[method] = best
+    for method, (name, value, number) in chosen.items():
+        print(f"confirming {method}: {name} trial {number} (val accuracy {value:.4f})", flush=True)
+        command = hpo_command(args, "confirm", name, "--top", "1", "--repeats", str(args.confirm_repeats),
+                              "-n", str(args.workers), "--subset", str(args.subset),
+                              "--artifacts", str(args.out / "artifacts"), "--logs", str(args.out / "logs"))
+        if args.data:
+            command += ["--data", args.data]
+        subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+    _save(args, "confirmed.json", {m: list(c) for m, c in chosen.items()})
+
+
+def _spent_before(study: optuna.Study, trial: Any) -> int:
+    """Epochs the study had spent when ``trial`` finished (its own included)."""
+    for point in search_curve(study, load_study(study._storage, study.study_name)[1]):
+        if point.trial == trial.number:
+            return point.epochs
+    return 0
+
+
+def analyse_phase(args: argparse.Namespace) -> None:
+    data = curves(args)
+    _save(args, "curves.json", data)
+    grid = data[GRID]
+    grid_best = max(v for _, _, v in grid if v is not None)
+    grid_epochs = grid[-1][0]
+    print(f"grid: best val accuracy {grid_best:.4f}, {grid_epochs} epochs trained "
+          f"({len(grid)} trials; 270 epochs without shared prefixes)")
+    rows = []
+    for method in METHODS:
+        names = [study_name(method, s) for s in args.seeds]
+        reach = [epochs_to_reach(data[n], grid_best, args.budget) for n in names]
+        final = [best_at(data[n], args.budget) for n in names]
+        at_third = [best_at(data[n], args.budget / 3) for n in names]
+        rows.append({
+            "method": method,
+            "epochs_to_grid_best": reach,
+            "median_epochs": _median_or_none(reach, args.budget),
+            "best_at_budget": final,
+            "best_at_third": at_third,
+            "trials": [len(data[n]) for n in names],
+        })
+    _save(args, "summary.json", {"grid_best": grid_best, "grid_epochs": grid_epochs, "rows": rows})
+    for row in rows:
+        print(json.dumps(row))
+    _figure(args, data, grid_best)
+
+
+def _median_or_none(values: list[int | None], budget: int) -> float | None:
+    """Median epochs to reach, counting a run that never reached as more than the budget."""
+    ranked = sorted(v if v is not None else budget + 1 for v in values)
+    median = statistics.median(ranked)
+    return None if median > budget else median
+
+
+def _figure(args: argparse.Namespace, data: dict[str, list[Any]], grid_best: float) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = list(range(1, args.budget + 1))
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for method in METHODS:
+        runs = [[best_at(data[study_name(method, s)], e) for e in steps] for s in args.seeds]
+        lows, mids, highs, xs = [], [], [], []
+        for i, e in enumerate(steps):
+            values = [r[i] for r in runs if r[i] is not None]
+            if len(values) == len(runs):
+                xs.append(e)
+                lows.append(min(values))
+                mids.append(statistics.median(values))
+                highs.append(max(values))
+        (line,) = ax.step(xs, mids, where="post", label=f"{method} (median of {len(runs)} seeds)")
+        ax.fill_between(xs, lows, highs, step="post", alpha=0.2, color=line.get_color())
+    grid = data[GRID]
+    ax.step([p[0] for p in grid], [p[2] for p in grid], where="post", color="black",
+            label="exp3 grid (shared prefixes)")
+    ax.axhline(grid_best, color="black", linestyle="--", linewidth=1, label=f"grid's best {grid_best:.3f}")
+    ax.axvline(args.budget / 3, color="grey", linestyle=":", linewidth=1, label="a third of the grid's 270 epochs")
+    ax.set_xlabel("training epochs spent")
+    ax.set_ylabel("best validation accuracy so far")
+    ax.set_title(f"Search vs grid, {args.subset} CIFAR-10 images (band: range over seeds)")
+    ax.legend(fontsize=8, loc="lower right")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(args.out / "search_curves.png", dpi=120)
+    print(f"wrote {args.out / 'search_curves.png'}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--subset", type=int, default=2000, help="training images (stratified)")
+    parser.add_argument("--budget", type=int, default=270, help="epochs per search run (the grid's, unshared)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--max-trials", type=int, default=300, help="trials queued per search study")
+    parser.add_argument("--confirm-repeats", type=int, default=3)
+    parser.add_argument("--data", default=os.environ.get("HPO_DATA"))
+    parser.add_argument("--out", type=Path, default=Path("bench/results/search"))
+    parser.add_argument("--phase", choices=["all", "run", "confirm", "analyse"], default="all")
+    args = parser.parse_args()
+    args.out = args.out.resolve()
+    args.out.mkdir(parents=True, exist_ok=True)
+    args.url = f"sqlite:///{args.out / 'hpo.db'}"
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    if args.phase in ("all", "run"):
+        run_phase(args)
+    if args.phase in ("all", "confirm"):
+        confirm_phase(args)
+    if args.phase in ("all", "analyse"):
+        analyse_phase(args)
+
+
+if __name__ == "__main__":
+    main()
