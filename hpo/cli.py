@@ -27,7 +27,7 @@ from optuna.storages import RDBStorage
 # hpo.artifacts, hpo.report) are imported by the commands that need them; these load neither.
 from hpo import device, paths, queue, stored, tables
 from hpo import launch as launcher
-from hpo.config import StudyDefinition, load_definition
+from hpo.config import StudyDefinition, load_definition, name_problem
 from hpo.data import load_dataset
 from hpo.errors import ConfigError, HpoError, OutputError
 from hpo.results import EXPORT_COLUMNS, best_trial_rows, configuration_columns, configuration_rows, study_status
@@ -240,17 +240,59 @@ def worker(ctx: click.Context, studies: tuple[str, ...], data: str | None, subse
         os._exit(130)
 
 
+def _pool_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """The options of a command that runs a pool of workers here (launch, confirm)."""
+    options = [
+        click.option("-n", "--workers", type=click.IntRange(min=1),
+                     help="Worker processes [default: from the hardware]."),
+        click.option("--gpus", metavar="IDS", help="Comma-separated GPU ids, workers placed round-robin."),
+        *_data_options,
+        _artifacts_option(),
+        click.option("--logs", "log_dir", default="hpo-logs", show_default=True, help="Folder for worker logs."),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+class _Pool:
+    """A pool of worker processes on this machine for some studies: every option checked and the
+    data decoded (once, for all workers) when made, before anything is written; then run."""
+
+    def __init__(self, ctx: click.Context, names: Sequence[str], *, workers: int | None, gpus: str | None,
+                 data: str | None, subset: int | None, threads: int | None, artifacts: str | None,
+                 log_dir: str) -> None:
+        self.ctx, self.names = ctx, list(names)
+        self.url = _storage_url(ctx)
+        heartbeat_settings()
+        self.logs = paths.folder(Path(log_dir) / (names[0] if len(names) == 1 else _joined(names)), "--logs",
+                                 make=False)
+        _artifact_folder(ctx, artifacts, make=False)
+        gpu_ids = [g.strip() for g in gpus.split(",") if g.strip()] if gpus else []
+        self.placements = launcher.plan(workers or launcher.default_workers(gpu_ids), gpus=gpu_ids, threads=threads)
+        load_dataset(data, subset=subset)
+        self.args: list[str] = []
+        for flag, value in (("--data", data), ("--subset", subset), ("--artifacts", artifacts)):
+            if value is not None:
+                self.args += [flag, str(value)]
+
+    def run(self, studies: Sequence[tuple[Study, StudyDefinition]]) -> int:
+        return launcher.launch(studies, self.url, self.placements, self.args, self.logs)
+
+    def storage_flag(self) -> str:
+        """' --storage URL' for the commands printed after a run, password hidden; nothing where
+        HPO_STORAGE named the storage (it still does)."""
+        storage = self.ctx.obj["storage"]
+        from_flag = storage is not None and storage != os.environ.get("HPO_STORAGE")
+        return f" --storage '{display_url(self.url)}'" if from_flag else ""
+
+
 @main.command()
 @click.argument("study_files", metavar="STUDY_FILE...", nargs=-1, required=True)
-@click.option("-n", "--workers", type=click.IntRange(min=1), help="Worker processes [default: from the hardware].")
-@click.option("--gpus", metavar="IDS", help="Comma-separated GPU ids, workers placed round-robin.")
-@_with_data_options
-@_artifacts_option()
-@click.option("--logs", "log_dir", default="hpo-logs", show_default=True, help="Folder for worker logs.")
+@_pool_options
 @_common_options
 @click.pass_context
-def launch(ctx: click.Context, study_files: tuple[str, ...], workers: int | None, gpus: str | None,
-           data: str | None, subset: int | None, threads: int | None, artifacts: str | None, log_dir: str) -> None:
+def launch(ctx: click.Context, study_files: tuple[str, ...], **options: Any) -> None:
     """Create each STUDY_FILE's study if needed and run one pool of worker processes on them all.
 
     Several files (or a quoted glob such as 'studies/exp*.toml') share the workers: they take
@@ -259,29 +301,53 @@ def launch(ctx: click.Context, study_files: tuple[str, ...], workers: int | None
     # Everything is checked before the first write: a refused command changes nothing.
     definitions = _definitions(study_files)
     names = [d.name for d in definitions]
-    url = _storage_url(ctx)
-    heartbeat_settings()
-    logs = paths.folder(Path(log_dir) / (names[0] if len(names) == 1 else _joined(names)), "--logs", make=False)
-    _artifact_folder(ctx, artifacts, make=False)
-    gpu_ids = [g.strip() for g in gpus.split(",") if g.strip()] if gpus else []
-    n = workers or launcher.default_workers(gpu_ids)
-    placements = launcher.plan(n, gpus=gpu_ids, threads=threads)
-    # Decode and cache the data once here, so N workers do not all start by decoding it.
-    load_dataset(data, subset=subset)
+    pool = _Pool(ctx, names, **options)
     storage = _open(ctx, retry_for=60.0)
-    studies = [(create_study(storage, d)[0], d) for d in definitions]
+    code = pool.run([(create_study(storage, d)[0], d) for d in definitions])
+    flag = pool.storage_flag()
+    report = f"report:      hpo{flag} report --output report/\n" if len(names) > 1 else ""
+    click.echo(f"best trials: hpo{flag} export {names[0]}\n{report}"
+               f"dashboard:   hpo{flag} dashboard   (then open http://127.0.0.1:8080)", err=True)
+    ctx.exit(code)
 
-    args: list[str] = []
-    for flag, value in (("--data", data), ("--subset", subset), ("--artifacts", artifacts)):
-        if value is not None:
-            args += [flag, str(value)]
-    code = launcher.launch(studies, url, placements, args, logs)
-    # The password never reaches the terminal. Where HPO_STORAGE named the storage, it still does.
-    from_flag = ctx.obj["storage"] is not None and ctx.obj["storage"] != os.environ.get("HPO_STORAGE")
-    storage_flag = f" --storage '{display_url(url)}'" if from_flag else ""
-    report = f"report:      hpo{storage_flag} report --output report/\n" if len(names) > 1 else ""
-    click.echo(f"best trials: hpo{storage_flag} export {names[0]}\n{report}"
-               f"dashboard:   hpo{storage_flag} dashboard   (then open http://127.0.0.1:8080)", err=True)
+
+@main.command()
+@click.argument("study")
+@click.option("--top", "top", type=click.IntRange(min=1), default=3, show_default=True,
+              help="Confirm the K best configurations of STUDY.")
+@click.option("--repeats", type=click.IntRange(min=1), default=3, show_default=True,
+              help="Trainings of each, with fresh seeds.")
+@click.option("--name", help="The confirmation study's name [default: STUDY-confirm].")
+@_pool_options
+@_common_options
+@click.pass_context
+def confirm(ctx: click.Context, study: str, top: int, repeats: int, name: str | None, **options: Any) -> None:
+    """Train STUDY's best configurations again with fresh seeds, on the whole training set, and
+    score them on the test set: the search's value beside a mean and spread one can defend.
+
+    The runs are a study of their own (STUDY-confirm), linked to the trials they confirm.
+    """
+    from hpo import confirm as confirmation  # noqa: PLC0415  (results tables, only here and in export)
+
+    _, search_study, search = _existing_study(ctx, study)
+    best = confirmation.top_trials(search_study, search, top)
+    definition = confirmation.confirmation_definition(search, best, repeats, name)
+    problem = name_problem(definition.name)
+    if problem:
+        raise ConfigError(f"--name {definition.name!r} {problem}")
+    confirmation.check_fresh_seeds(search_study, search, definition)
+    if len(best) < top:
+        click.echo(f"hpo: study {study} has {len(best)} COMPLETE configurations; confirming those", err=True)
+    pool = _Pool(ctx, [definition.name], **options)
+    storage = _open(ctx, retry_for=60.0)
+    confirm_study, _ = create_study(
+        storage, definition, {stored.CONFIRMS: confirmation.link(search_study, search, best)})
+    code = pool.run([(confirm_study, definition)])
+    rows = confirmation.confirmed_rows(confirm_study, definition)
+    click.echo(tables.render(rows, "table", columns=confirmation.CONFIRMED_COLUMNS), nl=False)
+    flag = pool.storage_flag()
+    click.echo(f"search {search.metric} beside the confirmed test accuracy; again: "
+               f"hpo{flag} export {definition.name}", err=True)
     ctx.exit(code)
 
 
@@ -336,23 +402,39 @@ def status(ctx: click.Context, study: str | None, fmt: str) -> None:
 @click.argument("study")
 @click.option("--format", "fmt", type=click.Choice(list(tables.FORMATS)), default="table", show_default=True)
 @click.option("--output", "-o", type=click.Path(dir_okay=False), help="Write to FILE, not stdout.")
-@click.option("--by", type=click.Choice(["trial", "configuration"]), default="trial", show_default=True,
-              help="One row per trial, or per configuration: n, mean and std over its COMPLETE trials.")
+@click.option("--by", type=click.Choice(["trial", "configuration"]),
+              help="One row per trial, or per configuration: n, mean and std over its COMPLETE trials "
+                   "[default: trial; configuration for a confirmation study].")
 @_common_options
 @click.pass_context
-def export(ctx: click.Context, study: str, fmt: str, output: str | None, by: str) -> None:
-    """Write STUDY's best-trial table, best first."""
+def export(ctx: click.Context, study: str, fmt: str, output: str | None, by: str | None) -> None:
+    """Write STUDY's best-trial table, best first.
+
+    A search that has been confirmed (hpo confirm) gets the confirmed mean and spread of test
+    accuracy beside each confirmed configuration; a confirmation study shows, per configuration,
+    the search's value beside them.
+    """
+    from hpo import confirm as confirmation  # noqa: PLC0415  (loads hpo.study's neighbours only when needed)
+
     if output:
         paths.output_file(output, "--output")
     name = study
     if _is_study_file(study):
-
         name = load_definition(study).name
-    _, optuna_study, definition = _existing_study(ctx, name)
-    if by == "configuration":
+    storage, optuna_study, definition = _existing_study(ctx, name)
+    confirms = stored.CONFIRMS in optuna_study.user_attrs
+    by = by or ("configuration" if confirms else "trial")
+    columns: Sequence[str]
+    if by == "configuration" and confirms:
+        rows, columns = confirmation.confirmed_rows(optuna_study, definition), confirmation.CONFIRMED_COLUMNS
+    elif by == "configuration":
         rows, columns = configuration_rows(optuna_study, definition), configuration_columns(definition.metric)
     else:
         rows, columns = best_trial_rows(optuna_study, definition), EXPORT_COLUMNS
+    confirmed = confirmation.confirmed_by_configuration(storage, name)
+    if confirmed:
+        rows = [{**row, **confirmation.confirmed_columns(row, confirmed)} for row in rows]
+        columns = (*columns, *confirmation.CONFIRMED_EXTRA)
     text = tables.render(rows, fmt, columns=columns)
     if output:
         paths.write_text(Path(output), text, "--output")
@@ -385,8 +467,9 @@ def dashboard(ctx: click.Context, host: str, port: int, artifacts: str | None) -
 def report(ctx: click.Context, studies: tuple[str, ...], output: str, artifacts: str | None) -> None:
     """Write the report into DIR: Table 1 reproduced, figures and findings.
 
-    Without STUDIES, covers every study of the report's experiments in the storage; other
-    studies named here get their best-trial table and their best trial's plots.
+    Without STUDIES, covers the report's experiments, the searches (tpe, random) and their
+    confirmations in the storage; other studies named here get their best-trial table and
+    their best trial's plots. Searches get a progress figure and their confirmed configurations.
     """
     from hpo.report import write_report  # noqa: PLC0415  (matplotlib: only this command)
 

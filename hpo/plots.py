@@ -142,3 +142,36 @@ def best_trial_figures(storage: optuna.storages.BaseStorage, trial: FrozenTrial,
             missing.append("confusion matrix")
     problem = f"{' and '.join(missing)} not found in the artifact folder {folder}" if missing else None
     return figures, problem
+
+
+def search_progress(curves: Mapping[str, Sequence[Any]], references: Mapping[str, float], path: Path,
+                    metric: str) -> Path:
+    """Best ``metric`` so far of each search against training epochs spent (left) and wall time
+    (right), with horizontal reference lines (the report's best, the grid's best).
+
+    ``curves``: study name -> :class:`hpo.results.CurvePoint` list, as :func:`search_curve` gives it.
+    """
+    fig, (by_epochs, by_time) = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
+    for name, points in curves.items():
+        reached = [p for p in points if p.best is not None]
+        if not reached:
+            continue
+        (line,) = by_epochs.step([p.epochs for p in reached], [p.best for p in reached], where="post", label=name)
+        by_time.step([p.seconds / 60 for p in reached], [p.best for p in reached], where="post",
+                     color=line.get_color(), label=name)
+    styles = iter(["--", ":", "-."])
+    for label, value in references.items():
+        style = next(styles, "--")
+        for ax in (by_epochs, by_time):
+            ax.axhline(value, color="black", linestyle=style, linewidth=1, label=f"{label} {value:.4f}")
+    by_epochs.set_xlabel("training epochs spent (pruned and failed trials included)")
+    by_time.set_xlabel("wall-clock minutes since the study's first trial")
+    by_epochs.set_ylabel(f"best {metric} so far")
+    for ax in (by_epochs, by_time):
+        ax.grid(alpha=0.3)
+    by_time.legend(fontsize=8, loc="lower right")
+    fig.suptitle("Search progress")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -24,7 +24,9 @@ import optuna
 from hpo import plots, stored, tables
 from hpo.config import PARAMETERS
 from hpo.errors import ConfigError, HpoError
-from hpo.results import EXPORT_COLUMNS, best_trial_rows, configuration_columns, configuration_rows, trial_params
+from hpo.confirm import CONFIRMED_COLUMNS, confirmations_of, confirmed_rows
+from hpo.results import (EXPORT_COLUMNS, best_trial_rows, configuration_columns, configuration_rows, search_curve,
+                         trial_params)
 from hpo.storage import display_url
 from hpo.study import load_study
 from hpo.table1 import (BEYOND_NOISE, NOISE_RULE, NOISE_TEST, NOT_RUN, TABLE1_COLUMNS, StudyResult, report_rows,
@@ -148,13 +150,20 @@ def select(storage: optuna.storages.BaseStorage, names: Sequence[str]) -> tuple[
     """The experiment studies (in report order) and the other studies to report on (without
     ``rows`` yet: :func:`table1_rows` fills them)."""
     if not names:
-        names = [s.study_name for s in optuna.get_all_study_summaries(storage)
-                 if (s.user_attrs.get(stored.DEFINITION) or {}).get("experiment") is not None]
+        names = [s.study_name for s in optuna.get_all_study_summaries(storage) if _reported(s.user_attrs)]
     results = [StudyResult(*load_study(storage, name)) for name in dict.fromkeys(names)]
     experiments = sorted((r for r in results if r.definition.experiment is not None),
                          key=lambda r: (r.definition.experiment, r.name))
     others = [r for r in results if r.definition.experiment is None]
     return experiments, others
+
+
+def _reported(attrs: Mapping[str, Any]) -> bool:
+    """Whether a study is in a report that names none: the report's experiments, the searches
+    (tpe, random) and their confirmations."""
+    definition = attrs.get(stored.DEFINITION) or {}
+    return (definition.get("experiment") is not None or definition.get("sampler") in ("tpe", "random")
+            or stored.CONFIRMS in attrs)
 
 
 def write_report(storage: optuna.storages.BaseStorage, names: Sequence[str], output: Path, *,
@@ -174,6 +183,9 @@ def write_report(storage: optuna.storages.BaseStorage, names: Sequence[str], out
                                       f"Experiment 3 ({result.name}): test accuracy by learning rate and batch size")
             md += [f"### Experiment 3 ({result.name}): measured and reported test accuracy", "",
                    f"![heatmap]({path.name})", ""]
+    searches = [r for r in [*experiments, *others] if r.definition.sampler in ("tpe", "random")]
+    if searches:
+        md += _search_section(out, storage, searches, experiments)
     md += ["## Best trial of each study", ""]
     for result in [*experiments, *others]:
         md += _study_section(out, storage, result, artifacts)
@@ -181,6 +193,47 @@ def write_report(storage: optuna.storages.BaseStorage, names: Sequence[str], out
     path.write_text("\n".join(md) + "\n", encoding="utf-8")
     log.info("report written to %s", path)
     return path
+
+
+def _search_section(out: Output, storage: optuna.storages.BaseStorage, searches: Sequence[StudyResult],
+                    experiments: Sequence[StudyResult]) -> list[str]:
+    """The searches' progress (best so far against epochs and wall time) and their confirmed
+    configurations: the search's value beside the confirmed mean and spread of test accuracy."""
+    references = {"report's best test accuracy": max(row.reference.test_accuracy for row in report_rows())}
+    grids = [(r, r.best) for r in experiments if r.definition.experiment == 3]
+    for result, best in grids:
+        if best is not None and best.value is not None:
+            references[f"grid's best {result.definition.metric} ({result.name})"] = best.value
+    if len(references) == 1:  # no exp3 study stored: the report's own grid
+        references["report's grid best test accuracy (exp3)"] = max(
+            row.reference.test_accuracy for row in report_rows() if row.experiment == 3)
+    metric = searches[0].definition.metric
+    curves = {r.name: search_curve(r.study, r.definition) for r in searches if r.definition.metric == metric}
+    path = plots.search_progress(curves, references, out.path("search_progress.png"), metric)
+    lines = ["## The searches", "",
+             f"Best {metric} so far of each search against the training epochs it spent and against wall time; "
+             "the reference lines are the report's best run and the exp3 grid's best (the stored grid study's, "
+             "else the report's).", "",
+             f"![search progress]({path.name})", ""]
+    rows = []
+    for result in searches:
+        for name in confirmations_of(storage, result.name):
+            study, definition = load_study(storage, name)
+            rows += [{"search": result.name, "confirmation": name, **row}
+                     for row in confirmed_rows(study, definition)]
+    if rows:
+        columns = ("search", "confirmation", *CONFIRMED_COLUMNS)
+        out.path("confirmed.csv").write_text(tables.render(rows, "csv", columns), encoding="utf-8")
+        lines += ["### Confirmed top configurations", "",
+                  "Each search's best configurations trained again with fresh seeds on the whole training set "
+                  "(`hpo confirm`): `search_value` is what the search chose it by, `mean_test_accuracy` ± "
+                  "`std_test_accuracy` over `n` confirmation runs is the number to quote "
+                  "(also in [confirmed.csv](confirmed.csv)).", "",
+                  tables.render(rows, "md", columns), ""]
+    else:
+        lines += ["No search confirmed yet: `hpo confirm STUDY --top 3 --repeats 3` trains its best "
+                  "configurations again with fresh seeds.", ""]
+    return lines
 
 
 def _table1_section(out: Output, experiments: Sequence[StudyResult], rows: list[dict[str, Any]], *,

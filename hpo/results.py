@@ -269,16 +269,16 @@ def epochs_trained(trial: FrozenTrial) -> int:
 
 def search_curve(study: optuna.Study, definition: StudyDefinition) -> list[CurvePoint]:
     """Best metric so far against training epochs spent and wall time, trial by finished trial."""
-    finished = [t for t in study.get_trials(deepcopy=False)
+    finished = [(t.datetime_complete, t) for t in study.get_trials(deepcopy=False)
                 if t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL) and t.datetime_complete]
     if not finished:
         return []
-    start = min(t.datetime_start or t.datetime_complete for t in finished)
+    start = min(t.datetime_start or ended for ended, t in finished)
     pick = max if definition.direction == "maximize" else min
     points, epochs, best = [], 0, None
-    for trial in sorted(finished, key=lambda t: (t.datetime_complete, t.number)):
+    for ended, trial in sorted(finished, key=lambda pair: (pair[0], pair[1].number)):
         epochs += epochs_trained(trial)
         if trial.state == TrialState.COMPLETE and trial.value is not None and math.isfinite(trial.value):
             best = trial.value if best is None else pick(best, trial.value)
-        points.append(CurvePoint(trial.number, epochs, (trial.datetime_complete - start).total_seconds(), best))
+        points.append(CurvePoint(trial.number, epochs, (ended - start).total_seconds(), best))
     return points

@@ -17,6 +17,7 @@ from optuna.trial import FrozenTrial
 
 # --- study user attributes ---------------------------------------------------------------------
 DEFINITION = "definition"          # the resolved study definition (hpo.config.StudyDefinition.to_dict)
+CONFIRMS = "confirms"              # a confirmation study: its search, the trials and values it confirms
 
 # --- trial system attributes (hpo's queue) -----------------------------------------------------
 SLOT = "hpo:slot"                  # position of the trial in the queue: grid id, or budget index

@@ -56,10 +56,12 @@ def make_pruner(definition: StudyDefinition) -> optuna.pruners.BasePruner:
     return optuna.pruners.NopPruner()
 
 
-def create_study(storage: optuna.storages.BaseStorage, definition: StudyDefinition) -> tuple[optuna.Study, bool]:
+def create_study(storage: optuna.storages.BaseStorage, definition: StudyDefinition,
+                 attrs: dict[str, Any] | None = None) -> tuple[optuna.Study, bool]:
     """Create the study and queue its trials, or load it if it exists with this definition.
 
-    Returns the study and whether it was created now. A different definition under an
+    ``attrs`` are further study user attributes, stored with the definition. Returns the study
+    and whether it was created now. A different definition under an
     existing name is refused: its stored results would no longer mean what they say.
     """
     wanted = _normalise(definition.to_dict())
@@ -92,6 +94,8 @@ def create_study(storage: optuna.storages.BaseStorage, definition: StudyDefiniti
         added = queue.add_missing(study, definition, still_held)
         study.set_metric_names([definition.metric])
         _save_note(study, definition)
+        for key, value in (attrs or {}).items():
+            study.set_user_attr(key, value)
         study.set_user_attr(stored.DEFINITION, wanted)
     log.info("study %s: %d trials queued", definition.name, added)
     return study, True

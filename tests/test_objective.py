@@ -13,9 +13,9 @@ from optuna.trial import FrozenTrial, TrialState
 from hpo.config import StudyDefinition, load_definition
 from hpo.data import load_dataset
 from hpo.objective import run_trial
-from hpo.results import trial_params, trial_row
+from hpo.results import search_curve, trial_params, trial_row
 from hpo.storage import open_storage
-from hpo.study import create_study
+from hpo.study import create_study, load_study
 from hpo.train import JUDGE_AFTER_STEPS, Params, _diverged, train
 from hpo.worker import Job, WorkerSummary, run_worker
 
@@ -90,6 +90,9 @@ def test_a_pruned_trial_keeps_its_epochs_and_records_no_result(tmp_path: Path, s
         assert sorted(trial.intermediate_values) == [1, 2]
         assert "test_accuracy" not in trial.user_attrs  # a partly trained model is never a result
         assert trial_row(trial, None)["epochs"] == 2
+    # What the search spent counts the pruned trials' epochs: 2 each, and no best value yet.
+    study, definition = load_study(open_storage(f"sqlite:///{tmp_path / 'hpo.db'}"), "pruned")
+    assert [(p.epochs, p.best) for p in search_curve(study, definition)] == [(2, None), (4, None)]
 
 
 def test_seeds_differ_between_trials_and_a_study_run_again_repeats_them(tmp_path: Path, small_data) -> None:  # type: ignore[no-untyped-def]
