@@ -25,9 +25,11 @@ from optuna.storages import RDBStorage
 
 # Keras and matplotlib take seconds to load, so the modules that use them (hpo.objective,
 # hpo.artifacts, hpo.report) are imported by the commands that need them; these load neither.
+from hpo import confirm as confirmation
 from hpo import device, paths, queue, stored, tables
 from hpo import launch as launcher
 from hpo.config import StudyDefinition, load_definition, name_problem
+from hpo.dashboard import serve
 from hpo.data import load_dataset
 from hpo.errors import ConfigError, HpoError, OutputError
 from hpo.results import EXPORT_COLUMNS, best_trial_rows, configuration_columns, configuration_rows, study_status
@@ -98,7 +100,6 @@ def _artifacts_option(help_text: str = "Artifact folder (see hpo worker).") -> C
 
 
 def _storage_url(ctx: click.Context) -> str:
-
     return resolve_url(ctx.obj["storage"])
 
 
@@ -223,8 +224,8 @@ def worker(ctx: click.Context, studies: tuple[str, ...], data: str | None, subse
 
     on_complete = TrialArtifacts(folder)
     # Paid once per worker, not per trial: imports, connecting, loading the data.
-    environment = {**device.describe(), "subset": subset,
-                   "worker_startup_seconds": round(time.perf_counter() - started, 2)}
+    environment = {**device.describe(), stored.SUBSET: subset,
+                   stored.WORKER_STARTUP: round(time.perf_counter() - started, 2)}
     jobs = [Job(study, definition, functools.partial(run_trial, definition=definition, data=dataset,
                                                       environment=environment, on_complete=on_complete))
             for study, definition in chosen]
@@ -327,8 +328,6 @@ def confirm(ctx: click.Context, study: str, top: int, repeats: int, name: str | 
 
     The runs are a study of their own (STUDY-confirm), linked to the trials they confirm.
     """
-    from hpo import confirm as confirmation  # noqa: PLC0415  (results tables, only here and in export)
-
     _, search_study, search = _existing_study(ctx, study)
     best = confirmation.top_trials(search_study, search, top)
     definition = confirmation.confirmation_definition(search, best, repeats, name)
@@ -414,8 +413,6 @@ def export(ctx: click.Context, study: str, fmt: str, output: str | None, by: str
     accuracy beside each confirmed configuration; a confirmation study shows, per configuration,
     the search's value beside them.
     """
-    from hpo import confirm as confirmation  # noqa: PLC0415  (loads hpo.study's neighbours only when needed)
-
     if output:
         paths.output_file(output, "--output")
     name = study
@@ -451,8 +448,6 @@ def export(ctx: click.Context, study: str, fmt: str, output: str | None, by: str
 @click.pass_context
 def dashboard(ctx: click.Context, host: str, port: int, artifacts: str | None) -> None:
     """Serve optuna-dashboard on the same storage (loopback only unless --host says otherwise)."""
-    from hpo.dashboard import serve  # noqa: PLC0415  (the dashboard's web app: only this command)
-
     folder = _artifact_folder(ctx, artifacts)
     serve(_open(ctx, heartbeat=False), host=host, port=port, artifacts=folder)
 

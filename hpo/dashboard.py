@@ -11,6 +11,8 @@ import logging
 from pathlib import Path
 
 import optuna
+from optuna.artifacts import FileSystemArtifactStore
+from optuna_dashboard import run_server
 
 from hpo.errors import HpoError
 
@@ -28,9 +30,6 @@ def is_loopback(host: str) -> bool:
 
 def serve(storage: optuna.storages.BaseStorage, *, host: str = "127.0.0.1", port: int = 8080,
           artifacts: Path | None = None) -> None:
-    from optuna.artifacts import FileSystemArtifactStore  # noqa: PLC0415  (only the dashboard command needs it)
-    from optuna_dashboard import run_server  # noqa: PLC0415  (bottle and the dashboard's app: only here)
-
     if not is_loopback(host):
         log.warning("the dashboard has no authentication: anyone who can reach %s:%d can read "
                     "and change every study in this storage", host, port)

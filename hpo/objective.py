@@ -102,8 +102,8 @@ def run_trial(
     shared = {stored.PREFIX_RUN: trial.number} if run.shorter else {}
     for t in run.trials:
         repeat = stored.frozen(t).system_attrs.get(stored.REPEAT)
-        _record(t, {stored.SEED: seed, stored.FIXED: definition.fixed, "data": data.source,
-                    "train_images": int(len(data.x_train)), **shared, **(environment or {}),
+        _record(t, {stored.SEED: seed, stored.FIXED: definition.fixed, stored.DATA: data.source,
+                    stored.TRAIN_IMAGES: int(len(data.x_train)), **shared, **(environment or {}),
                     **({stored.REPEAT_ATTR: repeat} if repeat is not None else {})})
     log.info("trial %d: %s (seed %d)%s", trial.number, params[trial.number], seed,
              "".join(f"; trial {t.number} at epoch {params[t.number].epochs}" for t in run.shorter))

@@ -100,9 +100,9 @@ def _describe(params: Mapping[str, Any]) -> str:
 
 
 def _data_findings(results: Sequence[StudyResult]) -> list[str]:
-    sizes = sorted({int(t.user_attrs["train_images"]) for r in results for t in r.complete
-                    if t.user_attrs.get("train_images") is not None})
-    subset = any(t.user_attrs.get("subset") for r in results for t in r.complete)
+    sizes = sorted({int(t.user_attrs[stored.TRAIN_IMAGES]) for r in results for t in r.complete
+                    if t.user_attrs.get(stored.TRAIN_IMAGES) is not None})
+    subset = any(t.user_attrs.get(stored.SUBSET) for r in results for t in r.complete)
     if not sizes:
         return []
     line = f"- Training images per trial: {', '.join(map(str, sizes))}."

@@ -181,7 +181,7 @@ def trial_row(trial: FrozenTrial, rank: int | None) -> dict[str, Any]:
     params = trial_params(trial)
     attrs = trial.user_attrs
     duration = trial.duration.total_seconds() if trial.duration else None
-    note = "diverged" if attrs.get("diverged") else attrs.get("error", "")
+    note = "diverged" if attrs.get("diverged") else attrs.get(stored.ERROR, "")
     return {
         "rank": rank,
         "trial": trial.number,

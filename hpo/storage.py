@@ -66,6 +66,11 @@ def resolve_url(url: str | None) -> str:
     if parsed.get_backend_name() not in ("sqlite", "postgresql"):
         raise StorageError(f"--storage {display_url(parsed)!r}: only SQLite and PostgreSQL are supported; "
                            f"accepted: {ACCEPTED}")
+    try:  # a driver named in the URL (postgresql+psycopg2://, as Optuna's docs write it) must be installed
+        parsed.get_dialect().import_dbapi()
+    except (ImportError, sqlalchemy.exc.NoSuchModuleError) as exc:
+        raise StorageError(f"--storage {display_url(parsed)!r}: its driver {parsed.get_driver_name()!r} is not "
+                           f"installed ({exc}); accepted: {ACCEPTED}") from None
     return parsed.render_as_string(hide_password=False)
 
 

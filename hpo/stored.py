@@ -44,6 +44,10 @@ SEED = "seed"                      # the seed the trial's sampler and training r
 FIXED = "fixed"                    # the study's single-valued parameters (not Optuna parameters)
 PREFIX_RUN = "prefix_run"          # number of the trial whose training run completed this one
 REPEAT_ATTR = "repeat"             # the grid repeat, shown beside the parameters
+DATA = "data"                      # where the worker's data came from (hpo.data.Dataset.source)
+TRAIN_IMAGES = "train_images"      # training images the worker loaded (before a validation split)
+SUBSET = "subset"                  # the worker's --subset, or None
+WORKER_STARTUP = "worker_startup_seconds"  # the worker's imports, connection and data load
 # The rest are the trial's results: hpo.train.TrainResult.metrics() and hpo.device.describe().
 
 

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 import optuna
+from optuna_dashboard import save_note
 
 from hpo import queue, stored
 from hpo.queue import trial_seed
@@ -137,8 +138,6 @@ def _first_difference(stored: Any, wanted: Any, path: str = "") -> str:
 
 def _save_note(study: optuna.Study, definition: StudyDefinition) -> None:
     """The description and the report's numbers, shown as the study's note in the dashboard."""
-    from optuna_dashboard import save_note  # noqa: PLC0415  (keeps `import hpo.study` light)
-
     lines = [f"# {definition.name}", "", definition.description, ""]
     if definition.references:
         names = sorted({k for ref in definition.references for k in ref.params})

@@ -90,7 +90,7 @@ def data_path() -> str:
 
 
 @pytest.fixture(scope="session")
-def small_data(data_path: str):  # type: ignore[no-untyped-def]
+def small_data(data_path: str):
     """A stratified subset of the real data: 400 training and 80 test images."""
     from hpo.data import load_dataset
 

@@ -8,24 +8,10 @@ import json
 import socket
 from pathlib import Path
 
+from conftest import STUDIES, TWO_LR_GRID, ok, run_hpo, user_error, write_study
 
-from conftest import STUDIES, ok, run_hpo, user_error, write_study
-
-GRID = """
-[sampler]
-type = "grid"
-[data]
-protocol = "validation_split"
-validation_split = 0.2
-[space]
-architecture = "base"
-augmentation = "none"
-learning_rate = [0.01, 0.001]
-batch_size = [64, 128]
-epochs = [1]
-"""
-
-
+# Two learning rates x two batch sizes, one epoch each.
+GRID = TWO_LR_GRID.replace("batch_size = [64]", "batch_size = [64, 128]")
 
 
 def test_create_launch_export_runs_the_whole_grid(tmp_path: Path, data_path: str) -> None:
@@ -88,8 +74,6 @@ def test_status_lists_every_study(tmp_path: Path) -> None:
     table = run_hpo("status", storage=db)
     ok(table)
     assert table.stdout.splitlines()[0].split()[:3] == ["study", "sampler", "pending"]
-
-
 
 
 def test_bad_input_is_one_line_and_exit_code_2(tmp_path: Path) -> None:

@@ -34,7 +34,7 @@ def _create_at_barrier(url: str, study_file: str, barrier: multiprocessing.synch
     out.put(created)
 
 
-def _run_together(target, args_for, n: int = N_PROCESSES) -> list:  # type: ignore[no-untyped-def]
+def _run_together(target, args_for, n: int = N_PROCESSES) -> list:
     """Start ``n`` spawned processes, release them together, return what each put on the queue."""
     ctx = multiprocessing.get_context("spawn")
     barrier = ctx.Barrier(n)

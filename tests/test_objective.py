@@ -41,7 +41,7 @@ epochs = { low = 1, high = 3 }
 LN10 = math.log(10)
 
 
-def _run(tmp_path: Path, data, body: str, name: str = "study", db: str = "hpo.db",  # type: ignore[no-untyped-def]
+def _run(tmp_path: Path, data, body: str, name: str = "study", db: str = "hpo.db",
          pruner: optuna.pruners.BasePruner | None = None) -> tuple[list[FrozenTrial], WorkerSummary, StudyDefinition]:
     """Create the study in a fresh SQLite file and let one worker run all of it."""
     definition = load_definition(write_study(tmp_path, name, body))
@@ -53,7 +53,7 @@ def _run(tmp_path: Path, data, body: str, name: str = "study", db: str = "hpo.db
     return sorted(study.get_trials(), key=lambda t: t.number), summary, definition
 
 
-def test_search_trials_record_the_report_columns_and_stream_epochs(tmp_path: Path, small_data) -> None:  # type: ignore[no-untyped-def]
+def test_search_trials_record_the_report_columns_and_stream_epochs(tmp_path: Path, small_data) -> None:
     trials, summary, _ = _run(tmp_path, small_data, SEARCH, "search")
     # Four trials are fewer than the median pruner's five start-up trials: all of them complete.
     assert (summary.complete, summary.pruned, summary.failed) == (4, 0, 0)
@@ -78,7 +78,7 @@ def test_search_trials_record_the_report_columns_and_stream_epochs(tmp_path: Pat
         assert isinstance(attrs["diverged"], bool)
 
 
-def test_a_pruned_trial_keeps_its_epochs_and_records_no_result(tmp_path: Path, small_data) -> None:  # type: ignore[no-untyped-def]
+def test_a_pruned_trial_keeps_its_epochs_and_records_no_result(tmp_path: Path, small_data) -> None:
     body = SEARCH.replace("trials = 4", "trials = 2").replace("epochs = { low = 1, high = 3 }", "epochs = [3]")
     # No validation accuracy reaches 1.01, so this pruner stops every trial at its first chance:
     # after epoch 2, the first step past its warm-up (steps below 2).
@@ -95,7 +95,7 @@ def test_a_pruned_trial_keeps_its_epochs_and_records_no_result(tmp_path: Path, s
     assert [(p.epochs, p.best) for p in search_curve(study, definition)] == [(2, None), (4, None)]
 
 
-def test_seeds_differ_between_trials_and_a_study_run_again_repeats_them(tmp_path: Path, small_data) -> None:  # type: ignore[no-untyped-def]
+def test_seeds_differ_between_trials_and_a_study_run_again_repeats_them(tmp_path: Path, small_data) -> None:
     """Each trial records the seed it ran with; running the same study again repeats every trial:
     the same seeds, the same sampled parameters, the same numbers (on one CPU machine)."""
     body = SEARCH.replace("trials = 4", "trials = 3").replace("epochs = { low = 1, high = 3 }", "epochs = [1]")
@@ -109,7 +109,7 @@ def test_seeds_differ_between_trials_and_a_study_run_again_repeats_them(tmp_path
     assert [t.user_attrs["test_loss"] for t in first] == [t.user_attrs["test_loss"] for t in second]
 
 
-def test_a_blown_up_run_is_complete_and_flagged_diverged(tmp_path: Path, small_data) -> None:  # type: ignore[no-untyped-def]
+def test_a_blown_up_run_is_complete_and_flagged_diverged(tmp_path: Path, small_data) -> None:
     # 400 images in batches of 32 are 13 steps an epoch: 8 epochs are past JUDGE_AFTER_STEPS.
     body = """
 [sampler]
@@ -160,7 +160,7 @@ def test_diverged_means_blown_up_or_stuck_after_enough_steps(
     assert _diverged(losses, steps, accuracy, 10) is diverged
 
 
-def test_test_columns_match_keras_evaluate(small_data) -> None:  # type: ignore[no-untyped-def]
+def test_test_columns_match_keras_evaluate(small_data) -> None:
     """The report's columns come from one predict pass; they equal model.evaluate's."""
     result = train(Params("base", "none", 0.001, 64, 1), small_data, seed=3)
     loss, accuracy = result.model.evaluate(small_data.x_test, small_data.y_test, verbose=0)
@@ -182,7 +182,7 @@ epochs = [1]
 """
 
 
-def test_fixed_parameters_are_recorded_but_not_searched(tmp_path: Path, small_data) -> None:  # type: ignore[no-untyped-def]
+def test_fixed_parameters_are_recorded_but_not_searched(tmp_path: Path, small_data) -> None:
     """Only what varies is an Optuna parameter (the dashboard's importance chart shows no 0.00
     bars for architecture and augmentation); exports still show every parameter."""
     trials, summary, definition = _run(tmp_path, small_data, FIXED_AND_VARIED, "fixed")

@@ -50,8 +50,6 @@ def three_hosts() -> Iterator[list[netns.Host]]:
         yield made
 
 
-
-
 def _via(url: str, host: netns.Host) -> str:
     """The storage URL as seen from ``host``: the server behind its link's forwarder."""
     return make_url(url).set(host=host.gateway).render_as_string(hide_password=False)

@@ -88,12 +88,12 @@ def test_concurrent_creates_queue_every_point_and_repeat_once(storage_url: str, 
 
 
 def test_a_shared_run_completes_each_point_as_an_independent_run_would(storage_url: str, tmp_path: Path,
-                                                                       small_data) -> None:  # type: ignore[no-untyped-def]
+                                                                       small_data) -> None:
     definition = load_definition(write_study(tmp_path, "shared", PREFIX_GRID))
     study, _ = create_study(open_storage(storage_url), definition)
     runs: list[int] = []
 
-    def objective(run) -> float:  # type: ignore[no-untyped-def]
+    def objective(run) -> float:
         runs.append(run.trial.number)
         return run_trial(run, definition, small_data)
 
@@ -130,7 +130,7 @@ def test_a_shared_run_completes_each_point_as_an_independent_run_would(storage_u
 @pytest.mark.parametrize("architecture, augmentation", [("base", "none"), ("deeper_dropout", "none"),
                                                         ("batchnorm", "standard")])
 def test_a_milestone_holds_the_weights_of_an_independent_run(architecture: str, augmentation: str,
-                                                             small_data) -> None:  # type: ignore[no-untyped-def]
+                                                             small_data) -> None:
     """The weights, not only the scores, with dropout and random augmentation too: nothing in
     training depends on the total epoch count, so epochs 1..k of a longer run are a k-epoch run.
     Exact equality holds on one CPU (TensorFlow's CPU kernels are deterministic here); on a GPU,
@@ -235,7 +235,7 @@ def test_workers_take_a_repeat_at_a_time_longest_points_first(tmp_path: Path) ->
 
 
 def test_a_shorter_point_taken_over_by_another_worker_is_dropped_and_the_run_goes_on(
-        storage_url: str, tmp_path: Path, small_data, caplog: pytest.LogCaptureFixture) -> None:  # type: ignore[no-untyped-def]
+        storage_url: str, tmp_path: Path, small_data, caplog: pytest.LogCaptureFixture) -> None:
     """Mid-run, another process finds the 2-epoch point dead (as when its heartbeats stop
     arriving) and fails it: its retry stands, this run writes nothing more to it and still
     completes its own 3-epoch point."""
@@ -244,7 +244,7 @@ def test_a_shorter_point_taken_over_by_another_worker_is_dropped_and_the_run_goe
     study, _ = create_study(open_storage(storage_url), definition)
     taken: list[int] = []
 
-    def take_over(run) -> None:  # type: ignore[no-untyped-def]
+    def take_over(run) -> None:
         """Another process: once epoch 1 is reported, fail the shorter trial, before epoch 2 ends."""
         other = optuna.load_study(study_name="taken", storage=storage_url)
         wait_for(lambda: other._storage.get_trial(run.trial._trial_id).intermediate_values, 60, "epoch 1",
@@ -252,7 +252,7 @@ def test_a_shorter_point_taken_over_by_another_worker_is_dropped_and_the_run_goe
         queue.fail(other, stored.trial_id(run.shorter[0]), "worker stopped sending heartbeats")
         queue.sync(other, definition)
 
-    def objective(run) -> float:  # type: ignore[no-untyped-def]
+    def objective(run) -> float:
         if not taken:
             taken.append(run.shorter[0].number)
             threading.Thread(target=take_over, args=(run,)).start()

@@ -39,7 +39,7 @@ def _system_attrs(study: optuna.Study, trial: optuna.Trial) -> dict:
     return study._storage.get_trial(trial._trial_id).system_attrs
 
 
-def _study(storage_url: str, tmp_path: Path, body: str = SMALL_GRID, name: str = "grid"):  # type: ignore[no-untyped-def]
+def _study(storage_url: str, tmp_path: Path, body: str = SMALL_GRID, name: str = "grid"):
     definition = load_definition(write_study(tmp_path, name, body))
     study, created = create_study(open_storage(storage_url), definition)
     assert created

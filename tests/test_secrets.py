@@ -115,3 +115,11 @@ def test_plain_postgres_urls_get_a_driver(scheme: str, postgres_url: str, tmp_pa
     status = run_hpo("status", "plain", "--format", "json", storage=url)
     ok(status)
     assert '"plain"' in status.stdout
+
+
+@pytest.mark.parametrize("driver", ["psycopg2", "nosuchdriver"])
+def test_a_driver_that_is_not_installed_is_one_line_without_the_password(driver: str, tmp_path: Path) -> None:
+    # Optuna's docs write postgresql+psycopg2://; hpo installs psycopg 3.
+    url = f"postgresql+{driver}://postgres:{SECRET}@127.0.0.1:5432/postgres"
+    line = user_error(run_hpo("status", storage=url, cwd=tmp_path), f"driver {driver!r} is not installed", "***")
+    assert SECRET not in line and "postgresql://" in line

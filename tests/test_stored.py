@@ -10,7 +10,7 @@ from optuna.storages import RDBStorage
 from hpo import stored
 
 
-def test_the_private_optuna_names_hpo_uses_still_exist(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_the_private_optuna_names_hpo_uses_still_exist(tmp_path) -> None:
     storage = RDBStorage(f"sqlite:///{tmp_path / 'hpo.db'}", heartbeat_interval=1, grace_period=2)
     study = optuna.create_study(storage=storage, study_name="s")
     trial = study.ask()
