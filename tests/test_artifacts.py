@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -70,6 +71,23 @@ def test_a_full_artifact_disk_keeps_the_trial_and_registers_no_file(tiny_disk: P
     assert not list((tmp_path / "report").glob("*.png"))
 
 
+def _freeze_outside_a_transaction(worker: subprocess.Popen[bytes], db: Path) -> None:
+    """SIGSTOP the worker (alive, but no heartbeat, no progress) at a moment it holds no write
+    lock on the SQLite file: one frozen inside a write transaction blocks every process until it
+    resumes (README: where exactly-once stops), and nobody could recover its trial meanwhile."""
+    for _ in range(100):
+        worker.send_signal(signal.SIGSTOP)
+        try:
+            with sqlite3.connect(db, timeout=0.5, isolation_level=None) as probe:
+                probe.execute("BEGIN IMMEDIATE")
+                probe.execute("ROLLBACK")
+            return
+        except sqlite3.OperationalError:  # frozen holding the lock: let it finish, try again
+            worker.send_signal(signal.SIGCONT)
+            time.sleep(0.1)
+    raise AssertionError("the worker held the database's write lock at every try")
+
+
 def test_a_worker_frozen_past_the_grace_period_comes_back_calmly(data_path: str, tmp_path: Path) -> None:
     db = f"sqlite:///{tmp_path / 'hpo.db'}"
     study = write_study(tmp_path, "frozen", ONE_POINT.format(epochs=4))
@@ -88,7 +106,7 @@ def test_a_worker_frozen_past_the_grace_period_comes_back_calmly(data_path: str,
     try:
         wait_for(lambda: any(t.state == TrialState.RUNNING and t.intermediate_values for t in trials()), 180,
                  "the first epoch")
-        worker.send_signal(signal.SIGSTOP)  # frozen: alive, but no heartbeat, no progress
+        _freeze_outside_a_transaction(worker, tmp_path / "hpo.db")
         frozen_at = time.monotonic()
         # Another process finds the trial dead once the grace period has passed, and queues its retry.
         wait_for(lambda: time.monotonic() - frozen_at > 6 and
