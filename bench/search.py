@@ -39,7 +39,8 @@ import optuna
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import describe_machine
 
-from hpo.config import load_definition
+from hpo.config import PARAMETERS, load_definition
+from hpo.confirm import confirmed_rows
 from hpo.results import search_curve
 from hpo.study import load_study
 
@@ -212,6 +213,9 @@ def confirm_phase(args: argparse.Namespace) -> None:
             for t in trials:
                 if best is None or t.value > best[1]:
                     best = (name, t.value, t.number)
+        if best is None:
+            print(f"{method}: no COMPLETE trial within the budget; nothing to confirm", flush=True)
+            continue
         chosen[method] = best
     for method, (name, value, number) in chosen.items():
         print(f"confirming {method}: {name} trial {number} (val accuracy {value:.4f})", flush=True)
@@ -254,10 +258,34 @@ def analyse_phase(args: argparse.Namespace) -> None:
             "best_at_90_epochs": at_target,
             "trials": [len(data[n]) for n in names],
         })
-    _save(args, "summary.json", {"grid_best": grid_best, "grid_epochs": grid_epochs, "rows": rows})
+    confirmed = _confirmed(args)
+    for row in [{"method": "grid"}, *rows]:
+        row["confirmed"] = confirmed.get(row["method"])
+    _save(args, "summary.json", {"grid_best": grid_best, "grid_epochs": grid_epochs, "rows": rows,
+                                 "grid_confirmed": confirmed.get("grid")})
+    print(f"grid confirmed: {json.dumps(confirmed.get('grid'))}")
     for row in rows:
         print(json.dumps(row))
     _figure(args, data, grid_best)
+
+
+def _confirmed(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    """Per method: the configuration confirm_phase chose, its search value and its confirmed
+    test accuracy (mean and std over the fresh seeds), from the confirmation study."""
+    path = args.out / "confirmed.json"
+    if not path.exists():
+        return {}
+    storage = optuna.storages.RDBStorage(args.url)
+    out = {}
+    for method, (name, _value, number) in json.loads(path.read_text()).items():
+        study, definition = load_study(storage, f"{name}-confirm")
+        (row,) = confirmed_rows(study, definition)
+        if row["search_trial"] != number:
+            print(f"note: {name}: hpo confirm took trial {row['search_trial']}, the budget's best was {number}")
+        out[method] = {"study": name, "trial": row["search_trial"], "search_val_accuracy": row["search_value"],
+                       "params": {k: row[k] for k in PARAMETERS}, "n": row["n"],
+                       "test_accuracy_mean": row["mean_test_accuracy"], "test_accuracy_std": row["std_test_accuracy"]}
+    return out
 
 
 def _median_or_none(values: list[int | None], budget: int) -> float | None:
