@@ -207,12 +207,13 @@ def confirm_phase(args: argparse.Namespace) -> None:
         names = [GRID] if method == "grid" else [study_name(m, s) for m in [method] for s in args.seeds]
         best = None
         for name in names:
-            study, _ = load_study(storage, name)
-            trials = [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-                      if _spent_before(study, t) <= args.budget]
-            for t in trials:
-                if best is None or t.value > best[1]:
-                    best = (name, t.value, t.number)
+            study, definition = load_study(storage, name)
+            for point in search_curve(study, definition):
+                trial = study.trials[point.trial]
+                if point.epochs > args.budget:
+                    break
+                if trial.value is not None and (best is None or trial.value > best[1]):
+                    best = (name, trial.value, trial.number)
         if best is None:
             print(f"{method}: no COMPLETE trial within the budget; nothing to confirm", flush=True)
             continue
@@ -226,14 +227,6 @@ def confirm_phase(args: argparse.Namespace) -> None:
             command += ["--data", args.data]
         subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
     _save(args, "confirmed.json", {m: list(c) for m, c in chosen.items()})
-
-
-def _spent_before(study: optuna.Study, trial: Any) -> int:
-    """Epochs the study had spent when ``trial`` finished (its own included)."""
-    for point in search_curve(study, load_study(study._storage, study.study_name)[1]):
-        if point.trial == trial.number:
-            return point.epochs
-    return 0
 
 
 def analyse_phase(args: argparse.Namespace) -> None:
@@ -296,38 +289,41 @@ def _median_or_none(values: list[int | None], budget: int) -> float | None:
 
 
 def _figure(args: argparse.Namespace, data: dict[str, list[Any]], grid_best: float) -> None:
+    """One panel per method: each seed's curve, their median, the grid's curve and best."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     steps = list(range(1, args.budget + 1))
-    fig, ax = plt.subplots(figsize=(8, 5))
-    for method in METHODS:
-        runs = [[best_at(data[study_name(method, s)], e) for e in steps] for s in args.seeds]
-        lows, mids, highs, xs = [], [], [], []
-        for i, e in enumerate(steps):
-            values = [r[i] for r in runs if r[i] is not None]
-            if len(values) == len(runs):
-                xs.append(e)
-                lows.append(min(values))
-                mids.append(statistics.median(values))
-                highs.append(max(values))
-        (line,) = ax.step(xs, mids, where="post", label=f"{method} (median of {len(runs)} seeds)")
-        ax.fill_between(xs, lows, highs, step="post", alpha=0.2, color=line.get_color())
     grid = data[GRID]
-    ax.step([p[0] for p in grid], [p[2] for p in grid], where="post", color="black",
-            label="exp3 grid (shared prefixes)")
-    ax.axhline(grid_best, color="black", linestyle="--", linewidth=1, label=f"grid's best {grid_best:.3f}")
-    ax.axvline(TARGET, color="grey", linestyle=":", linewidth=1,
-               label=f"a third of the grid's {REPORT_GRID_EPOCHS} epochs")
-    ax.set_xlabel("training epochs spent")
-    ax.set_ylabel("best validation accuracy so far")
-    ax.set_title(f"Search vs grid, {args.subset} CIFAR-10 images (band: range over seeds)")
-    ax.legend(fontsize=8, loc="lower right")
-    ax.grid(alpha=0.3)
+    fig, axes = plt.subplots(2, 2, figsize=(11, 7.5), sharex=True, sharey=True)
+    for ax, method in zip(axes.flat, METHODS, strict=True):
+        runs = [[best_at(data[study_name(method, s)], e) for e in steps] for s in args.seeds]
+        for seed, run in zip(args.seeds, runs, strict=True):
+            xs = [e for e, v in zip(steps, run, strict=True) if v is not None]
+            ax.step(xs, [v for v in run if v is not None], where="post", linewidth=0.8, alpha=0.6,
+                    label=f"seed {seed}")
+        full = [(e, statistics.median(vs)) for e, vs in ((e, [r[i] for r in runs]) for i, e in enumerate(steps))
+                if all(v is not None for v in vs)]
+        ax.step([e for e, _ in full], [m for _, m in full], where="post", color="black", linewidth=2,
+                label="median over seeds")
+        ax.step([p[0] for p in grid], [p[2] for p in grid], where="post", color="grey", linewidth=1.2,
+                linestyle="-.", label="exp3 grid (its own order)")
+        ax.axhline(grid_best, color="grey", linestyle="--", linewidth=1, label=f"grid's best {grid_best:.3f}")
+        ax.axvline(TARGET, color="grey", linestyle=":", linewidth=1,
+                   label=f"{TARGET:.0f} epochs: a third of the grid's {REPORT_GRID_EPOCHS}")
+        ax.set_title(method)
+        ax.grid(alpha=0.3)
+    for ax in axes[1]:
+        ax.set_xlabel("training epochs spent")
+    for ax in axes[:, 0]:
+        ax.set_ylabel("best validation accuracy so far")
+    axes[0, 0].legend(fontsize=7, loc="lower right")
+    fig.suptitle(f"Search vs the exp3 grid: {args.subset} CIFAR-10 images, {args.budget}-epoch budget, "
+                 f"{len(args.seeds)} study seeds")
     fig.tight_layout()
-    fig.savefig(args.out / "search_curves.png", dpi=120)
+    fig.savefig(args.out / "search_curves.png", dpi=110)
     print(f"wrote {args.out / 'search_curves.png'}")
 
 

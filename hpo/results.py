@@ -274,11 +274,30 @@ def search_curve(study: optuna.Study, definition: StudyDefinition) -> list[Curve
     if not finished:
         return []
     start = min(t.datetime_start or ended for ended, t in finished)
+    spent = _epochs_added([t for _, t in finished])
     pick = max if definition.direction == "maximize" else min
     points, epochs, best = [], 0, None
     for ended, trial in sorted(finished, key=lambda pair: (pair[0], pair[1].number)):
-        epochs += epochs_trained(trial)
+        epochs += spent[trial.number]
         if trial.state == TrialState.COMPLETE and trial.value is not None and math.isfinite(trial.value):
             best = trial.value if best is None else pick(best, trial.value)
         points.append(CurvePoint(trial.number, epochs, (ended - start).total_seconds(), best))
     return points
+
+
+def _epochs_added(trials: list[FrozenTrial]) -> dict[int, int]:
+    """Epochs each trial adds to its study's total when it finishes: its own; in a run that
+    completed shorter trials on the way (shared prefixes), each adds the epochs since the one
+    before it, and the run's own trial the rest, so the total is what the run trained."""
+    added = {t.number: epochs_trained(t) for t in trials}
+    runs: dict[int, list[FrozenTrial]] = {}
+    for trial in trials:
+        run = trial.user_attrs.get(stored.PREFIX_RUN)
+        if run is not None:
+            runs.setdefault(int(run), []).append(trial)
+    for members in runs.values():
+        done = 0
+        for trial in sorted(members, key=lambda t: len(t.intermediate_values)):
+            added[trial.number] = max(0, len(trial.intermediate_values) - done)
+            done = max(done, len(trial.intermediate_values))
+    return added
