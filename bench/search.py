@@ -200,33 +200,31 @@ def epochs_to_reach(curve: list[Any], target: float, budget: int) -> int | None:
 
 
 def confirm_phase(args: argparse.Namespace) -> None:
-    """Each method's best configuration over its seeds (and the grid's), retrained with fresh seeds."""
+    """Every run's best configuration within the budget (each method and seed, and the grid's),
+    retrained with fresh seeds on the whole training subset and scored on the test images."""
     storage = optuna.storages.RDBStorage(args.url)
     chosen = {}
-    for method in ("grid", *METHODS):
-        names = [GRID] if method == "grid" else [study_name(m, s) for m in [method] for s in args.seeds]
+    for name in [GRID, *(study_name(m, s) for m in METHODS for s in args.seeds)]:
+        study, definition = load_study(storage, name)
         best = None
-        for name in names:
-            study, definition = load_study(storage, name)
-            for point in search_curve(study, definition):
-                trial = study.trials[point.trial]
-                if point.epochs > args.budget:
-                    break
-                if trial.value is not None and (best is None or trial.value > best[1]):
-                    best = (name, trial.value, trial.number)
+        for point in search_curve(study, definition):
+            trial = study.trials[point.trial]
+            if point.epochs > args.budget:
+                break
+            if trial.value is not None and (best is None or trial.value > best[0]):
+                best = (trial.value, trial.number)
         if best is None:
-            print(f"{method}: no COMPLETE trial within the budget; nothing to confirm", flush=True)
+            print(f"{name}: no COMPLETE trial within the budget; nothing to confirm", flush=True)
             continue
-        chosen[method] = best
-    for method, (name, value, number) in chosen.items():
-        print(f"confirming {method}: {name} trial {number} (val accuracy {value:.4f})", flush=True)
+        chosen[name] = best
+        print(f"confirming {name} trial {best[1]} (val accuracy {best[0]:.4f})", flush=True)
         command = hpo_command(args, "confirm", name, "--top", "1", "--repeats", str(args.confirm_repeats),
                               "-n", str(args.workers), "--subset", str(args.subset),
                               "--artifacts", str(args.out / "artifacts"), "--logs", str(args.out / "logs"))
         if args.data:
             command += ["--data", args.data]
-        subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
-    _save(args, "confirmed.json", {m: list(c) for m, c in chosen.items()})
+        subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _save(args, "confirmed.json", chosen)
 
 
 def analyse_phase(args: argparse.Namespace) -> None:
@@ -245,6 +243,10 @@ def analyse_phase(args: argparse.Namespace) -> None:
         at_target = [best_at(data[n], TARGET) for n in names]
         rows.append({
             "method": method,
+            # Anytime performance: the median over seeds of the best so far, averaged over every
+            # epoch of the budget (a run with no result yet counts 0).
+            "mean_best_so_far": round(statistics.fmean(
+                statistics.median(best_at(data[n], e) or 0.0 for n in names) for e in range(1, args.budget + 1)), 4),
             "epochs_to_grid_best": reach,
             "median_epochs": _median_or_none(reach, args.budget),
             "best_at_budget": final,
@@ -252,32 +254,34 @@ def analyse_phase(args: argparse.Namespace) -> None:
             "trials": [len(data[n]) for n in names],
         })
     confirmed = _confirmed(args)
-    for row in [{"method": "grid"}, *rows]:
-        row["confirmed"] = confirmed.get(row["method"])
+    for row in rows:
+        runs = [confirmed.get(study_name(row["method"], s)) for s in args.seeds]
+        row["confirmed_test_accuracy"] = [r and r["test_accuracy_mean"] for r in runs]
+        row["confirmed_configurations"] = [r and r["params"] for r in runs]
     _save(args, "summary.json", {"grid_best": grid_best, "grid_epochs": grid_epochs, "rows": rows,
-                                 "grid_confirmed": confirmed.get("grid")})
-    print(f"grid confirmed: {json.dumps(confirmed.get('grid'))}")
+                                 "grid_confirmed": confirmed.get(GRID)})
+    print(f"grid confirmed: {json.dumps(confirmed.get(GRID))}")
     for row in rows:
         print(json.dumps(row))
     _figure(args, data, grid_best)
 
 
 def _confirmed(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
-    """Per method: the configuration confirm_phase chose, its search value and its confirmed
-    test accuracy (mean and std over the fresh seeds), from the confirmation study."""
+    """Per run (study): the configuration confirm_phase chose, its search value and its
+    confirmed test accuracy (mean and std over the fresh seeds), from the confirmation study."""
     path = args.out / "confirmed.json"
     if not path.exists():
         return {}
     storage = optuna.storages.RDBStorage(args.url)
     out = {}
-    for method, (name, _value, number) in json.loads(path.read_text()).items():
+    for name, (_value, number) in json.loads(path.read_text()).items():
         study, definition = load_study(storage, f"{name}-confirm")
         (row,) = confirmed_rows(study, definition)
         if row["search_trial"] != number:
             print(f"note: {name}: hpo confirm took trial {row['search_trial']}, the budget's best was {number}")
-        out[method] = {"study": name, "trial": row["search_trial"], "search_val_accuracy": row["search_value"],
-                       "params": {k: row[k] for k in PARAMETERS}, "n": row["n"],
-                       "test_accuracy_mean": row["mean_test_accuracy"], "test_accuracy_std": row["std_test_accuracy"]}
+        out[name] = {"trial": row["search_trial"], "search_val_accuracy": row["search_value"],
+                     "params": {k: row[k] for k in PARAMETERS}, "n": row["n"],
+                     "test_accuracy_mean": row["mean_test_accuracy"], "test_accuracy_std": row["std_test_accuracy"]}
     return out
 
 
