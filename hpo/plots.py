@@ -151,7 +151,7 @@ def search_progress(curves: Mapping[str, Sequence[Any]], references: Mapping[str
 
     ``curves``: study name -> :class:`hpo.results.CurvePoint` list, as :func:`search_curve` gives it.
     """
-    fig, (by_epochs, by_time) = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
+    fig, (by_epochs, by_time) = plt.subplots(1, 2, figsize=(14, 4.5), sharey=True)
     for name, points in curves.items():
         reached = [p for p in points if p.best is not None]
         if not reached:
@@ -169,7 +169,7 @@ def search_progress(curves: Mapping[str, Sequence[Any]], references: Mapping[str
     by_epochs.set_ylabel(f"best {metric} so far")
     for ax in (by_epochs, by_time):
         ax.grid(alpha=0.3)
-    by_time.legend(fontsize=8, loc="lower right")
+    by_time.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0))  # beside the curves, not on them
     fig.suptitle("Search progress")
     fig.tight_layout()
     fig.savefig(path, dpi=110)

@@ -45,7 +45,8 @@ def test_fixed_experiments_match_the_report(name: str, arch: str, batch: int, au
 
 def test_search_samples_everything_with_tpe_and_pruning() -> None:
     d = load_definition(STUDIES / "search.toml")
-    assert d.sampler == "tpe" and d.pruner == "median" and d.protocol == "validation_split"
+    assert d.sampler == "tpe" and d.pruner == "hyperband" and d.protocol == "validation_split"
+    assert (d.min_resource, d.reduction_factor, d.max_epochs) == (1, 3, 15)  # rungs at 1, 3, 9 epochs
     assert d.space["learning_rate"] == Range(1e-4, 1e-2, log=True)
     assert d.space["epochs"] == Range(5, 15)
     assert set(d.space["architecture"]) == set(ARCHITECTURE_NAMES)

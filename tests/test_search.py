@@ -86,15 +86,6 @@ def test_bad_hyperband_settings_are_refused_in_one_line(tmp_path: Path, pruner: 
         load_definition(path)
 
 
-def test_the_shipped_search_study_samples_everything_the_report_varied() -> None:
-    definition = load_definition(Path(__file__).resolve().parents[1] / "studies" / "search.toml")
-    assert definition.sampler == "tpe" and definition.protocol == "validation_split"
-    assert set(definition.space) == {"architecture", "augmentation", "learning_rate", "batch_size", "epochs"}
-    assert getattr(definition.space["learning_rate"], "log", False)
-    assert len(definition.space["architecture"]) == 3 and len(definition.space["augmentation"]) == 2
-    assert definition.pruner in ("median", "hyperband")
-
-
 @pytest.fixture(scope="module")
 def confirmed(tmp_path_factory: pytest.TempPathFactory, data_path: str) -> tuple[Path, str]:
     """A 4-trial search on 200 images, then `hpo confirm --top 2 --repeats 2`, as a user runs them."""
