@@ -212,6 +212,13 @@ class _Reader:
             self.fail(f"{self.section}.{key}", value, f"must be {_kind_name(kind)}")
         return value
 
+    def integer(self, key: str, default: int, minimum: int, problem: str | None = None) -> int:
+        """An integer key, refused below ``minimum`` ("must be at least N", or ``problem``)."""
+        value = self.get(key, int, default)
+        if value < minimum:
+            self.fail(f"{self.section}.{key}", value, problem or f"must be at least {minimum}")
+        return value
+
     def choice(self, key: str, choices: tuple[str, ...], default: Any = ...) -> str:
         value = self.get(key, str, default)
         if value not in choices:
@@ -248,16 +255,10 @@ def _parse(raw: dict[str, Any], origin: str) -> StudyDefinition:
     metric = study.choice("metric", METRICS, "val_accuracy")
     direction = study.choice("direction", DIRECTIONS, "minimize" if metric.endswith("loss") else "maximize")
 
-    trials = study.get("trials", int, 1)
-    if trials < 1:
-        study.fail("study.trials", trials, "must be at least 1")
-    max_retries = study.get("max_retries", int, 2)
-    if max_retries < 0:
-        study.fail("study.max_retries", max_retries, "must be 0 or more")
+    trials = study.integer("trials", 1, minimum=1)
+    max_retries = study.integer("max_retries", 2, minimum=0, problem="must be 0 or more")
     experiment = study.get("experiment", int, None)
-    repeats = study.get("repeats", int, 1)
-    if repeats < 1:
-        study.fail("study.repeats", repeats, "must be at least 1")
+    repeats = study.integer("repeats", 1, minimum=1)
     if repeats > 1 and sampler_type != "grid":
         study.fail("study.repeats", repeats, f"needs the grid sampler; a {sampler_type} study sets study.trials")
     share_prefixes = study.get("share_prefixes", bool, True)
@@ -265,12 +266,8 @@ def _parse(raw: dict[str, Any], origin: str) -> StudyDefinition:
     for key in ("min_resource", "reduction_factor"):
         if key in pruner.table and pruner_type != "hyperband":
             pruner.fail(f"pruner.{key}", pruner.table[key], "is a hyperband setting; pruner.type is not hyperband")
-    min_resource = pruner.get("min_resource", int, 1)
-    if min_resource < 1:
-        pruner.fail("pruner.min_resource", min_resource, "must be at least 1 epoch")
-    reduction_factor = pruner.get("reduction_factor", int, 3)
-    if reduction_factor < 2:
-        pruner.fail("pruner.reduction_factor", reduction_factor, "must be at least 2")
+    min_resource = pruner.integer("min_resource", 1, minimum=1, problem="must be at least 1 epoch")
+    reduction_factor = pruner.integer("reduction_factor", 3, minimum=2)
 
     space = {key: _parse_spec(space_reader, key) for key in PARAMETERS if key in space_reader.table}
     missing = [key for key in PARAMETERS if key not in space]
