@@ -191,10 +191,17 @@ _data_options = [
 ]
 
 
-def _with_data_options(fn: Callable[..., Any]) -> Callable[..., Any]:
-    for option in reversed(_data_options):
-        fn = option(fn)
-    return fn
+def _stacked(options: Sequence[Callable[..., Any]]) -> Callable[..., Any]:
+    """One decorator for several click options, in the order listed (as --help shows them)."""
+    def apply(fn: Callable[..., Any]) -> Callable[..., Any]:
+        for option in reversed(options):
+            fn = option(fn)
+        return fn
+
+    return apply
+
+
+_with_data_options = _stacked(_data_options)
 
 
 @main.command()
@@ -241,19 +248,14 @@ def worker(ctx: click.Context, studies: tuple[str, ...], data: str | None, subse
         os._exit(130)
 
 
-def _pool_options(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """The options of a command that runs a pool of workers here (launch, confirm)."""
-    options = [
-        click.option("-n", "--workers", type=click.IntRange(min=1),
-                     help="Worker processes [default: from the hardware]."),
-        click.option("--gpus", metavar="IDS", help="Comma-separated GPU ids, workers placed round-robin."),
-        *_data_options,
-        _artifacts_option(),
-        click.option("--logs", "log_dir", default="hpo-logs", show_default=True, help="Folder for worker logs."),
-    ]
-    for option in reversed(options):
-        fn = option(fn)
-    return fn
+# The options of a command that runs a pool of workers here (launch, confirm).
+_pool_options = _stacked([
+    click.option("-n", "--workers", type=click.IntRange(min=1), help="Worker processes [default: from the hardware]."),
+    click.option("--gpus", metavar="IDS", help="Comma-separated GPU ids, workers placed round-robin."),
+    *_data_options,
+    _artifacts_option(),
+    click.option("--logs", "log_dir", default="hpo-logs", show_default=True, help="Folder for worker logs."),
+])
 
 
 class _Pool:
