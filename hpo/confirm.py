@@ -85,9 +85,9 @@ def link(search_study: optuna.Study, search: StudyDefinition, trials: Sequence[F
 
 def check_fresh_seeds(search_study: optuna.Study, search: StudyDefinition, confirmation: StudyDefinition) -> None:
     """Refuse a confirmation whose seeds a search trial trained with (never expected: see SEED_OFFSET)."""
-    used = {int(t.user_attrs[stored.SEED]) for t in search_study.get_trials(deepcopy=False)
-            if stored.SEED in t.user_attrs}
-    used |= {queue.trial_seed(search, t.number) for t in search_study.get_trials(deepcopy=False)}
+    trials = search_study.get_trials(deepcopy=False)
+    used = {int(t.user_attrs[stored.SEED]) for t in trials if stored.SEED in t.user_attrs}
+    used |= {queue.trial_seed(search, t.number) for t in trials}
     mine = {queue.trial_seed(confirmation, slot) for slot in range(confirmation.n_trials)}
     if used & mine:
         raise ConfigError(f"confirmation seeds {sorted(used & mine)[:3]} were used by study {search.name!r}")
@@ -139,14 +139,19 @@ def _at(values: Any, index: int) -> Any:
 Confirmed = dict[tuple[Any, ...], dict[str, Any]]  # configuration -> its confirmed row
 
 
-def confirmed_by_configuration(storage: optuna.storages.BaseStorage, search_name: str) -> Confirmed:
-    """For a search: its confirmed configurations -> the newest confirmation's row."""
-    found: Confirmed = {}
+def confirmed_rows_of(storage: optuna.storages.BaseStorage, search_name: str) -> list[dict[str, Any]]:
+    """:func:`confirmed_rows` of every study that confirms ``search_name``, oldest first, each
+    row naming its ``confirmation``."""
+    rows = []
     for name in confirmations_of(storage, search_name):
         study, definition = load_study(storage, name)
-        for row in confirmed_rows(study, definition):
-            found[_key(row)] = {**row, "confirmation": name}
-    return found
+        rows += [{"confirmation": name, **row} for row in confirmed_rows(study, definition)]
+    return rows
+
+
+def confirmed_by_configuration(storage: optuna.storages.BaseStorage, search_name: str) -> Confirmed:
+    """For a search: its confirmed configurations -> the newest confirmation's row."""
+    return {_key(row): row for row in confirmed_rows_of(storage, search_name)}
 
 
 # What a search's exported rows gain once it has been confirmed.

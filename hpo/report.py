@@ -24,7 +24,7 @@ import optuna
 from hpo import plots, stored, tables
 from hpo.config import PARAMETERS
 from hpo.errors import ConfigError, HpoError
-from hpo.confirm import CONFIRMED_COLUMNS, confirmations_of, confirmed_rows
+from hpo.confirm import CONFIRMED_COLUMNS, confirmed_rows_of
 from hpo.results import (EXPORT_COLUMNS, best_trial_rows, configuration_columns, configuration_rows, search_curve,
                          trial_params)
 from hpo.storage import display_url
@@ -215,12 +215,7 @@ def _search_section(out: Output, storage: optuna.storages.BaseStorage, searches:
              "the reference lines are the report's best run and the exp3 grid's best (the stored grid study's, "
              "else the report's).", "",
              f"![search progress]({path.name})", ""]
-    rows = []
-    for result in searches:
-        for name in confirmations_of(storage, result.name):
-            study, definition = load_study(storage, name)
-            rows += [{"search": result.name, "confirmation": name, **row}
-                     for row in confirmed_rows(study, definition)]
+    rows = [{"search": result.name, **row} for result in searches for row in confirmed_rows_of(storage, result.name)]
     if rows:
         columns = ("search", "confirmation", *CONFIRMED_COLUMNS)
         out.path("confirmed.csv").write_text(tables.render(rows, "csv", columns), encoding="utf-8")
