@@ -41,7 +41,7 @@ from machine import describe_machine
 
 from hpo.config import PARAMETERS, load_definition
 from hpo.confirm import confirmed_rows
-from hpo.results import search_curve
+from hpo.results import epochs_trained, search_curve
 from hpo.study import load_study
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -147,7 +147,7 @@ def _epochs_spent(url: str, name: str) -> int:
         study = optuna.load_study(study_name=name, storage=url)
     except KeyError:
         return 0  # not created yet
-    return sum(len(t.intermediate_values) for t in study.get_trials(deepcopy=False))
+    return sum(map(epochs_trained, study.get_trials(deepcopy=False)))
 
 
 def run_phase(args: argparse.Namespace) -> None:
@@ -206,9 +206,10 @@ def confirm_phase(args: argparse.Namespace) -> None:
     chosen = {}
     for name in [GRID, *(study_name(m, s) for m in METHODS for s in args.seeds)]:
         study, definition = load_study(storage, name)
+        trials = {t.number: t for t in study.get_trials(deepcopy=False)}
         best = None
         for point in search_curve(study, definition):
-            trial = study.trials[point.trial]
+            trial = trials[point.trial]
             if point.epochs > args.budget:
                 break
             if trial.value is not None and (best is None or trial.value > best[0]):
