@@ -9,20 +9,21 @@ the same test images, for ``--epochs`` epochs:
   ``model.fit(..., validation_data=(x_test, y_test))``, then ``model.evaluate``.
 - hpo: the real ``hpo worker STUDY --max-trials 1`` command (hpo.cli, run in-process) on a
   fresh SQLite study holding one trial of an exp1-like definition: storage, heartbeats,
-  ``load_dataset``, ``run_trial`` with its per-epoch ``EpochReporter`` (a database write per
-  epoch), test-set predict/evaluate, and the artifacts (plots, ``.keras`` model, metrics JSON).
+  ``load_dataset``, ``run_trial`` with the worker loop's report of every epoch (a database write
+  per epoch), test-set predict/evaluate, and the artifacts (plots, ``.keras`` model, metrics JSON).
 
 Each run is a fresh subprocess, and the two sides alternate (plain, hpo, hpo, plain, ...):
 start-up costs (interpreter, imports, TensorFlow's first graph trace) exist only in a fresh
 process, a second fit in one process would reuse warmed allocators and thread pools and favour
 whichever runs second, and alternating the order cancels a drifting machine load.
 
-Timing: a callback records the start of every epoch and the end of training, so an epoch's time
-includes validation and every other callback (hpo's database report among them). The first
-epoch holds the graph trace; "per epoch" is the mean of epochs 2..E, and "first-epoch extra" is
-epoch 1 minus that. hpo's side is instrumented by wrapping ``hpo.data.load_dataset`` and
-``hpo.objective.run_trial`` and subclassing ``hpo.objective.EpochReporter`` in the child; the
-wrapped functions themselves run unchanged.
+Timing: the plain side's callback records the start of every epoch and the end of training, so
+an epoch's time includes validation. hpo's side marks the moments its objective resumes (it
+trains an epoch per step): after the run begins and after each epoch's report to the database,
+so an hpo epoch holds its database write too. The first epoch holds the graph trace; "per epoch"
+is the mean of epochs 2..E, and "first-epoch extra" is epoch 1 minus that. hpo's side is
+instrumented by wrapping ``hpo.data.load_dataset``, ``hpo.objective.run_trial`` and
+``TrialArtifacts.save`` in the child; the wrapped functions themselves run unchanged.
 
     python bench/bench_overhead.py --subset 10000 --epochs 3 --repeats 3
 """
@@ -36,6 +37,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -117,11 +119,11 @@ def child_hpo(args: argparse.Namespace) -> dict[str, Any]:
 
     device.apply(None)  # what `hpo worker` does first (no --threads given)
     import keras  # noqa: F401  (imported for its start-up cost, which this phase measures)
-    import optuna
 
     import hpo.artifacts  # the worker's artifact hook; imports matplotlib
     import hpo.data
     import hpo.objective
+    import hpo.run
     import hpo.worker
     from hpo.cli import main
 
@@ -136,33 +138,30 @@ def child_hpo(args: argparse.Namespace) -> dict[str, Any]:
         marks["load_end"] = time.time()
         return data
 
-    def timed_run_trial(trial: optuna.Trial, *a: Any, **kw: Any) -> float:
-        marks["trial_start"] = time.time()
-        value = run_trial(trial, *a, **kw)
-        marks["trial_end"] = time.time()
-        marks["trial_id"] = trial._trial_id
-        return value
-
     epochs = Marks()
 
-    class TimedReporter(hpo.objective.EpochReporter):
-        def on_epoch_begin(self, epoch: int, logs: Any = None) -> None:
-            epochs.mark()
+    def timed_run_trial(run: Any, *a: Any, **kw: Any) -> Iterator[Any]:
+        """The objective, unchanged; the epoch marks fall where the worker loop hands control
+        back to it: after the run begins, and after each epoch's report to the database."""
+        marks["trial_start"] = time.time()
+        marks["trial_id"] = run.trial._trial_id
+        for event in run_trial(run, *a, **kw):
+            yield event
+            if isinstance(event, (hpo.run.Begun, hpo.run.EpochEnd)):
+                epochs.mark()
+        marks["trial_end"] = time.time()
 
-        def on_train_end(self, logs: Any = None) -> None:
-            epochs.mark()
+    save = hpo.artifacts.TrialArtifacts.save
 
-    upload = hpo.artifacts.TrialArtifacts.__call__
-
-    def timed_upload(self: Any, *a: Any, **kw: Any) -> None:
+    def timed_save(self: Any, *a: Any, **kw: Any) -> dict[str, str]:
         started = time.time()
-        upload(self, *a, **kw)
+        links = save(self, *a, **kw)
         marks["artifacts"] = time.time() - started
+        return links
 
-    hpo.artifacts.TrialArtifacts.__call__ = timed_upload
+    hpo.artifacts.TrialArtifacts.save = timed_save  # type: ignore[method-assign]
     hpo.data.load_dataset = timed_load
     hpo.objective.run_trial = timed_run_trial
-    hpo.objective.EpochReporter = TimedReporter
 
     argv = ["--storage", args.storage, "worker", "overhead", "--subset", str(args.subset),
             "--artifacts", args.artifacts, "--max-trials", "1"]
@@ -173,7 +172,7 @@ def child_hpo(args: argparse.Namespace) -> dict[str, Any]:
 
     from hpo.storage import open_storage
 
-    trial = open_storage(args.storage, heartbeat=False).get_trial(marks["trial_id"])
+    trial = open_storage(args.storage).get_trial(marks["trial_id"])
     if trial.state.name != "COMPLETE":
         raise SystemExit(f"the hpo trial ended {trial.state.name}: {trial.user_attrs.get('error')}")
     build = float(trial.user_attrs["build_seconds"])
@@ -184,12 +183,12 @@ def child_hpo(args: argparse.Namespace) -> dict[str, Any]:
         "data_load": marks["load_end"] - marks["load_start"],
         "claim_describe": marks["trial_start"] - marks["load_end"],
         "build_compile": build,
-        "fit_setup": (epochs.wall[0] - marks["trial_start"]) - build,  # suggest, attrs, split, fit start
+        "fit_setup": epochs.wall[0] - marks["trial_start"],  # suggest, what it runs with (build: in epoch 1)
         **epochs.summary(),
-        # predict, evaluate, confusion matrix and metric attributes; then the artifacts
+        # predict, confusion matrix, the result recorded in one transaction; the artifacts apart
         "after_fit": marks["trial_end"] - epochs.wall[-1] - marks["artifacts"],
         "artifacts": marks["artifacts"],
-        "worker_exit": done - marks["trial_end"],  # tell, then the loop finds the queue empty
+        "worker_exit": done - marks["trial_end"],  # the loop finds the queue empty
         "fit_seconds_recorded": fit,
         "test_accuracy": trial.user_attrs.get("test_accuracy"),
         "done": done - t0,
@@ -213,7 +212,7 @@ def create_study(folder: Path, epochs: int) -> str:
     study_file = folder / "overhead.toml"
     study_file.write_text(STUDY_TOML.format(epochs=epochs), encoding="utf-8")
     url = f"sqlite:///{folder / 'hpo.db'}"
-    create(open_storage(url, heartbeat=False), load_definition(study_file))
+    create(open_storage(url), load_definition(study_file))
     return url
 
 

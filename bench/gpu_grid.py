@@ -135,7 +135,7 @@ def create_grid_study(url: str, name: str, epochs: list[int]) -> None:
     exp3 = load_definition(ROOT / "studies" / "exp3.toml")
     space = {**exp3.space, "epochs": tuple(epochs)}
     definition = dataclasses.replace(exp3, name=name, space=space, max_retries=0, references=())
-    create_study(open_storage(url, heartbeat=False), definition)
+    create_study(open_storage(url), definition)
 
 
 def run_hpo(workers: int, cache: bool, args: argparse.Namespace, folder: Path) -> dict[str, Any]:

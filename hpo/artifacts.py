@@ -9,14 +9,13 @@ several machines need a folder they all share.
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
 import logging
 import tempfile
 import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import matplotlib
 
@@ -30,7 +29,6 @@ from optuna.artifacts.exceptions import ArtifactNotFound
 from hpo import stored
 from hpo.data import CLASS_NAMES
 from hpo.results import trial_params
-from hpo.storage import retrying
 
 if TYPE_CHECKING:
     import keras
@@ -41,12 +39,15 @@ log = logging.getLogger(__name__)
 
 
 class TrialArtifacts:
-    """Stores a trial's plots, model and metrics, all or nothing; a failure never fails the trial.
+    """Writes a trial's plots, model and metrics into the store, all or nothing; a failure never
+    fails the trial.
 
-    Every file is written to the store first, and registered on the trial only once all of
-    them are complete. A failed write (a full disk, a read-only folder) removes what it wrote
-    and registers nothing: the trial stays COMPLETE with its numbers, and a warning says why
-    its artifacts are missing. (Optuna's ``upload_artifact`` registers each file before
+    :meth:`save` writes every file and returns the system attributes that link them to the
+    trial; the worker loop records those in the same transaction as the trial's result, so a
+    trial holds all its files or none, and a result another process took over links nothing
+    (:meth:`remove` deletes its files). A failed write (a full disk, a read-only folder) removes
+    what it wrote and links nothing: the trial stays COMPLETE with its numbers, and a warning
+    says why its artifacts are missing. (Optuna's ``upload_artifact`` links each file before
     writing it, which would leave a broken artifact behind on a full disk.)
     """
 
@@ -54,30 +55,30 @@ class TrialArtifacts:
         self.store = FileSystemArtifactStore(str(folder))
         self.save_model = save_model
 
-    def __call__(self, trial: optuna.Trial, result: TrainResult) -> None:
-        written: list[tuple[str, Path]] = []
+    def save(self, trial: optuna.Trial, result: TrainResult) -> dict[str, str]:
+        written: list[str] = []
+        links: dict[str, str] = {}
         try:
             with tempfile.TemporaryDirectory(prefix="hpo-artifacts-") as tmp:
                 for path in self.write(Path(tmp), trial, result):
                     artifact_id = str(uuid.uuid4())
-                    written.append((artifact_id, path))  # before writing: a partial file is removed too
+                    written.append(artifact_id)  # before writing: a partial file is removed too
                     with path.open("rb") as body:
                         self.store.write(artifact_id, body)
+                    key, meta = stored.artifact_attr(artifact_id, path.name)
+                    links[key] = meta
         except Exception as exc:  # noqa: BLE001  (the result matters more than its pictures)
             self._remove(written)
             log.warning("trial %d: artifacts not saved, the trial's results are kept: %s",
                         trial.number, str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
-            return
-        try:
-            for artifact_id, path in written:
-                retrying(functools.partial(stored.register_artifact, trial, artifact_id, path.name),
-                         what="register an artifact")
-        except optuna.exceptions.UpdateFinishedTrialError:
-            self._remove(written)  # the trial was recovered by another worker: nothing of it stays
-            raise
+            return {}
+        return links
 
-    def _remove(self, written: list[tuple[str, Path]]) -> None:
-        for artifact_id, _ in written:
+    def remove(self, links: Mapping[str, str]) -> None:
+        self._remove([key.removeprefix(stored.ARTIFACT_PREFIX) for key in links])
+
+    def _remove(self, artifact_ids: Sequence[str]) -> None:
+        for artifact_id in artifact_ids:
             with contextlib.suppress(OSError, ArtifactNotFound):
                 self.store.remove(artifact_id)
 

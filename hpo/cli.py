@@ -26,14 +26,15 @@ from optuna.storages import RDBStorage
 # Keras and matplotlib take seconds to load, so the modules that use them (hpo.objective,
 # hpo.artifacts, hpo.report) are imported by the commands that need them; these load neither.
 from hpo import confirm as confirmation
-from hpo import device, paths, queue, stored, tables
+from hpo import device, paths, stored, tables
 from hpo import launch as launcher
 from hpo.config import StudyDefinition, load_definition, name_problem
 from hpo.dashboard import serve
 from hpo.data import load_dataset
 from hpo.errors import ConfigError, HpoError, OutputError
 from hpo.results import EXPORT_COLUMNS, best_trial_rows, configuration_columns, configuration_rows, study_status
-from hpo.storage import StorageEmpty, display_url, heartbeat_settings, open_storage, resolve_url
+from hpo.liveness import Settings
+from hpo.storage import StorageEmpty, display_url, open_storage, resolve_url
 from hpo.study import create_study, load_study
 from hpo.worker import Job, run_worker
 
@@ -103,9 +104,8 @@ def _storage_url(ctx: click.Context) -> str:
     return resolve_url(ctx.obj["storage"])
 
 
-def _open(ctx: click.Context, *, heartbeat: bool = True, retry_for: float = 0.0,
-          create: bool = True) -> RDBStorage:
-    return open_storage(ctx.obj["storage"], heartbeat=heartbeat, retry_for=retry_for, create=create)
+def _open(ctx: click.Context, *, retry_for: float = 0.0, create: bool = True) -> RDBStorage:
+    return open_storage(ctx.obj["storage"], retry_for=retry_for, create=create)
 
 
 def _artifact_folder(ctx: click.Context, folder: str | None, *, make: bool = True) -> Path:
@@ -218,6 +218,7 @@ def worker(ctx: click.Context, studies: tuple[str, ...], data: str | None, subse
     device.apply(threads)
 
     # Everything is checked before the first write: a refused command changes nothing.
+    Settings.from_environment()
     _artifact_folder(ctx, artifacts, make=False)
     files = {s: load_definition(s) for s in studies if _is_study_file(s)}
     existing = {s: _existing_study(ctx, s)[1:] for s in studies if s not in files}
@@ -229,12 +230,12 @@ def worker(ctx: click.Context, studies: tuple[str, ...], data: str | None, subse
     from hpo.artifacts import TrialArtifacts  # noqa: PLC0415  (matplotlib; after device.apply)
     from hpo.objective import run_trial  # noqa: PLC0415  (Keras, after device.apply set its threads)
 
-    on_complete = TrialArtifacts(folder)
+    files_of_trials = TrialArtifacts(folder)
     # Paid once per worker, not per trial: imports, connecting, loading the data.
     environment = {**device.describe(), stored.SUBSET: subset,
                    stored.WORKER_STARTUP: round(time.perf_counter() - started, 2)}
     jobs = [Job(study, definition, functools.partial(run_trial, definition=definition, data=dataset,
-                                                      environment=environment, on_complete=on_complete))
+                                                      environment=environment), files_of_trials)
             for study, definition in chosen]
     summary = run_worker(jobs, max_trials=max_trials)
     dropped = f", {summary.dropped} dropped (recovered by another worker)" if summary.dropped else ""
@@ -267,7 +268,7 @@ class _Pool:
                  log_dir: str) -> None:
         self.ctx, self.names = ctx, list(names)
         self.url = _storage_url(ctx)
-        heartbeat_settings()
+        Settings.from_environment()
         self.logs = paths.folder(Path(log_dir) / (names[0] if len(names) == 1 else _joined(names)), "--logs",
                                  make=False)
         _artifact_folder(ctx, artifacts, make=False)
@@ -371,10 +372,8 @@ def status(ctx: click.Context, study: str | None, fmt: str) -> None:
             # Every study hpo created (other Optuna studies may share the database).
             studies = [load_study(storage, s.study_name) for s in optuna.get_all_study_summaries(storage)
                        if stored.DEFINITION in s.user_attrs]
-    statuses = []
-    for optuna_study, definition in studies:
-        queue.recover(optuna_study, definition)
-        statuses.append(study_status(optuna_study, definition))
+    # Reading writes nothing: recovering dead workers' trials is for workers (hpo.liveness).
+    statuses = [study_status(optuna_study, definition) for optuna_study, definition in studies]
     if fmt == "json":
         click.echo(json.dumps([s.to_dict() for s in statuses], indent=2))
         return
@@ -450,8 +449,10 @@ def export(ctx: click.Context, study: str, fmt: str, output: str | None, by: str
 @click.pass_context
 def dashboard(ctx: click.Context, host: str, port: int, artifacts: str | None) -> None:
     """Serve optuna-dashboard on the same storage (loopback only unless --host says otherwise)."""
+    _artifact_folder(ctx, artifacts, make=False)
+    storage = _open(ctx)  # a damaged or foreign database is refused before the folder is made
     folder = _artifact_folder(ctx, artifacts)
-    serve(_open(ctx, heartbeat=False), host=host, port=port, artifacts=folder)
+    serve(storage, host=host, port=port, artifacts=folder)
 
 
 @main.command()
@@ -471,7 +472,7 @@ def report(ctx: click.Context, studies: tuple[str, ...], output: str, artifacts:
     from hpo.report import write_report  # noqa: PLC0415  (matplotlib: only this command)
 
     folder = _artifact_folder(ctx, artifacts, make=False)
-    storage = _open(ctx, heartbeat=False, create=False)
+    storage = _open(ctx, create=False)
     paths.folder(output, "--output", make=False)
     try:
         path = write_report(storage, list(studies), Path(output), artifacts=folder if folder.is_dir() else None,

@@ -24,13 +24,14 @@ import os
 import socket
 from collections import defaultdict
 from typing import Any
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from hpo import stored
 from hpo.config import StudyDefinition
+from hpo.liveness import DEFAULT_SETTINGS, Settings, Watch
 from hpo.lock import StillHeld, study_lock
 
 log = logging.getLogger(__name__)
@@ -46,6 +47,7 @@ def _machine() -> str:
 
 HOST = _machine()
 LIVE = (TrialState.WAITING, TrialState.RUNNING, TrialState.COMPLETE, TrialState.PRUNED)
+QUEUE_BATCH = 1000  # trials queued per transaction; the lock is checked between batches
 
 
 class QueuedGridSampler(optuna.samplers.GridSampler):
@@ -123,7 +125,8 @@ def _first_try(definition: StudyDefinition, slot: int, points: list[dict[str, An
         fixed = definition.fixed
         attrs[stored.FIXED_PARAMS] = {k: v for k, v in points[grid_id].items() if k not in fixed}
     else:
-        attrs.update({stored.GRID_ID: grid_id, stored.GRID_SEARCH_SPACE: grid_search_space(definition)})
+        # GridSampler needs only the id; the grid itself is the study's, stored once with its definition.
+        attrs[stored.GRID_ID] = grid_id
     attrs.update({stored.POINT: grid_id, stored.REPEAT: repeat, stored.RUN_SEED: trial_seed(definition, slot),
                   stored.EPOCHS: int(points[grid_id].get("epochs", 0))})
     if groups:
@@ -172,22 +175,22 @@ def add_missing(study: optuna.Study, definition: StudyDefinition, still_held: St
     slots = by_slot(study.get_trials(deepcopy=False))
     points = grid_points(definition) if definition.sampler == "grid" else []
     groups = prefix_groups(points) if definition.shares_prefixes else {}
-    added = 0
+    missing = []
     for slot in range(definition.n_trials):
         attempts = slots.get(slot, [])
         if any(t.state in LIVE for t in attempts):
             continue
         if not attempts:
-            system_attrs = _first_try(definition, slot, points, groups)
-        else:
-            attempt = counted_attempts(attempts)
-            if attempt > definition.max_retries:
-                continue  # failed for good; hpo status and export show it
-            system_attrs = _retry_attrs(attempts[-1], attempt)
+            missing.append(_first_try(definition, slot, points, groups))
+            continue
+        attempt = counted_attempts(attempts)
+        if attempt <= definition.max_retries:  # else failed for good; hpo status and export show it
+            missing.append(_retry_attrs(attempts[-1], attempt))
+    storage = stored.storage_of(study)
+    for start in range(0, len(missing), QUEUE_BATCH):
         still_held()
-        study.add_trial(optuna.trial.create_trial(state=TrialState.WAITING, system_attrs=system_attrs))
-        added += 1
-    return added
+        stored.add_waiting_trials(storage, study, missing[start:start + QUEUE_BATCH])
+    return len(missing)
 
 
 def _retry_attrs(last: FrozenTrial, attempt: int) -> dict[str, Any]:
@@ -201,38 +204,33 @@ def _retry_attrs(last: FrozenTrial, attempt: int) -> dict[str, Any]:
     return system_attrs
 
 
-def claim(study: optuna.Study, sampler_for: Callable[[int], optuna.samplers.BaseSampler]) -> optuna.Trial | None:
+def claim(study: optuna.Study, sampler_for: Callable[[int], optuna.samplers.BaseSampler],
+          settings: Settings = DEFAULT_SETTINGS) -> optuna.Trial | None:
     """Move a WAITING trial (the first in :func:`claim_order`) to RUNNING for this process, or
     return None if none is left.
 
-    ``set_trial_state_values`` locks the row (SELECT ... FOR UPDATE on PostgreSQL; on SQLite
-    every transaction is BEGIN IMMEDIATE, see hpo.storage), so a trial is claimed once. The
-    study's sampler is then made afresh by ``sampler_for(trial number)``: each trial samples
-    with its own seed, so parallel workers never repeat each other's draws.
+    The claim is one transaction under the trial's row lock (SELECT ... FOR UPDATE on
+    PostgreSQL; on SQLite every transaction is BEGIN IMMEDIATE, see hpo.storage), so a trial is
+    claimed once, and it records who holds the trial and the heartbeat ``settings`` it is to be
+    judged by. The study's sampler is then made afresh by ``sampler_for(trial number)``: each
+    trial samples with its own seed, so parallel workers never repeat each other's draws.
     """
     storage = stored.storage_of(study)
     waiting = storage.get_all_trials(stored.study_id(study), deepcopy=False, states=(TrialState.WAITING,))
     for frozen in sorted(waiting, key=claim_order):
-        if _take(storage, frozen):
+        if _take(storage, frozen, settings):
             study.sampler = sampler_for(frozen.number)
             return optuna.Trial(study, stored.trial_id(frozen))
     return None
 
 
-def _take(storage: optuna.storages.RDBStorage, frozen: FrozenTrial) -> bool:
-    """WAITING -> RUNNING for this process, in one locked row update; False if another was first."""
-    trial_id = stored.trial_id(frozen)
-    try:
-        if not storage.set_trial_state_values(trial_id, state=TrialState.RUNNING):
-            return False
-    except optuna.exceptions.UpdateFinishedTrialError:
-        return False
-    storage.set_trial_system_attr(trial_id, stored.WORKER, f"{HOST}:{os.getpid()}")
-    storage.record_heartbeat(trial_id)
-    return True
+def _take(storage: optuna.storages.RDBStorage, frozen: FrozenTrial, settings: Settings) -> bool:
+    """WAITING -> RUNNING for this process; False if another was first."""
+    return stored.claim_trial(storage, stored.trial_id(frozen),
+                              {stored.WORKER: f"{HOST}:{os.getpid()}", **settings.claim_attrs()})
 
 
-def claim_group(study: optuna.Study, trial: optuna.Trial) -> list[optuna.Trial]:
+def claim_group(study: optuna.Study, trial: optuna.Trial, settings: Settings = DEFAULT_SETTINGS) -> list[optuna.Trial]:
     """Claim, for the worker that holds ``trial``, the WAITING trials of its prefix group.
 
     Each is claimed as :func:`claim` claims one, so a trial another worker took first is left
@@ -244,48 +242,47 @@ def claim_group(study: optuna.Study, trial: optuna.Trial) -> list[optuna.Trial]:
         return []
     waiting = storage.get_all_trials(stored.study_id(study), deepcopy=False, states=(TrialState.WAITING,))
     return [optuna.Trial(study, stored.trial_id(frozen)) for frozen in waiting
-            if frozen.system_attrs.get(stored.GROUP) == group and _take(storage, frozen)]
+            if frozen.system_attrs.get(stored.GROUP) == group and _take(storage, frozen, settings)]
 
 
-def fail(study: optuna.Study, trial_id: int, message: str, *, interrupted: bool = False) -> bool:
-    """Mark a RUNNING trial FAIL with ``message``; False if it had already finished.
+def fail(study: optuna.Study, trial_id: int, message: str, *, interrupted: bool = False,
+         attrs: Mapping[str, Any] | None = None) -> bool:
+    """Mark a RUNNING trial FAIL with ``message`` (and the user attributes ``attrs``: what it ran
+    with); False if it had already finished.
 
-    The state change is a locked row update, so of several processes failing the same trial
-    (its worker, and others that found it dead) exactly one succeeds.
+    One transaction under the trial's row lock, so of several processes failing the same trial
+    (its worker, and others that found it dead) exactly one succeeds, and a result its worker
+    was writing at that moment is either complete or not there at all.
     """
-    storage = stored.storage_of(study)
-    try:
-        if storage.get_trial(trial_id).state != TrialState.RUNNING:
-            return False
-        storage.set_trial_user_attr(trial_id, stored.ERROR, message[:2000])
-        if interrupted:
-            storage.set_trial_system_attr(trial_id, stored.INTERRUPTED, True)
-        return storage.set_trial_state_values(trial_id, state=TrialState.FAIL)
-    except optuna.exceptions.UpdateFinishedTrialError:
-        return False
+    system_attrs = {stored.INTERRUPTED: True} if interrupted else {}
+    return stored.finish_trial(stored.storage_of(study), trial_id, TrialState.FAIL,
+                               user_attrs={**(attrs or {}), stored.ERROR: message[:2000]}, system_attrs=system_attrs)
 
 
-def recover(study: optuna.Study, definition: StudyDefinition) -> int:
+def recover(study: optuna.Study, definition: StudyDefinition, watch: Watch | None = None) -> int:
     """Fail the RUNNING trials whose worker is gone, and queue their retries.
 
-    A worker is gone when its heartbeat is older than the grace period, or at once when it ran
-    on this host and its process no longer exists. Returns how many trials were recovered.
+    A worker is gone at once when it ran on this host and its process no longer exists, and,
+    with a ``watch`` (the observer's memory of the beats it has seen), when its beat has stood
+    still for the grace period it claimed the trial with. Returns how many trials were recovered.
     """
     storage = stored.storage_of(study)
-    # Trials whose heartbeat is older than the grace period (needs a storage with heartbeats).
-    stale = set(stored.stale_trial_ids(storage, study)) if storage.get_heartbeat_interval() else set()
+    running = storage.get_all_trials(stored.study_id(study), deepcopy=False, states=(TrialState.RUNNING,))
     recovered = 0
-    for trial in storage.get_all_trials(stored.study_id(study), deepcopy=False, states=(TrialState.RUNNING,)):
+    for trial in running:
         host, _, pid = str(trial.system_attrs.get(stored.WORKER, "")).rpartition(":")
-        if stored.trial_id(trial) in stale:
-            reason = f"worker {host}:{pid} stopped sending heartbeats"
-        elif host == HOST and pid.isdigit() and not _alive(int(pid)):
+        if host == HOST and pid.isdigit() and not _alive(int(pid)):
             reason = f"worker process {pid} on {host} died"
+        elif watch is not None and watch.silent(trial):
+            reason = (f"worker {host}:{pid} stopped sending heartbeats "
+                      f"(none for {watch.silent_for(trial):.0f} s, its grace period {Settings.of(trial).grace} s)")
         else:
             continue
         if fail(study, stored.trial_id(trial), reason):
             log.warning("trial %d: %s; recovering it", trial.number, reason)
             recovered += 1
+    if watch is not None:
+        watch.forget(running)
     if recovered:
         sync(study, definition)
     return recovered

@@ -3,7 +3,7 @@
 SQLite is the embedded default, set up for several local worker processes (WAL journal and a
 busy timeout, so writers queue instead of failing with "database is locked"). PostgreSQL is for
 several machines: connections are checked before use, and :func:`retrying` rides out a restart.
-Heartbeats are always on, so a worker killed in the middle of a trial is noticed.
+Workers beat for their trials themselves (:mod:`hpo.liveness`), so Optuna's heartbeats stay off.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import sqlalchemy
 import sqlalchemy.exc
 from sqlalchemy.engine import make_url
 
-from hpo.errors import ConfigError, StorageError, StudyNotFound
+from hpo.errors import StorageError, StudyNotFound
 from hpo.lock import schema_lock
 
 log = logging.getLogger(__name__)
@@ -50,6 +50,67 @@ class StorageEmpty(StudyNotFound):
     """The storage holds no studies at all (and a read-only command did not create it)."""
 
 
+class StorageUnusable(StorageError):
+    """The database answered, but cannot serve: damaged, not a study database, full, read-only.
+    Waiting does not mend that, so nothing retries it."""
+
+
+# SQLite result codes (the primary code, the low byte) that no retry mends, and what they mean.
+_SQLITE_UNUSABLE = {
+    3: "permission denied",
+    8: "the database is read-only",
+    10: "disk I/O error",
+    11: "the database file is damaged",
+    13: "the disk is full",
+    14: "cannot open the database file",
+    26: "the file is not an SQLite database",
+}
+# PostgreSQL SQLSTATE classes and codes that no retry mends (53300, too many connections, passes).
+_POSTGRES_UNUSABLE = {
+    "53100": "the server's disk is full",
+    "53200": "the server is out of memory",
+    "58030": "the server cannot read or write its files",
+    "XX001": "the database's data is damaged",
+    "XX002": "an index of the database is damaged",
+    "25006": "the database is read-only",
+    "3D000": "the database does not exist",
+    "28000": "the server refused the login",
+    "28P01": "the password was refused",
+}
+
+
+def unusable(exc: BaseException) -> str | None:
+    """Why ``exc``, a database error, means the database cannot be used now, or None where
+    waiting may help (a lost connection, a lock held by another process)."""
+    for error in (exc, getattr(exc, "orig", None), exc.__cause__):
+        code = getattr(error, "sqlite_errorcode", None)
+        if code is not None:
+            return _SQLITE_UNUSABLE.get(code & 0xFF)
+        state = getattr(error, "sqlstate", None)
+        if state is not None:
+            return _POSTGRES_UNUSABLE.get(state)
+    return None
+
+
+@sqlalchemy.event.listens_for(sqlalchemy.engine.Engine, "handle_error")
+def _refuse_unusable(context: sqlalchemy.engine.ExceptionContext) -> None:
+    """Turn, for every engine (Optuna's included, from its first statement on), an error no retry
+    mends into one line that names the database and the cause: hpo's retries and Optuna's own
+    must not spend minutes on a damaged file or a full disk."""
+    why = unusable(context.original_exception)
+    if why is not None:
+        raise StorageUnusable(f"{_where(context.engine)}: {why} ({_first_line(context.original_exception)})")
+
+
+def _where(engine: sqlalchemy.engine.Engine | None) -> str:
+    """The database an engine serves, as a message names it: an SQLite file's path, else the URL."""
+    if engine is None:
+        return "the database"
+    if engine.url.get_backend_name() == "sqlite":
+        return str(engine.url.database)
+    return display_url(engine.url)
+
+
 def resolve_url(url: str | None) -> str:
     """The storage URL from the flag, then ``HPO_STORAGE``, then an SQLite file here.
 
@@ -74,32 +135,6 @@ def resolve_url(url: str | None) -> str:
     return parsed.render_as_string(hide_password=False)
 
 
-def heartbeat_settings() -> tuple[int, int]:
-    """(interval, grace period) in seconds, from ``HPO_HEARTBEAT_INTERVAL`` and ``HPO_GRACE_PERIOD``.
-
-    A worker records a heartbeat every interval; a RUNNING trial without one for the grace
-    period is declared dead and retried, so the grace period must exceed the interval.
-    """
-    interval = _seconds("HPO_HEARTBEAT_INTERVAL", 5)
-    grace = _seconds("HPO_GRACE_PERIOD", 30)
-    if grace <= interval:
-        raise ConfigError(f"HPO_GRACE_PERIOD={grace} must be longer than HPO_HEARTBEAT_INTERVAL={interval}")
-    return interval, grace
-
-
-def _seconds(variable: str, default: int) -> int:
-    text = os.environ.get(variable, "").strip()
-    if not text:
-        return default
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise ConfigError(f"{variable}={text!r} must be a whole number of seconds, at least 1")
-    return value
-
-
 def postgres_connect_args(options: str = "", idle_in_transaction_s: int = 20) -> dict[str, str]:
     """libpq settings for hpo's PostgreSQL connections: the URL's own ``options``, plus a
     server-side limit on how long a session may sit idle inside a transaction.
@@ -119,7 +154,7 @@ def postgres_connect_args(options: str = "", idle_in_transaction_s: int = 20) ->
     return {"options": f"{options} {limit}".strip()}
 
 
-def open_storage(url: str | None = None, *, heartbeat: bool = True, retry_for: float = 0.0,
+def open_storage(url: str | None = None, *, retry_for: float = 0.0,
                  create: bool = True) -> optuna.storages.RDBStorage:
     """Open the storage behind ``url``, creating its tables if ``create``.
 
@@ -128,7 +163,6 @@ def open_storage(url: str | None = None, *, heartbeat: bool = True, retry_for: f
     left exactly as it was (no SQLite file, no tables).
     """
     url = resolve_url(url)
-    interval, grace = heartbeat_settings() if heartbeat else (None, None)
     parsed = make_url(url)
     engine_kwargs: dict = {"pool_pre_ping": True}
     if parsed.get_backend_name() == "sqlite":
@@ -143,11 +177,12 @@ def open_storage(url: str | None = None, *, heartbeat: bool = True, retry_for: f
     def connect() -> optuna.storages.RDBStorage:
         # Processes starting together on a new database would race to create its tables.
         with schema_lock(url):
-            return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs,
-                                              heartbeat_interval=interval, grace_period=grace)
+            return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
 
     try:
         storage = retrying(connect, what=f"connect to {display_url(url)}", timeout=retry_for)
+    except RuntimeError as exc:  # Optuna: tables of a schema version it does not know
+        raise StorageUnusable(f"cannot use {display_url(url)}: {_first_line(exc)}") from None
     except TRANSIENT_ERRORS as exc:
         raise StorageError(f"cannot connect to {display_url(url)}: {_first_line(exc)}") from None
     except sqlalchemy.exc.DatabaseError as exc:  # not a database, read-only, ...
@@ -189,11 +224,16 @@ def _check_sqlite(database: str | None, create: bool) -> None:
             raise StorageError(f"{path}: folder {path.parent} does not exist")
     try:
         with contextlib.closing(sqlite3.connect(path, timeout=SQLITE_BUSY_TIMEOUT_S)) as conn:
+            tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            if tables and "studies" not in tables:
+                others = ", ".join(sorted(tables)[:3])
+                raise StorageUnusable(f"{path} holds another application's tables ({others}), not studies; "
+                                      "name another file")
             if create:
                 _use_wal(conn)
-            tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-    except sqlite3.DatabaseError as exc:  # not a database, read-only file system, no permission
-        raise StorageError(f"cannot use {path} as an SQLite database: {exc}") from None
+    except sqlite3.DatabaseError as exc:  # not a database, damaged, read-only file system, no permission
+        why = unusable(exc) or "cannot use it as an SQLite database"
+        raise StorageUnusable(f"{path}: {why} ({exc})") from None
     if not create and "studies" not in tables:
         raise StorageEmpty(f"{path} holds no studies yet")
 

@@ -7,13 +7,18 @@ name touches only this module (tests/test_stored.py fails when one moves).
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import json
+import math
 import mimetypes
+from collections.abc import Mapping, Sequence
 from typing import Any, cast
 
 import optuna
 from optuna.artifacts import ArtifactMeta
-from optuna.trial import FrozenTrial
+from optuna.storages._rdb import models
+from optuna.storages._rdb.storage import _create_scoped_session
+from optuna.trial import FrozenTrial, TrialState
 
 # --- study user attributes ---------------------------------------------------------------------
 DEFINITION = "definition"          # the resolved study definition (hpo.config.StudyDefinition.to_dict)
@@ -24,6 +29,8 @@ SLOT = "hpo:slot"                  # position of the trial in the queue: grid id
 ATTEMPT = "hpo:attempt"            # 0 for the first try, then 1, 2, ... for retries
 RETRY_OF = "hpo:retry_of"          # number of the trial this one retries
 WORKER = "hpo:worker"              # "host/pid-namespace:pid" of the worker that claimed the trial
+LIVENESS = "hpo:liveness"          # the claiming worker's {"interval": s, "grace": s} (hpo.liveness)
+BEAT = "hpo:beat"                  # the claiming worker's heartbeat: a count that grows while it lives
 INTERRUPTED = "hpo:interrupted"    # set on a FAIL trial stopped by a signal: its retry is free
 REPEAT = "hpo:repeat"              # grid: which training of its point (0, 1, ...)
 GROUP = "hpo:group"                # grid with shared prefixes: slot of the longest point of the group
@@ -34,7 +41,7 @@ POINT = "hpo:point"                # grid: the point's index (its grid id; a con
 # --- trial system attributes that Optuna itself reads ------------------------------------------
 FIXED_PARAMS = "fixed_params"      # optuna.Trial suggests these values as they are (a retry's params)
 GRID_ID = "grid_id"                # GridSampler: which grid point the trial runs
-GRID_SEARCH_SPACE = "search_space"  # GridSampler: the grid the id refers to
+GRID_SEARCH_SPACE = "search_space"  # GridSampler: the grid the id refers to (stored by hpo before 0.2 only)
 
 ARTIFACT_PREFIX = "artifacts:"     # + artifact id: optuna.artifacts.ArtifactMeta as JSON (the dashboard reads it)
 
@@ -74,28 +81,99 @@ def trial_id(trial: optuna.Trial | FrozenTrial) -> int:
     return trial._trial_id
 
 
-def stale_trial_ids(storage: optuna.storages.RDBStorage, study: optuna.Study) -> list[int]:
-    """RUNNING trials whose heartbeat is older than the storage's grace period."""
-    return list(storage._get_stale_trial_ids(study_id(study)))
-
-
 def grid_point(sampler: optuna.samplers.GridSampler, grid_id: int) -> dict[str, Any]:
     """The parameters GridSampler gives the trial with this grid id."""
     return dict(zip(sampler._param_names, sampler._all_grids[grid_id], strict=True))
 
 
-def register_artifact(trial: optuna.Trial, artifact_id: str, filename: str) -> None:
-    """Link a file already written to the artifact store to ``trial``, as ``upload_artifact`` does.
-
-    Raises ``UpdateFinishedTrialError`` if the trial has finished meanwhile.
-    """
+def artifact_attr(artifact_id: str, filename: str) -> tuple[str, str]:
+    """The system attribute that links a file in the artifact store to a trial, as Optuna's
+    ``upload_artifact`` writes it (the dashboard reads it)."""
     mimetype, encoding = mimetypes.guess_type(filename)
     meta = ArtifactMeta(artifact_id=artifact_id, filename=filename,
                         mimetype=mimetype or "application/octet-stream", encoding=encoding)
-    trial.storage.set_trial_system_attr(trial_id(trial), ARTIFACT_PREFIX + artifact_id,
-                                        json.dumps(dataclasses.asdict(meta)))
+    return ARTIFACT_PREFIX + artifact_id, json.dumps(dataclasses.asdict(meta))
 
 
 def frozen(trial: optuna.Trial) -> FrozenTrial:
     """The trial as stored now (a live Trial keeps no system attributes of its own)."""
     return trial.storage.get_trial(trial_id(trial))
+
+
+# --- Writes that must be one transaction -------------------------------------------------------
+# Optuna writes a trial's attributes, values and state one call (one transaction) each. hpo needs
+# some of them together: a claim that records who holds the trial, a result that appears whole
+# or not at all, and queueing thousands of trials without a transaction per trial.
+
+def _backend(storage: optuna.storages.BaseStorage) -> optuna.storages.RDBStorage:
+    return cast(optuna.storages.RDBStorage, getattr(storage, "_backend", storage))
+
+
+def add_waiting_trials(storage: optuna.storages.BaseStorage, study: optuna.Study,
+                       system_attrs: Sequence[Mapping[str, Any]]) -> None:
+    """Add one WAITING trial per mapping of system attributes, in one transaction.
+
+    Numbers follow the study's trials in order, as ``study.add_trial`` gives them; the study's
+    row is locked (on PostgreSQL) so that no other trial is numbered meanwhile.
+    """
+    backend = _backend(storage)
+    with _create_scoped_session(backend.scoped_session) as session:
+        study_row = models.StudyModel.find_or_raise_by_id(study_id(study), session, for_update=True)
+        first = models.TrialModel.count(session, study_row)
+        trials = [models.TrialModel(study_id=study_id(study), number=first + i, state=TrialState.WAITING)
+                  for i in range(len(system_attrs))]
+        session.add_all(trials)
+        session.flush()  # assigns the trial ids
+        session.add_all(models.TrialSystemAttributeModel(trial_id=trial.trial_id, key=key, value_json=json.dumps(value))
+                        for trial, attrs in zip(trials, system_attrs, strict=True) for key, value in attrs.items())
+
+
+def claim_trial(storage: optuna.storages.BaseStorage, trial_id: int, system_attrs: Mapping[str, Any]) -> bool:
+    """WAITING -> RUNNING with ``system_attrs`` (who holds it), in one transaction under the
+    trial's row lock; False if the trial was no longer WAITING."""
+    backend = _backend(storage)
+    with _create_scoped_session(backend.scoped_session) as session:
+        trial = models.TrialModel.find_or_raise_by_id(trial_id, session, for_update=True)
+        if trial.state != TrialState.WAITING:
+            return False
+        trial.state = TrialState.RUNNING
+        trial.datetime_start = datetime.datetime.now()
+        for key, value in system_attrs.items():
+            backend._set_trial_attr_without_commit(session, models.TrialSystemAttributeModel, trial_id, key, value)
+    return True
+
+
+def finish_trial(storage: optuna.storages.BaseStorage, trial_id: int, state: TrialState, *,
+                 value: float | None = None, user_attrs: Mapping[str, Any] | None = None,
+                 system_attrs: Mapping[str, Any] | None = None) -> bool:
+    """RUNNING -> ``state`` with its value and attributes, all in one transaction under the
+    trial's row lock: a reader sees the result whole, or the trial still RUNNING. False, and
+    nothing written, if the trial had already finished (another process found it dead).
+
+    A PRUNED trial's value is its last reported one, as ``study.tell`` gives it.
+    """
+    backend = _backend(storage)
+    with _create_scoped_session(backend.scoped_session) as session:
+        trial = models.TrialModel.find_or_raise_by_id(trial_id, session, for_update=True)
+        if trial.state != TrialState.RUNNING:
+            return False
+        for model, attrs in ((models.TrialUserAttributeModel, user_attrs), (models.TrialSystemAttributeModel,
+                                                                             system_attrs)):
+            for key, attr in (attrs or {}).items():
+                backend._set_trial_attr_without_commit(session, model, trial_id, key, attr)
+        if state == TrialState.PRUNED and value is None:
+            value = _last_reported(session, trial_id)
+        if value is not None:
+            backend._set_trial_value_without_commit(session, trial, 0, value)
+        trial.state = state
+        trial.datetime_complete = datetime.datetime.now()
+    return True
+
+
+def _last_reported(session: Any, trial_id: int) -> float | None:
+    model = models.TrialIntermediateValueModel
+    last = session.query(model).filter(model.trial_id == trial_id).order_by(model.step.desc()).first()
+    if last is None:
+        return None
+    value = model.stored_repr_to_intermediate_value(last.intermediate_value, last.intermediate_value_type)
+    return None if math.isnan(value) else float(value)

@@ -12,7 +12,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from typing import Any
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 import keras
 import numpy as np
@@ -94,69 +94,61 @@ def split(data: Dataset, protocol: str, fraction: float) -> tuple[Arrays, Arrays
     return validation_split(data.x_train, data.y_train, fraction)
 
 
-Milestone = Callable[["TrainResult"], None]
+class Training:
+    """One configuration in training: built and compiled when made, then trained an epoch at a
+    time (:meth:`epochs`), and scored on the test set whenever asked (:meth:`result`).
 
-
-def train(
-    params: Params,
-    data: Dataset,
-    *,
-    protocol: str = "validation_split",
-    fraction: float = 0.2,
-    seed: int = 0,
-    callbacks: Sequence[keras.callbacks.Callback] = (),
-    milestones: Mapping[int, Milestone] | None = None,
-) -> TrainResult:
-    """Train ``params`` and score it on the test set.
-
-    ``milestones`` maps an epoch count below ``params.epochs`` to a function called, at the end
-    of that epoch, with the result a run of that many epochs gives: the same history, test-set
-    scores and model (nothing here depends on the total epoch count). The model trains on
-    afterwards, so the function must use it at once (save it, score it).
+    Each epoch is a ``model.fit`` call of its own (``initial_epoch``), which gives, on one CPU,
+    exactly the weights one call over all epochs gives (tests/test_prefixes.py): Keras draws
+    each epoch's shuffle and every layer's randomness from state that lives on across calls.
+    Nothing here depends on the total epoch count, so the result after k epochs is the model a
+    k-epoch run of the same seed trains.
     """
-    keras.backend.clear_session()  # a worker trains many models; free the last one's graph
-    keras.utils.set_random_seed(seed)
-    started = time.perf_counter()
-    model = compile_model(build_model(params.architecture, augmentation=params.augmentation, seed=seed),
-                          params.learning_rate)
-    build_seconds = time.perf_counter() - started
 
-    (x_fit, y_fit), validation = split(data, protocol, fraction)
-
-    def result(history: Mapping[str, Sequence[float]], fit_seconds: float) -> TrainResult:
-        return _score(model, history, data, fit_images=len(x_fit), batch_size=params.batch_size,
-                      fit_seconds=fit_seconds, build_seconds=build_seconds)
-
-    milestone = _Milestones(milestones or {}, result)
-    history = model.fit(
-        x_fit, y_fit,
-        batch_size=params.batch_size,
-        epochs=params.epochs,
-        validation_data=validation,
-        callbacks=[*callbacks, milestone],  # last: a trial completed at its milestone takes no more reports
-        verbose=0,
-    ).history
-    return result(history, time.perf_counter() - milestone.started)
-
-
-class _Milestones(keras.callbacks.Callback):
-    """Calls each milestone's function with the result as of its epoch."""
-
-    def __init__(self, milestones: Mapping[int, Milestone],
-                 result: Callable[[Mapping[str, Sequence[float]], float], TrainResult]) -> None:
-        super().__init__()
-        self.milestones, self.result = milestones, result
+    def __init__(self, params: Params, data: Dataset, *, protocol: str = "validation_split", fraction: float = 0.2,
+                 seed: int = 0, callbacks: Sequence[keras.callbacks.Callback] = ()) -> None:
+        keras.backend.clear_session()  # a worker trains many models; free the last one's graph
+        keras.utils.set_random_seed(seed)
+        started = time.perf_counter()
+        self.model = compile_model(build_model(params.architecture, augmentation=params.augmentation, seed=seed),
+                                   params.learning_rate)
+        self.build_seconds = time.perf_counter() - started
+        self.params, self.data, self.callbacks = params, data, list(callbacks)
+        (self.x_fit, self.y_fit), self.validation = split(data, protocol, fraction)
         self.history: dict[str, list[float]] = {}
-        self.started = time.perf_counter()
+        self.fit_seconds = 0.0
 
-    def on_train_begin(self, logs: Mapping[str, float] | None = None) -> None:
-        self.started = time.perf_counter()
+    @property
+    def epochs_run(self) -> int:
+        return len(self.history.get("loss", []))
 
-    def on_epoch_end(self, epoch: int, logs: Mapping[str, float] | None = None) -> None:
-        for key, value in (logs or {}).items():
-            self.history.setdefault(key, []).append(float(value))
-        if epoch + 1 in self.milestones:
-            self.milestones[epoch + 1](self.result(self.history, time.perf_counter() - self.started))
+    def epochs(self) -> Iterator[int]:
+        """Train the epochs left, one per step; yields the number of the epoch just ended (from 1)."""
+        while self.epochs_run < self.params.epochs:
+            epoch = self.epochs_run
+            started = time.perf_counter()
+            logs = self.model.fit(self.x_fit, self.y_fit, batch_size=self.params.batch_size, epochs=epoch + 1,
+                                  initial_epoch=epoch, validation_data=self.validation, callbacks=self.callbacks,
+                                  verbose=0).history
+            self.fit_seconds += time.perf_counter() - started
+            for key, values in logs.items():
+                self.history.setdefault(key, []).extend(float(v) for v in values)
+            yield epoch + 1
+
+    def result(self) -> TrainResult:
+        """The epochs trained so far: the model as it is now, scored on the test set."""
+        return _score(self.model, self.history, self.data, fit_images=len(self.x_fit),
+                      batch_size=self.params.batch_size, fit_seconds=self.fit_seconds,
+                      build_seconds=self.build_seconds)
+
+
+def train(params: Params, data: Dataset, *, protocol: str = "validation_split", fraction: float = 0.2, seed: int = 0,
+          callbacks: Sequence[keras.callbacks.Callback] = ()) -> TrainResult:
+    """Train ``params`` for all its epochs and score it on the test set."""
+    training = Training(params, data, protocol=protocol, fraction=fraction, seed=seed, callbacks=callbacks)
+    for _ in training.epochs():
+        pass
+    return training.result()
 
 
 def _score(model: keras.Model, history: Mapping[str, Sequence[float]], data: Dataset, *, fit_images: int,

@@ -14,18 +14,20 @@ from __future__ import annotations
 import functools
 import logging
 import signal
-import threading
 import time
 import traceback
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from types import FrameType
-from collections.abc import Callable, Sequence
+from typing import Any
 
 import optuna
 from optuna.trial import TrialState
 
 from hpo import queue, stored
 from hpo.config import StudyDefinition
+from hpo.liveness import Heartbeat, Settings, Watch
+from hpo.run import Artifacts, Begun, EpochEnd, Finished, Objective, Run
 from hpo.storage import retrying
 from hpo.study import trial_sampler
 
@@ -33,7 +35,7 @@ log = logging.getLogger(__name__)
 
 
 class Interrupted(BaseException):
-    """SIGTERM or SIGINT arrived while a trial was training.
+    """SIGTERM, SIGINT or SIGHUP arrived while a trial was training.
 
     A BaseException, so that no ``except Exception`` in Keras or here mistakes it for a
     trial's own failure.
@@ -49,46 +51,16 @@ class WorkerSummary:
     interrupted: bool = False
 
 
-class Heartbeat:
-    """Records the heartbeat of a run's trials every interval, in a thread, surviving database
-    hiccups.
-
-    Optuna's own heartbeat thread dies on the first failed write; then a live trial looks
-    dead and is retried by another worker while this one still trains it.
-    """
-
-    def __init__(self, storage: optuna.storages.RDBStorage, trial_ids: Sequence[int]) -> None:
-        self._storage, self._trial_ids = storage, list(trial_ids)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="heartbeat", daemon=True)
-
-    def __enter__(self) -> Heartbeat:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
-
-    def _run(self) -> None:
-        interval = self._storage.get_heartbeat_interval() or 5
-        while not self._stop.wait(interval):
-            for trial_id in self._trial_ids:
-                try:
-                    self._storage.record_heartbeat(trial_id)
-                except Exception as exc:  # noqa: BLE001  (keep beating; the database may come back)
-                    log.warning("heartbeat for trial %d failed: %s", trial_id, str(exc).splitlines()[0])
-
-
 class _Signals:
-    """Turns SIGTERM/SIGINT into :class:`Interrupted` while training, a stop flag otherwise."""
+    """Turns SIGTERM, SIGINT and SIGHUP (a closed terminal) into :class:`Interrupted` while
+    training, a stop flag otherwise."""
 
     def __init__(self) -> None:
         self.requested: int | None = None
         self.training = False
 
     def __enter__(self) -> _Signals:
-        self._previous = {s: signal.signal(s, self._handle) for s in (signal.SIGTERM, signal.SIGINT)}
+        self._previous = {s: signal.signal(s, self._handle) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -103,38 +75,14 @@ class _Signals:
 
 
 @dataclass
-class Run:
-    """What one training run completes: ``trial``, trained to its end, and on a grid with shared
-    epoch prefixes the claimed ``shorter`` trials of its group, each completed on the way with
-    ``complete(trial, value)`` when the run passes its epoch count."""
-
-    trial: optuna.Trial
-    shorter: list[optuna.Trial]
-    complete: Callable[[optuna.Trial, float], None]
-    # For a shorter trial whose writes were refused (another process found it dead and retried
-    # it): give it up, and train on for the others.
-    drop: Callable[[optuna.Trial], None]
-    done: set[int] = field(default_factory=set)  # numbers of the shorter trials finished so far
-
-    @property
-    def trials(self) -> list[optuna.Trial]:
-        return [self.trial, *self.shorter]
-
-    @property
-    def unfinished(self) -> list[optuna.Trial]:
-        return [t for t in self.trials if t.number not in self.done]
-
-
-Objective = Callable[[Run], float]  # returns the value of run.trial
-
-
-@dataclass
 class Job:
-    """A study a worker runs trials of, with the objective that trains them."""
+    """A study a worker runs trials of, with the objective that trains them and the store for
+    its trials' files (none: the trials keep their numbers only)."""
 
     study: optuna.Study
     definition: StudyDefinition
     objective: Objective
+    artifacts: Artifacts | None = None
 
 
 def run_worker(jobs: Sequence[Job], *, poll_interval: float = 2.0,
@@ -145,10 +93,12 @@ def run_worker(jobs: Sequence[Job], *, poll_interval: float = 2.0,
     queued again and someone has to pick it up. With several studies, a worker takes the next
     study's trials while the last ones of a study train elsewhere, so no core idles.
     """
+    settings = Settings.from_environment()
+    watch = Watch()  # the beats this worker has seen, for as long as it lives
     summary = WorkerSummary()
     with _Signals() as signals:
         while signals.requested is None and (max_trials is None or summary.complete < max_trials):
-            claimed = _claim(jobs)
+            claimed = _claim(jobs, settings, watch)
             if claimed is None:
                 # Nothing waiting. A retry whose queueing was cut short (a crash between failing
                 # a trial and queueing its retry) is queued now; else wait for running trials.
@@ -160,15 +110,16 @@ def run_worker(jobs: Sequence[Job], *, poll_interval: float = 2.0,
                 time.sleep(poll_interval)
                 continue
             job, trial = claimed
-            _run_one(job, _shared_run(job, trial, summary), signals, summary)
+            _run_one(job, _shared_run(job, trial, settings), settings, signals, summary)
         summary.interrupted = signals.requested is not None
     return summary
 
 
-def _claim(jobs: Sequence[Job]) -> tuple[Job, optuna.Trial] | None:
+def _claim(jobs: Sequence[Job], settings: Settings, watch: Watch) -> tuple[Job, optuna.Trial] | None:
     for job in jobs:
-        retrying(functools.partial(queue.recover, job.study, job.definition), what="recover stale trials")
-        trial = retrying(functools.partial(queue.claim, job.study, trial_sampler(job.definition)), what="claim a trial")
+        retrying(functools.partial(queue.recover, job.study, job.definition, watch), what="recover stale trials")
+        trial = retrying(functools.partial(queue.claim, job.study, trial_sampler(job.definition), settings),
+                         what="claim a trial")
         if trial is not None:
             return job, trial
     return None
@@ -179,76 +130,122 @@ def _running(study: optuna.Study) -> bool:
         stored.study_id(study), deepcopy=False, states=(TrialState.RUNNING,)), what="poll"))
 
 
-def _shared_run(job: Job, trial: optuna.Trial, summary: WorkerSummary) -> Run:
-    """The run for a claimed trial: with the rest of its prefix group, the longest point first."""
-    group = retrying(lambda: queue.claim_group(job.study, trial), what="claim a trial's group")
+def _shared_run(job: Job, trial: optuna.Trial, settings: Settings) -> Run:
+    """The run for a claimed trial: with the rest of its prefix group, the longest point first
+    (the run trains to its epochs, the others finish on the way)."""
+    group = retrying(functools.partial(queue.claim_group, job.study, trial, settings), what="claim a trial's group")
     trials = sorted([trial, *group], key=lambda t: -queue.planned_epochs(stored.frozen(t)))
-
-    def complete(shorter: optuna.Trial, value: float) -> None:
-        state = _finish(job.study, shorter, TrialState.COMPLETE, value)
-        run.done.add(shorter.number)
-        _count(summary, state)
-
-    def drop(shorter: optuna.Trial) -> None:
-        _dropped(shorter)
-        run.done.add(shorter.number)
-        summary.dropped += 1
-
-    run = Run(trials[0], trials[1:], complete, drop)
-    return run
+    return Run(trials[0], trials[1:])
 
 
-def _run_one(job: Job, run: Run, signals: _Signals, summary: WorkerSummary) -> None:
+class _Recorder:
+    """Writes what a run hands back to its trials: every epoch's value, and each trial's result
+    with what it ran with, in one transaction. A trial whose writes are refused has been
+    finished by another process (found dead while this worker was frozen or cut off): it is
+    given up with one warning, and the run trains on for the others."""
+
+    def __init__(self, job: Job, run: Run, summary: WorkerSummary) -> None:
+        self.job, self.run, self.summary = job, run, summary
+        self.storage = stored.storage_of(job.study)
+        self.begun: dict[int, Mapping[str, Any]] = {}
+
+    def epoch(self, event: EpochEnd) -> None:
+        """Report the epoch to the run's unfinished trials: each is recorded as soon as it has
+        trained its own epochs, so every one left trains this epoch."""
+        for trial in self.run.unfinished:
+            try:
+                retrying(functools.partial(trial.report, event.value, event.epoch), what="report an epoch")
+            except optuna.exceptions.UpdateFinishedTrialError:
+                if trial is self.run.trial:
+                    raise
+                self.give_up(trial)
+
+    def finished(self, event: Finished) -> None:
+        """Record a trial's result and link its files, all at once, or give it up."""
+        links = self.job.artifacts.save(event.trial, event.result) if self.job.artifacts is not None else {}
+        if self.finish(event.trial, TrialState.COMPLETE, event.value, dict(event.metrics), links):
+            return
+        if self.job.artifacts is not None:
+            self.job.artifacts.remove(links)
+
+    def finish(self, trial: optuna.Trial, state: TrialState, value: float | None = None,
+               attrs: dict[str, Any] | None = None, links: Mapping[str, str] | None = None) -> bool:
+        """``trial`` RUNNING -> ``state`` with its attributes; False (and given up) if another
+        process finished it first."""
+        user_attrs = {**self.begun.get(trial.number, {}), **(attrs or {})}
+        done = retrying(functools.partial(stored.finish_trial, self.storage, stored.trial_id(trial), state,
+                                          value=value, user_attrs=user_attrs, system_attrs=links),
+                        what=f"record a {state.name} trial")
+        # Refused: another process finished it, or this one did and the reply to its commit got
+        # lost before a retry (then the trial holds what this one wrote).
+        if done or _state(self.job.study, trial) == state:
+            self.run.done.add(trial.number)
+            _count(self.summary, state)
+            return True
+        self.give_up(trial)
+        return False
+
+    def give_up(self, trial: optuna.Trial) -> None:
+        _dropped(trial)
+        self.run.done.add(trial.number)
+        self.summary.dropped += 1
+
+
+def _run_one(job: Job, run: Run, settings: Settings, signals: _Signals, summary: WorkerSummary) -> None:
     """Train one run and record how its trials ended."""
     study, trial = job.study, run.trial
-    with Heartbeat(stored.storage_of(study), [stored.trial_id(t) for t in run.trials]):
+    record = _Recorder(job, run, summary)
+    with Heartbeat(stored.storage_of(study), run.trials, settings):
         try:
             signals.training = True
             try:
-                value = job.objective(run)
+                for event in job.objective(run):
+                    if isinstance(event, Begun):
+                        record.begun = dict(event.attrs)
+                    elif isinstance(event, EpochEnd):
+                        record.epoch(event)
+                        if retrying(trial.should_prune, what="ask the pruner"):
+                            log.info("trial %d pruned after epoch %d (val_accuracy %.4f)", trial.number,
+                                     event.epoch, event.value)
+                            record.finish(trial, TrialState.PRUNED)
+                            return
+                    else:
+                        record.finished(event)
             finally:
                 signals.training = False
-        except optuna.TrialPruned as exc:
-            log.info("trial %d pruned: %s", trial.number, exc)
-            _count(summary, _finish(study, trial, TrialState.PRUNED))
-            return
         except Interrupted as exc:
             log.warning("trial %d interrupted by %s; it will be retried", trial.number, exc)
-            _fail_run(job, run, f"interrupted by {exc}", summary, interrupted=True)
+            _fail_run(job, record, f"interrupted by {exc}", interrupted=True)
             return
         except Exception as exc:  # noqa: BLE001  (a trial's failure is recorded, not fatal)
-            if not _lost(job, run, summary):  # else its writes were refused: UpdateFinishedTrialError
+            if not _lost(job, record):  # else its writes were refused: UpdateFinishedTrialError
                 log.error("trial %d failed: %s\n%s", trial.number, exc, traceback.format_exc())
-            _fail_run(job, run, f"{type(exc).__name__}: {exc}", summary)
+            _fail_run(job, record, f"{type(exc).__name__}: {exc}")
             return
-        _count(summary, _finish(study, trial, TrialState.COMPLETE, value))
 
 
-def _lost(job: Job, run: Run, summary: WorkerSummary) -> bool:
-    """Drop, with a warning each, the run's unfinished trials that another process has finished
-    (found dead, and retried); True if its main trial is among them."""
-    lost = [t for t in run.unfinished if _recovered(job.study, t)]
+def _lost(job: Job, record: _Recorder) -> bool:
+    """Give up, with a warning each, the run's unfinished trials that another process has
+    finished (found dead, and retried); True if its main trial is among them."""
+    lost = [t for t in record.run.unfinished if _state(job.study, t) != TrialState.RUNNING]
     for t in lost:
-        _dropped(t)
-    summary.dropped += len(lost)
-    return run.trial in lost
+        record.give_up(t)
+    return record.run.trial in lost
 
 
-def _count(summary: WorkerSummary, state: TrialState | None) -> None:
+def _count(summary: WorkerSummary, state: TrialState) -> None:
     if state == TrialState.COMPLETE:
         summary.complete += 1
     elif state == TrialState.PRUNED:
         summary.pruned += 1
-    elif state == TrialState.FAIL:
-        summary.failed += 1
     else:
-        summary.dropped += 1
+        summary.failed += 1
 
 
-def _recovered(study: optuna.Study, trial: optuna.Trial) -> bool:
-    """Whether another process has finished this worker's trial (found it dead, and retried it)."""
+def _state(study: optuna.Study, trial: optuna.Trial) -> TrialState:
+    """The trial's state as stored now (another process may have finished it)."""
     frozen = retrying(lambda: stored.storage_of(study).get_trial(stored.trial_id(trial)), what="read a trial")
-    return frozen.state != TrialState.RUNNING
+    return frozen.state
 
 
 def _dropped(trial: optuna.Trial) -> None:
@@ -256,23 +253,13 @@ def _dropped(trial: optuna.Trial) -> None:
                 "reached the database in time); its retry stands and this result is dropped", trial.number)
 
 
-def _finish(study: optuna.Study, trial: optuna.Trial, state: TrialState,
-            value: float | None = None) -> TrialState | None:
-    try:
-        retrying(lambda: study.tell(trial, value, state=state), what=f"record a {state.name} trial")
-    except (ValueError, optuna.exceptions.UpdateFinishedTrialError):
-        if not _recovered(study, trial):
-            raise
-        _dropped(trial)
-        return None
-    return state
-
-
-def _fail_run(job: Job, run: Run, message: str, summary: WorkerSummary, *, interrupted: bool = False) -> None:
-    """Fail the run's trials still RUNNING (a group's shorter points already passed stay COMPLETE;
-    one another process failed first is its to retry), then queue their retries."""
-    for trial in run.unfinished:
-        fail = functools.partial(queue.fail, job.study, stored.trial_id(trial), message, interrupted=interrupted)
+def _fail_run(job: Job, record: _Recorder, message: str, *, interrupted: bool = False) -> None:
+    """Fail the run's trials still RUNNING, with what they ran with (a group's shorter points
+    already passed stay COMPLETE; one another process failed first is its to retry), then queue
+    their retries."""
+    for trial in record.run.unfinished:
+        fail = functools.partial(queue.fail, job.study, stored.trial_id(trial), message, interrupted=interrupted,
+                                 attrs=record.begun.get(trial.number))
         if retrying(fail, what="record a failed trial"):
-            summary.failed += 1
+            record.summary.failed += 1
     retrying(lambda: queue.sync(job.study, job.definition), what="queue a retry")

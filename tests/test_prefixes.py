@@ -17,6 +17,7 @@ import threading
 from collections import Counter
 from pathlib import Path
 
+import keras
 import numpy as np
 import optuna
 import pytest
@@ -27,7 +28,9 @@ from hpo.config import load_definition
 from hpo.objective import run_trial
 from hpo.storage import open_storage
 from hpo.study import create_study, trial_sampler
-from hpo.train import Params, TrainResult, train
+from hpo.data import validation_split
+from hpo.models import build_model, compile_model
+from hpo.train import Params, Training, train
 from hpo.worker import Job, run_worker
 
 from conftest import ok, run_hpo, user_error, wait_for, write_study
@@ -93,7 +96,7 @@ def test_a_shared_run_completes_each_point_as_an_independent_run_would(storage_u
     study, _ = create_study(open_storage(storage_url), definition)
     runs: list[int] = []
 
-    def objective(run) -> float:
+    def objective(run):
         runs.append(run.trial.number)
         return run_trial(run, definition, small_data)
 
@@ -127,25 +130,41 @@ def test_a_shared_run_completes_each_point_as_an_independent_run_would(storage_u
     assert alone.metrics()["val_accuracy"] == short.user_attrs["val_accuracy"]
 
 
-@pytest.mark.parametrize("architecture, augmentation", [("base", "none"), ("deeper_dropout", "none"),
-                                                        ("batchnorm", "standard")])
+ARCHITECTURES = pytest.mark.parametrize("architecture, augmentation", [
+    ("base", "none"), ("deeper_dropout", "none"), ("batchnorm", "standard")])
+
+
+@ARCHITECTURES
 def test_a_milestone_holds_the_weights_of_an_independent_run(architecture: str, augmentation: str,
                                                              small_data) -> None:
     """The weights, not only the scores, with dropout and random augmentation too: nothing in
     training depends on the total epoch count, so epochs 1..k of a longer run are a k-epoch run.
     Exact equality holds on one CPU (TensorFlow's CPU kernels are deterministic here); on a GPU,
     non-deterministic reductions make any two runs, shared or not, differ slightly."""
-    kept: dict[str, list[np.ndarray]] = {}
-
-    def keep(result: TrainResult) -> None:
-        kept["weights"] = [w.copy() for w in result.model.get_weights()]
-        kept["predictions"] = result.model.predict(small_data.x_test, verbose=0)
-
-    params = Params(architecture, augmentation, 0.001, 64, 3)
-    train(params, small_data, seed=11, milestones={2: keep})
+    training = Training(Params(architecture, augmentation, 0.001, 64, 3), small_data, seed=11)
+    for epoch in training.epochs():
+        if epoch == 2:
+            weights = [w.copy() for w in training.model.get_weights()]
+            predictions = training.model.predict(small_data.x_test, verbose=0)
     alone = train(Params(architecture, augmentation, 0.001, 64, 2), small_data, seed=11)
-    assert all(np.array_equal(a, b) for a, b in zip(kept["weights"], alone.model.get_weights(), strict=True))
-    assert np.array_equal(kept["predictions"], alone.model.predict(small_data.x_test, verbose=0))
+    assert all(np.array_equal(a, b) for a, b in zip(weights, alone.model.get_weights(), strict=True))
+    assert np.array_equal(predictions, alone.model.predict(small_data.x_test, verbose=0))
+
+
+@ARCHITECTURES
+def test_training_an_epoch_at_a_time_gives_the_weights_of_one_fit(architecture: str, augmentation: str,
+                                                                  small_data) -> None:
+    """hpo trains an epoch per ``fit`` call; that is the report's single ``fit`` over all epochs,
+    weight for weight (Keras' shuffles and layer randomness carry over between calls)."""
+    params = Params(architecture, augmentation, 0.001, 64, 3)
+    ours = train(params, small_data, seed=11)
+    keras.backend.clear_session()
+    keras.utils.set_random_seed(11)
+    model = compile_model(build_model(architecture, augmentation=augmentation, seed=11), 0.001)
+    (x, y), validation = validation_split(small_data.x_train, small_data.y_train, 0.2)
+    history = model.fit(x, y, batch_size=64, epochs=3, validation_data=validation, verbose=0).history
+    assert all(np.array_equal(a, b) for a, b in zip(ours.model.get_weights(), model.get_weights(), strict=True))
+    assert ours.history["val_accuracy"] == [float(v) for v in history["val_accuracy"]]
 
 
 def test_a_crash_part_way_keeps_the_points_passed_and_retries_the_rest(storage_url: str, data_path: str,
@@ -252,7 +271,7 @@ def test_a_shorter_point_taken_over_by_another_worker_is_dropped_and_the_run_goe
         queue.fail(other, stored.trial_id(run.shorter[0]), "worker stopped sending heartbeats")
         queue.sync(other, definition)
 
-    def objective(run) -> float:
+    def objective(run):
         if not taken:
             taken.append(run.shorter[0].number)
             threading.Thread(target=take_over, args=(run,)).start()

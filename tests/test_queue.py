@@ -6,6 +6,7 @@ import multiprocessing
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import optuna
@@ -16,6 +17,7 @@ from hpo import queue, stored
 from hpo.config import load_definition
 from hpo.errors import ConfigError, StudyNotFound
 from hpo.results import best_trial_rows, study_status
+from hpo.run import Finished, Run
 from hpo.storage import open_storage
 from hpo.study import create_study, load_study, trial_sampler
 from hpo.worker import Job, run_worker
@@ -103,15 +105,15 @@ def test_concurrent_workers_never_claim_the_same_point(storage_url: str, tmp_pat
 def test_a_failing_point_is_retried_then_reported_failed_never_dropped(storage_url: str, tmp_path: Path) -> None:
     study, definition = _study(storage_url, tmp_path)  # max_retries = 1
 
-    def objective(trial: optuna.Trial) -> float:
-        lr = trial.suggest_categorical("learning_rate", [0.01, 0.001, 0.0001])
+    def objective(run: Run) -> Iterator[Finished]:
+        lr = run.trial.suggest_categorical("learning_rate", [0.01, 0.001, 0.0001])
         for name, values in definition.grid.items():
-            trial.suggest_categorical(name, values)
+            run.trial.suggest_categorical(name, values)
         if lr == 0.01:
             raise RuntimeError("exploded")
-        return 0.5
+        yield Finished(run.trial, 0.5, {}, result=None)
 
-    summary = run_worker([Job(study, definition, lambda run: objective(run.trial))], poll_interval=0.1)
+    summary = run_worker([Job(study, definition, objective)], poll_interval=0.1)
     assert summary.complete == 4 and summary.failed == 4  # 2 points x (1 try + 1 retry)
     status = study_status(study, definition)
     assert status.points == {"pending": 0, "running": 0, "complete": 4, "pruned": 0, "failed": 2}

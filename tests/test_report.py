@@ -211,7 +211,7 @@ def _study_with_trials(db: str, name: str, accuracies: list[float]) -> optuna.St
     from hpo.study import create_study
 
     definition = dataclasses.replace(load_definition(STUDIES / "exp1.toml"), name=name)
-    study, _ = create_study(open_storage(db, heartbeat=False), definition)
+    study, _ = create_study(open_storage(db), definition)
     params = {k: v[0] for k, v in definition.space.items()}
     for accuracy in accuracies:
         study.add_trial(optuna.trial.create_trial(

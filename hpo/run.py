@@ -1,0 +1,79 @@
+"""What the worker loop hands a training run, and what the run hands back.
+
+The loop (:mod:`hpo.worker`) claims trials and records them; the objective
+(:mod:`hpo.objective`) trains. They meet here, in plain data: the loop passes a :class:`Run`,
+and the objective yields a :class:`Begun` with what the run's trials run with, an
+:class:`EpochEnd` after every epoch (the loop reports it to the run's trials and asks the
+pruner) and a :class:`Finished` for each trial whose epochs are done (the loop records it, in
+one transaction). As in Optuna's ``_run_trial``, the objective returns
+results and the loop alone writes trial states. Light on purpose: importing this loads no Keras.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+import optuna
+
+if TYPE_CHECKING:
+    from hpo.train import TrainResult
+
+
+@dataclass
+class Run:
+    """One training run: ``trial``, trained to its end, and on a grid with shared epoch prefixes
+    the claimed ``shorter`` trials of its group, each finished on the way at its epoch count."""
+
+    trial: optuna.Trial
+    shorter: list[optuna.Trial] = field(default_factory=list)
+    done: set[int] = field(default_factory=set)  # numbers of the trials recorded or given up so far
+
+    @property
+    def trials(self) -> list[optuna.Trial]:
+        return [self.trial, *self.shorter]
+
+    @property
+    def unfinished(self) -> list[optuna.Trial]:
+        return [t for t in self.trials if t.number not in self.done]
+
+
+@dataclass(frozen=True)
+class Begun:
+    """The run has its parameters: per trial number, what it runs with (seed, data, host, ...),
+    recorded with the trial however it ends."""
+
+    attrs: Mapping[int, Mapping[str, Any]]
+
+
+@dataclass(frozen=True)
+class EpochEnd:
+    """An epoch of the run has ended: its validation accuracy, for the trials still training."""
+
+    epoch: int  # 1-based
+    value: float
+
+
+@dataclass(frozen=True)
+class Finished:
+    """A trial of the run has trained its epochs: everything the loop records for it."""
+
+    trial: optuna.Trial
+    value: float
+    metrics: Mapping[str, Any]  # user attributes: its results
+    result: TrainResult       # the model as of its epochs, scored (for the trial's artifacts)
+
+
+Event = Begun | EpochEnd | Finished
+Objective = Callable[[Run], Iterator[Event]]
+
+
+class Artifacts(Protocol):
+    """Files a finished trial leaves behind (hpo.artifacts.TrialArtifacts)."""
+
+    def save(self, trial: optuna.Trial, result: TrainResult) -> dict[str, str]:
+        """Write the trial's files; return the system attributes that link them to it."""
+
+    def remove(self, links: Mapping[str, str]) -> None:
+        """Delete files :meth:`save` wrote, for a trial whose result was not recorded."""
