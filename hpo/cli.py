@@ -11,6 +11,7 @@ import glob
 import json
 import logging
 import os
+import signal
 import sys
 import time
 import warnings
@@ -55,10 +56,14 @@ def run(args: Sequence[str] | None = None) -> None:
 
 
 class _Group(click.Group):
-    """Turns the project's errors into one line on stderr and exit code 2."""
+    """Turns the project's errors into one line on stderr and exit code 2, and a reader that went
+    away (``hpo export | head``) into the quiet end SIGPIPE gives ``yes | head``: 141."""
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except BrokenPipeError:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing more to flush at exit
+            ctx.exit(128 + signal.SIGPIPE)
         except HpoError as exc:
             if ctx.obj and ctx.obj.get("debug"):
                 raise
@@ -401,7 +406,8 @@ def status(ctx: click.Context, study: str | None, fmt: str) -> None:
 @main.command()
 @click.argument("study")
 @click.option("--format", "fmt", type=click.Choice(list(tables.FORMATS)), default="table", show_default=True)
-@click.option("--output", "-o", type=click.Path(dir_okay=False), help="Write to FILE, not stdout.")
+@click.option("--output", "-o", metavar="FILE",
+              help="Write to FILE (a file is replaced whole; a pipe or device is written into; - is stdout).")
 @click.option("--by", type=click.Choice(["trial", "configuration"]),
               help="One row per trial, or per configuration: n, mean and std over its COMPLETE trials "
                    "[default: trial; configuration for a confirmation study].")
@@ -414,8 +420,7 @@ def export(ctx: click.Context, study: str, fmt: str, output: str | None, by: str
     accuracy beside each confirmed configuration; a confirmation study shows, per configuration,
     the search's value beside them.
     """
-    if output:
-        paths.output_file(output, "--output")
+    target = paths.output_file(output, "--output") if output else None
     name = study
     if _is_study_file(study):
         name = load_definition(study).name
@@ -434,11 +439,11 @@ def export(ctx: click.Context, study: str, fmt: str, output: str | None, by: str
         rows = [{**row, **confirmation.confirmed_columns(row, confirmed)} for row in rows]
         columns = (*columns, *confirmation.CONFIRMED_EXTRA)
     text = tables.render(rows, fmt, columns=columns)
-    if output:
-        paths.write_text(Path(output), text, "--output")
-        click.echo(f"wrote {len(rows)} rows to {output}", err=True)
-    else:
+    if target is None:
         click.echo(text, nl=False)
+        return
+    paths.write_text(target, text, "--output")
+    click.echo(f"wrote {len(rows)} rows to {output}", err=True)
 
 
 @main.command()

@@ -103,7 +103,10 @@ def test_export_into_a_missing_folder_is_one_line(tmp_path: Path) -> None:
 def test_bad_heartbeat_settings_are_one_line(variable: str, value: str, tmp_path: Path) -> None:
     db = f"sqlite:///{tmp_path / 'hpo.db'}"
     with _unchanged(db):
-        user_error(run_hpo("create", str(STUDIES / "exp1.toml"), storage=db,
+        # Checked by the commands that run workers, before they write anything.
+        user_error(run_hpo("launch", str(STUDIES / "exp1.toml"), storage=db,
+                           env={"HPO_HEARTBEAT_INTERVAL": "2", variable: value}), variable)
+        user_error(run_hpo("worker", str(STUDIES / "exp1.toml"), storage=db,
                            env={"HPO_HEARTBEAT_INTERVAL": "2", variable: value}), variable)
 
 
