@@ -119,7 +119,19 @@ def _artifact_folder(ctx: click.Context, folder: str | None, *, make: bool = Tru
 
 
 def _is_study_file(ref: str) -> bool:
-    return ref.endswith(".toml") or Path(ref).is_file()
+    try:
+        return ref.endswith(".toml") or Path(ref).is_file()
+    except OSError:  # a name too long to be a path, say: then it is a study name (and is checked as one)
+        return False
+
+
+def _checked_name(name: str) -> str:
+    """A study name given on the command line, held to the rule study files are held to."""
+    problem = name_problem(name)
+    if problem:
+        shown = name if len(name) <= 60 else f"{name[:57]}..."
+        raise ConfigError(f"study name {shown!r} {problem}")
+    return name
 
 
 def _definitions(study_files: Sequence[str]) -> list[StudyDefinition]:
@@ -150,6 +162,7 @@ def _joined(names: Sequence[str]) -> str:
 
 def _existing_study(ctx: click.Context, name: str) -> tuple[RDBStorage, Study, StudyDefinition]:
     """A study that must already exist; reading it writes nothing, not even an empty schema."""
+    _checked_name(name)
     try:
         storage = _open(ctx, retry_for=60.0, create=False)
     except StorageEmpty as exc:
@@ -278,7 +291,8 @@ class _Pool:
                                  make=False)
         _artifact_folder(ctx, artifacts, make=False)
         gpu_ids = [g.strip() for g in gpus.split(",") if g.strip()] if gpus else []
-        self.placements = launcher.plan(workers or launcher.default_workers(gpu_ids), gpus=gpu_ids, threads=threads)
+        n_workers = launcher.check_workers(workers) if workers else launcher.default_workers(gpu_ids)
+        self.placements = launcher.plan(n_workers, gpus=gpu_ids, threads=threads)
         load_dataset(data, subset=subset)
         self.args: list[str] = []
         for flag, value in (("--data", data), ("--subset", subset), ("--artifacts", artifacts)):
@@ -476,6 +490,8 @@ def report(ctx: click.Context, studies: tuple[str, ...], output: str, artifacts:
     """
     from hpo.report import write_report  # noqa: PLC0415  (matplotlib: only this command)
 
+    for name in studies:
+        _checked_name(name)
     folder = _artifact_folder(ctx, artifacts, make=False)
     storage = _open(ctx, create=False)
     paths.folder(output, "--output", make=False)

@@ -75,6 +75,7 @@ class StudyDefinition:
     min_resource: int = 1         # hyperband: epochs of its first rung; the last is the top of the epoch range
     reduction_factor: int = 3     # hyperband: 1/reduction_factor of a rung's trials go on to the next
     points: tuple[Mapping[str, Any], ...] = ()  # grid: explicit points, in place of the axes' product
+    trial_limit: int = 10_000     # the most trials the study may queue (every one is a database row)
 
     @property
     def grid(self) -> dict[str, list[Any]]:
@@ -102,9 +103,14 @@ class StudyDefinition:
         return int(spec.high) if isinstance(spec, Range) else int(max(spec))
 
     @property
+    def n_points(self) -> int:
+        """A grid's points, counted without listing them."""
+        return len(self.points) if self.points else math.prod(len(values) for values in self.grid.values())
+
+    @property
     def n_trials(self) -> int:
         """How many trials the study runs: one per grid point and repeat, or the budget."""
-        return len(self.grid_points) * self.repeats if self.sampler == "grid" else self.trials
+        return self.n_points * self.repeats if self.sampler == "grid" else self.trials
 
     @property
     def shares_prefixes(self) -> bool:
@@ -124,10 +130,21 @@ class StudyDefinition:
         return data
 
 
+MAX_STUDY_FILE_BYTES = 1 << 20  # the report's studies are under 2 KB; a 10,000-point grid under 100 KB
+
+
 def load_definition(path: str | Path) -> StudyDefinition:
+    """Read and validate a study file. A pipe (``<(...)``) is read like a file, up to the size
+    limit: ``/dev/zero`` or a runaway generator is refused, not read until memory runs out."""
     path = Path(path)
     try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        if path.is_dir():
+            raise ConfigError(f"{path}: is a folder, not a study file")
+        with path.open("rb") as file:
+            data = file.read(MAX_STUDY_FILE_BYTES + 1)
+        if len(data) > MAX_STUDY_FILE_BYTES:
+            raise ConfigError(f"{path}: larger than {MAX_STUDY_FILE_BYTES >> 20} MiB; not a study file")
+        raw = tomllib.loads(data.decode("utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such study file") from None
     except (OSError, UnicodeDecodeError) as exc:
@@ -176,7 +193,7 @@ def name_problem(name: str) -> str | None:
 
 _SECTIONS = {
     "study": {"name", "description", "direction", "metric", "trials", "max_retries", "experiment", "repeats",
-              "share_prefixes"},
+              "share_prefixes", "trial_limit"},
     "sampler": {"type", "seed"},
     "pruner": {"type", "min_resource", "reduction_factor"},
     "data": {"protocol", "validation_split"},
@@ -294,7 +311,13 @@ def _parse(raw: dict[str, Any], origin: str) -> StudyDefinition:
         share_prefixes=share_prefixes,
         min_resource=min_resource,
         reduction_factor=reduction_factor,
+        trial_limit=study.integer("trial_limit", StudyDefinition.trial_limit, minimum=1),
     )
+    if definition.n_trials > definition.trial_limit:
+        size = (f"the grid has {definition.n_points:,} points x {repeats} repeat(s) = {definition.n_trials:,} trials"
+                if sampler_type == "grid" else f"study.trials = {trials:,}")
+        raise ConfigError(f"{origin}: {size}, more than study.trial_limit = {definition.trial_limit:,}; every trial "
+                          "is queued as a database row up front: raise study.trial_limit to queue them all")
     if sampler_type in ("grid", "fixed") and definition.pruner != "none":
         pruner.fail("pruner.type", definition.pruner, f"cannot be used with the {sampler_type} sampler")
     if definition.pruner == "hyperband" and min_resource >= definition.max_epochs:

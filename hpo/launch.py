@@ -8,6 +8,8 @@ fails its current trial as retryable and exits.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import functools
 import os
 import signal
@@ -25,7 +27,8 @@ import optuna
 from hpo import device, queue
 from hpo.config import StudyDefinition
 from hpo.results import StudyStatus, study_status
-from hpo.storage import retrying
+from hpo.errors import HpoError
+from hpo.storage import StorageUnusable, retrying
 
 STOP_TIMEOUT_S = 15.0
 
@@ -49,6 +52,24 @@ def plan(n_workers: int, *, gpus: Sequence[str] = (), threads: int | None = None
 
 
 WORKER_MEMORY_GIB = 2  # a TensorFlow worker holding CIFAR-10 peaks near 1.3 GiB
+MIN_WORKER_MEMORY_GIB = 0.5  # a TensorFlow worker on a small subset, idle: no fewer can run
+
+
+def max_workers(memory_gib: float | None = None) -> int:
+    """The most workers one launch may start: as many as this machine's memory could hold at the
+    least a TensorFlow worker needs. More is a typo (``-n 100000``), and would only fail to fork."""
+    memory_gib = memory_gib if memory_gib is not None else _memory_gib()
+    return max(1, int(memory_gib // MIN_WORKER_MEMORY_GIB))
+
+
+def check_workers(n_workers: int, memory_gib: float | None = None) -> int:
+    """``n_workers`` if this machine can hold them, else one line saying what can."""
+    memory_gib = memory_gib if memory_gib is not None else _memory_gib()
+    most = max_workers(memory_gib)
+    if n_workers > most:
+        raise HpoError(f"-n {n_workers}: at most {most} workers fit in this machine's {memory_gib:.0f} GiB of memory "
+                       f"(about {MIN_WORKER_MEMORY_GIB} GiB each, idle); run more on other machines with hpo worker")
+    return n_workers
 
 
 def default_workers(gpus: Sequence[str], cpus: int | None = None, memory_gib: float | None = None) -> int:
@@ -90,7 +111,9 @@ class Workers:
     """The worker processes of one launch: started together, stopped together, reaped.
 
     Each runs in a session of its own, so Ctrl-C reaches the launcher only, which forwards it
-    once, as SIGTERM; one still running :data:`STOP_TIMEOUT_S` later is killed.
+    once, as SIGTERM; one still running :data:`STOP_TIMEOUT_S` later is killed. The kernel sends
+    each worker SIGTERM when the launcher dies, however it dies: no worker outlives its launcher
+    (one started alone, with ``hpo worker``, lives as long as it is let).
     """
 
     def __init__(self, studies: Sequence[str], storage_url: str, placements: Sequence[Placement],
@@ -101,10 +124,17 @@ class Workers:
         self.stop_requested_at: float | None = None
         for i, place in enumerate(placements):
             env = {**os.environ, **device.worker_environment(place.threads, place.gpu), "HPO_STORAGE": storage_url}
-            with open(log_dir / f"worker-{i}.log", "ab") as logfile:  # the child keeps its own copy
-                self.procs.append(subprocess.Popen(
-                    worker_command(studies, worker_args), env=env, stdout=logfile, stderr=subprocess.STDOUT,
-                    stdin=subprocess.DEVNULL, start_new_session=True))
+            try:
+                with open(log_dir / f"worker-{i}.log", "ab") as logfile:  # the child keeps its own copy
+                    self.procs.append(subprocess.Popen(
+                        worker_command(studies, worker_args), env=env, stdout=logfile, stderr=subprocess.STDOUT,
+                        stdin=subprocess.DEVNULL, start_new_session=True,
+                        preexec_fn=functools.partial(_die_with_parent, os.getpid())))
+            except OSError as exc:  # fork refused (too many processes, no memory), a log that cannot be opened
+                self.stop()
+                self.wait(STOP_TIMEOUT_S)
+                raise HpoError(f"cannot start worker {i + 1} of {len(placements)}: {exc.strerror or exc}; "
+                               f"the {len(self.procs)} started are stopped") from None
 
     @property
     def running(self) -> bool:
@@ -120,21 +150,62 @@ class Workers:
         if self.stop_requested_at is not None and time.monotonic() - self.stop_requested_at > STOP_TIMEOUT_S:
             self._signal(signal.SIGKILL)
 
+    def wait(self, timeout: float) -> None:
+        """Reap every worker, killing those still running after ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        for proc in self.procs:
+            try:
+                proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
     def _signal(self, signum: int) -> None:
         for proc in self.procs:
             if proc.poll() is None:
                 proc.send_signal(signum)
 
     def exit_code(self, out: TextIO) -> int:
-        """130 after a stop; 1 if any worker failed; else 0."""
+        """130 after a stop; 1 if any worker failed; else 0. A worker that refused its input or
+        its database (exit code 2) is an error of the launch: its own line is raised."""
         if self.stop_requested_at is not None:
             return 130
+        refused = [i for i, p in enumerate(self.procs) if p.returncode == 2]
+        if refused:
+            raise HpoError(self._error_line(refused[0]))
         bad = [p.returncode for p in self.procs if p.returncode != 0]
         if bad:
-            print(f"hpo: {len(bad)} of {len(self.procs)} workers exited with an error; see {self.log_dir}/",
-                  file=out, flush=True)
+            _say(out, f"hpo: {len(bad)} of {len(self.procs)} workers exited with an error; see {self.log_dir}/")
             return 1
         return 0
+
+    def _error_line(self, index: int) -> str:
+        """The one-line error a worker ended with (``hpo: error: ...``), from its log."""
+        log = self.log_dir / f"worker-{index}.log"
+        try:
+            lines = log.read_text(encoding="utf-8", errors="replace").splitlines()
+        except OSError:
+            lines = []
+        errors = [line.removeprefix("hpo: error: ") for line in lines if line.startswith("hpo: error: ")]
+        return errors[-1] if errors else f"worker {index} refused to run; see {log}"
+
+
+def _die_with_parent(launcher: int) -> None:
+    """In a new worker, before it runs: SIGTERM when the launcher dies (Linux's PR_SET_PDEATHSIG),
+    and at once if it died already, between the fork and this call."""
+    with contextlib.suppress(OSError, AttributeError):  # no libc or no prctl: the worker just lives on
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != launcher:
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+PR_SET_PDEATHSIG = 1
+
+
+def _say(out: TextIO, line: str) -> None:
+    """Print a line of progress; a terminal or pipe that is gone stops nothing (the logs keep all)."""
+    with contextlib.suppress(OSError, ValueError):  # BrokenPipeError, EIO from a closed terminal
+        print(line, file=out, flush=True)
 
 
 Job = tuple[optuna.Study, StudyDefinition]
@@ -153,19 +224,20 @@ def launch(
     """Start the workers on the studies, show progress until they all exit, return the exit code.
 
     Every worker takes every study, in order: one pool, so no core idles while one study's last
-    trial trains.
+    trial trains. SIGINT, SIGTERM and SIGHUP (a closed terminal) stop the workers cleanly, and
+    so does an error of the launcher's own: no worker is left running.
     """
     names = [definition.name for _, definition in studies]
     workers = Workers(names, storage_url, placements, worker_args, log_dir)
-    print(f"hpo: {len(workers.procs)} workers on {_studies(names)} ({describe(placements)}); "
-          f"logs in {log_dir}/", file=out, flush=True)
+    _say(out, f"hpo: {len(workers.procs)} workers on {_studies(names)} ({describe(placements)}); "
+              f"logs in {log_dir}/")
 
     def stop(_signum: int, _frame: object) -> None:
         if workers.stop_requested_at is None:
-            print(f"\nhpo: stopping {len(workers.procs)} workers...", file=out, flush=True)
+            _say(out, f"\nhpo: stopping {len(workers.procs)} workers...")
         workers.stop()
 
-    previous = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    previous = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     progress = Progress(out, sum(definition.n_trials for _, definition in studies))
     try:
         while workers.running:
@@ -173,11 +245,18 @@ def launch(
             time.sleep(interval)
             workers.kill_stragglers()
     finally:
+        if workers.running:  # the launcher's own error: take the workers down with it
+            workers.stop()
+            workers.wait(STOP_TIMEOUT_S)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     # Every worker has exited: no trial of theirs may stay RUNNING.
-    for study, definition in studies:
-        retrying(functools.partial(queue.recover, study, definition), what="recover trials of exited workers")
+    try:
+        for study, definition in studies:
+            retrying(functools.partial(queue.recover, study, definition), what="recover trials of exited workers")
+    except StorageUnusable:
+        workers.exit_code(out)  # a worker's own account of the same cause comes first
+        raise
     progress.show(_statuses(studies), final=True)
     return workers.exit_code(out)
 
@@ -207,10 +286,11 @@ class Progress:
         counts = self._counts(statuses, done)
         line = counts + self._eta(done)
         if self.tty:
-            self.out.write("\r\033[K" + line + ("\n" if final else ""))
-            self.out.flush()
+            with contextlib.suppress(OSError, ValueError):  # a closed terminal stops no training
+                self.out.write("\r\033[K" + line + ("\n" if final else ""))
+                self.out.flush()
         elif final or counts != self.last:
-            print(line, file=self.out, flush=True)
+            _say(self.out, line)
         self.last = counts
 
     def _counts(self, statuses: Sequence[StudyStatus], done: int) -> str:

@@ -14,6 +14,7 @@ import os
 import re
 import sqlite3
 import time
+import urllib.parse
 from pathlib import Path
 from typing import TypeVar
 from collections.abc import Callable
@@ -118,6 +119,7 @@ def resolve_url(url: str | None) -> str:
     No error repeats the password.
     """
     url = url or os.environ.get("HPO_STORAGE") or DEFAULT_STORAGE
+    _check_userinfo(url)
     try:
         parsed = make_url(url)
     except (sqlalchemy.exc.ArgumentError, ValueError):  # ValueError: a port that is not a number
@@ -133,6 +135,32 @@ def resolve_url(url: str | None) -> str:
         raise StorageError(f"--storage {display_url(parsed)!r}: its driver {parsed.get_driver_name()!r} is not "
                            f"installed ({exc}); accepted: {ACCEPTED}") from None
     return parsed.render_as_string(hide_password=False)
+
+
+RESERVED = "@/:#?"  # characters a user name or password must percent-encode in a URL
+
+
+def _check_userinfo(url: str) -> None:
+    """Refuse a user name or password holding a raw ``@ / : # ?``, before anything connects.
+
+    Such a URL parses, but as something else: ``postgresql://u:Zq9@Secr/et@host/db`` has the
+    password ``Zq9``, the host ``Secr`` (looked up in DNS) and a database named from the rest, so
+    every error message would show a piece of the real password. The message here shows none.
+    """
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme.startswith("sqlite") or "@" not in rest:
+        return
+    userinfo, host = rest.rsplit("@", 1)
+    user, _, password = userinfo.partition(":")
+    raw = sorted({c for c in password if c in RESERVED}, key=RESERVED.index)
+    where = "password"
+    if any(c in RESERVED for c in user):
+        raw, where = sorted({c for c in user if c in RESERVED}, key=RESERVED.index), "user name"
+    if raw:
+        shown = f"{scheme}://{'***' if where == 'user name' else user}:***@{host}"
+        codes = ", ".join(f"{c} as {urllib.parse.quote(c, safe='')}" for c in raw)
+        raise StorageError(f"--storage {shown}: the {where} holds a raw {' '.join(raw)}, which a URL reads as "
+                           f"a separator; percent-encode it ({codes})")
 
 
 def postgres_connect_args(options: str = "", idle_in_transaction_s: int = 20) -> dict[str, str]:

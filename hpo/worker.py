@@ -11,6 +11,7 @@ write to a finished trial, so nothing it sends changes the stored trials.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import signal
@@ -28,7 +29,7 @@ from hpo import queue, stored
 from hpo.config import StudyDefinition
 from hpo.liveness import Heartbeat, Settings, Watch
 from hpo.run import Artifacts, Begun, EpochEnd, Finished, Objective, Run
-from hpo.storage import retrying
+from hpo.storage import StorageUnusable, retrying
 from hpo.study import trial_sampler
 
 log = logging.getLogger(__name__)
@@ -217,6 +218,13 @@ def _run_one(job: Job, run: Run, settings: Settings, signals: _Signals, summary:
             log.warning("trial %d interrupted by %s; it will be retried", trial.number, exc)
             _fail_run(job, record, f"interrupted by {exc}", interrupted=True)
             return
+        except StorageUnusable as exc:
+            # Not the trial's fault, and no other trial would fare better: leave the run's trials
+            # retryable where the database still takes that much, and stop this worker. Where it
+            # does not, they stay RUNNING under a dead process, and the next worker recovers them.
+            with contextlib.suppress(StorageUnusable):
+                _fail_run(job, record, f"stopped: {exc}", interrupted=True)
+            raise
         except Exception as exc:  # noqa: BLE001  (a trial's failure is recorded, not fatal)
             if not _lost(job, record):  # else its writes were refused: UpdateFinishedTrialError
                 log.error("trial %d failed: %s\n%s", trial.number, exc, traceback.format_exc())

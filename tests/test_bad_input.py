@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import re
 import subprocess
+import sys
 from pathlib import Path
 from collections.abc import Iterator
 
@@ -93,7 +95,7 @@ def test_export_into_a_missing_folder_is_one_line(tmp_path: Path) -> None:
     ok(run_hpo("create", str(write_study(tmp_path, "tiny", GRID)), storage=db))
     user_error(run_hpo("export", "tiny", "-o", str(tmp_path / "missing" / "out.csv"), storage=db),
                "--output", "does not exist")
-    user_error(run_hpo("export", "tiny", "-o", str(tmp_path), storage=db), "--output", "is a directory")
+    user_error(run_hpo("export", "tiny", "-o", str(tmp_path), storage=db), "--output", "is a folder")
 
 
 @pytest.mark.parametrize("variable,value", [
@@ -157,3 +159,69 @@ def test_study_names_that_could_escape_their_folders_are_refused(name: str, prob
     with _unchanged(db):
         user_error(run_hpo("create", str(study), storage=db), "study.toml", "study.name", problem)
         user_error(run_hpo("launch", str(study), storage=db), "study.toml", "study.name", problem)
+
+
+# --- inputs with no size limit ------------------------------------------------------------------
+
+def test_a_study_file_with_no_end_is_refused_at_its_size_limit(storage_url: str, tmp_path: Path) -> None:
+    with _unchanged(storage_url):
+        user_error(run_hpo("create", "/dev/zero", storage=storage_url, timeout=60), "/dev/zero", "larger than 1 MiB")
+        big = tmp_path / "big.toml"
+        big.write_text(f'[study]\nname = "big"\ndescription = "{"x" * (1 << 20)}"\n{GRID}')
+        user_error(run_hpo("launch", str(big), storage=storage_url, timeout=60), "big.toml", "larger than 1 MiB")
+    # A study file read through a pipe (process substitution) is still a study file.
+    shell = subprocess.run(["bash", "-c", f'"{sys.executable}" -m hpo --storage "{storage_url}" create '
+                                          f'<(printf \'[study]\\nname = "piped"\\n%s\' "$0")', GRID],
+                           capture_output=True, text=True, timeout=120)
+    assert shell.returncode == 0, shell.stderr
+
+
+def test_a_grid_over_the_trial_limit_is_refused_at_once_and_the_limit_can_be_raised(
+        storage_url: str, tmp_path: Path) -> None:
+    rates = ", ".join(f"{0.00001 * (i + 1):.5f}" for i in range(1000))
+    sizes = ", ".join(str(i + 1) for i in range(1000))
+    huge = GRID.replace("[0.001]", f"[{rates}]").replace("[64]", f"[{sizes}]")
+    with _unchanged(storage_url):
+        user_error(run_hpo("create", str(write_study(tmp_path, "huge", huge)), storage=storage_url, timeout=60),
+                   "1,000,000 points", "study.trial_limit = 10,000")
+        budget = GRID.replace('type = "grid"', 'type = "random"').replace("[0.001]", "{ low = 1e-4, high = 1e-2 }")
+        user_error(run_hpo("create", str(write_study(tmp_path, "budget", "trials = 1000000\n" + budget)),
+                           storage=storage_url, timeout=60), "study.trials = 1,000,000", "study.trial_limit")
+    # The documented way past it: the study says how many trials it means to queue.
+    wide = GRID.replace("[0.001]", f"[{', '.join(rates.split(', ')[:120])}]").replace("[64]", "[32, 64, 128, 256]")
+    ok(run_hpo("create", str(write_study(tmp_path, "wide", "trial_limit = 480\n" + wide)), storage=storage_url))
+    user_error(run_hpo("create", str(write_study(tmp_path, "wider", "trial_limit = 479\n" + wide)),
+                       storage=storage_url), "480 trials", "study.trial_limit = 479")
+
+
+def test_more_workers_than_the_machine_can_hold_are_refused_before_anything_starts(
+        storage_url: str, tmp_path: Path) -> None:
+    with _unchanged(storage_url):
+        user_error(run_hpo("launch", str(STUDIES / "exp1.toml"), "-n", "100000", storage=storage_url,
+                           cwd=tmp_path), "-n 100000", "at most")
+    assert not (tmp_path / "hpo-logs").exists()
+
+
+@pytest.mark.parametrize("command", [["worker"], ["export"], ["status"], ["confirm"], ["report", "-o", "out"]])
+def test_a_study_name_past_100_characters_is_refused_by_every_command(command: list[str], storage_url: str,
+                                                                       tmp_path: Path) -> None:
+    name = "x" * 300
+    ok(run_hpo("create", str(STUDIES / "exp1.toml"), storage=storage_url))
+    with _unchanged(storage_url):
+        args = [command[0], name, *command[1:]]
+        user_error(run_hpo(*args, storage=storage_url, cwd=tmp_path), "is 300 characters long; at most 100")
+    assert not (tmp_path / "out").exists()
+
+
+# --- storage URLs -----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("password, raw", [("Zq9@Secr/et:Kx7", "@ / :"), ("Pw9#Hx2q", "#"), ("Kx7:Zq9", ":"),
+                                           ("Wq3?Rt8", "?")])
+def test_a_password_with_a_raw_separator_is_refused_before_connecting_and_never_shown(
+        password: str, raw: str) -> None:
+    url = f"postgresql://postgres:{password}@unresolvable.invalid:5432/db"
+    for args in (["status"], ["create", str(STUDIES / "exp1.toml")]):
+        result = run_hpo(*args, storage=url, timeout=60)
+        line = user_error(result, "percent-encode", f"raw {raw}", "postgres:***@unresolvable.invalid")
+        for fragment in {password, *re.split(r"[@/:#?]", password)}:
+            assert fragment not in result.stderr, (fragment, line)
