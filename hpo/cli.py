@@ -35,7 +35,7 @@ from hpo.data import load_dataset
 from hpo.errors import ConfigError, HpoError, OutputError
 from hpo.results import EXPORT_COLUMNS, best_trial_rows, configuration_columns, configuration_rows, study_status
 from hpo.liveness import Settings
-from hpo.storage import StorageEmpty, display_url, open_storage, resolve_url
+from hpo.storage import StorageEmpty, check_whole, display_url, open_storage, resolve_url
 from hpo.study import create_study, load_study
 from hpo.worker import Job, run_worker
 
@@ -470,6 +470,7 @@ def dashboard(ctx: click.Context, host: str, port: int, artifacts: str | None) -
     """Serve optuna-dashboard on the same storage (loopback only unless --host says otherwise)."""
     _artifact_folder(ctx, artifacts, make=False)
     storage = _open(ctx)  # a damaged or foreign database is refused before the folder is made
+    check_whole(storage)
     folder = _artifact_folder(ctx, artifacts)
     serve(storage, host=host, port=port, artifacts=folder)
 

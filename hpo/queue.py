@@ -24,7 +24,7 @@ import os
 import socket
 from collections import defaultdict
 from typing import Any
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -245,10 +245,8 @@ def claim_group(study: optuna.Study, trial: optuna.Trial, settings: Settings = D
             if frozen.system_attrs.get(stored.GROUP) == group and _take(storage, frozen, settings)]
 
 
-def fail(study: optuna.Study, trial_id: int, message: str, *, interrupted: bool = False,
-         attrs: Mapping[str, Any] | None = None) -> bool:
-    """Mark a RUNNING trial FAIL with ``message`` (and the user attributes ``attrs``: what it ran
-    with); False if it had already finished.
+def fail(study: optuna.Study, trial_id: int, message: str, *, interrupted: bool = False) -> bool:
+    """Mark a RUNNING trial FAIL with ``message``; False if it had already finished.
 
     One transaction under the trial's row lock, so of several processes failing the same trial
     (its worker, and others that found it dead) exactly one succeeds, and a result its worker
@@ -256,7 +254,7 @@ def fail(study: optuna.Study, trial_id: int, message: str, *, interrupted: bool 
     """
     system_attrs = {stored.INTERRUPTED: True} if interrupted else {}
     return stored.finish_trial(stored.storage_of(study), trial_id, TrialState.FAIL,
-                               user_attrs={**(attrs or {}), stored.ERROR: message[:2000]}, system_attrs=system_attrs)
+                               user_attrs={stored.ERROR: message[:2000]}, system_attrs=system_attrs)
 
 
 def recover(study: optuna.Study, definition: StudyDefinition, watch: Watch | None = None) -> int:

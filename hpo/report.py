@@ -168,14 +168,16 @@ def _reported(attrs: Mapping[str, Any]) -> bool:
 
 def write_report(storage: optuna.storages.BaseStorage, names: Sequence[str], output: Path, *,
                  artifacts: Path | None, storage_url: str) -> Path:
-    """Write report.md, table1.csv and the figures into ``output``; returns report.md's path."""
-    out = Output(output)
+    """Write report.md, table1.csv and the figures into ``output``; returns report.md's path.
+
+    The studies are read (and a damaged database refused) before the folder is made."""
     experiments, others = select(storage, names)
     rows = table1_rows(experiments)
     md = ["# hpo report", "",
           f"Storage `{display_url(storage_url)}`, "
           f"written {datetime.datetime.now().isoformat(timespec='seconds')}.", "",
           "## Findings", "", *findings(rows, experiments, others), ""]
+    out = Output(output)
     md += _table1_section(out, experiments, rows, named=bool(names))
     for result in experiments:
         if result.definition.experiment == 3 and result.rows:

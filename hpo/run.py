@@ -42,7 +42,7 @@ class Run:
 @dataclass(frozen=True)
 class Begun:
     """The run has its parameters: per trial number, what it runs with (seed, data, host, ...),
-    recorded with the trial however it ends."""
+    recorded at once (a running trial shows it)."""
 
     attrs: Mapping[int, Mapping[str, Any]]
 

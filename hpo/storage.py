@@ -80,13 +80,16 @@ _POSTGRES_UNUSABLE = {
 }
 
 
-def unusable(exc: BaseException) -> str | None:
+def unusable(exc: BaseException, sqlite_file: str | None = None) -> str | None:
     """Why ``exc``, a database error, means the database cannot be used now, or None where
     waiting may help (a lost connection, a lock held by another process)."""
     for error in (exc, getattr(exc, "orig", None), exc.__cause__):
         code = getattr(error, "sqlite_errorcode", None)
         if code is not None:
-            return _SQLITE_UNUSABLE.get(code & 0xFF)
+            why = _SQLITE_UNUSABLE.get(code & 0xFF)
+            if why == _SQLITE_UNUSABLE[10] and _disk_full(sqlite_file):
+                why = _SQLITE_UNUSABLE[13]  # SQLite reports a full disk under its WAL index as an I/O error
+            return why
         state = getattr(error, "sqlstate", None)
         if state is not None:
             return _POSTGRES_UNUSABLE.get(state)
@@ -98,9 +101,21 @@ def _refuse_unusable(context: sqlalchemy.engine.ExceptionContext) -> None:
     """Turn, for every engine (Optuna's included, from its first statement on), an error no retry
     mends into one line that names the database and the cause: hpo's retries and Optuna's own
     must not spend minutes on a damaged file or a full disk."""
-    why = unusable(context.original_exception)
+    engine = context.engine
+    why = unusable(context.original_exception, engine.url.database if engine is not None else None)
     if why is not None:
-        raise StorageUnusable(f"{_where(context.engine)}: {why} ({_first_line(context.original_exception)})")
+        raise StorageUnusable(f"{_where(engine)}: {why} ({_first_line(context.original_exception)})")
+
+
+def _disk_full(database: str | None) -> bool:
+    """Whether the file system under an SQLite file has (next to) no room left."""
+    if not database or database == ":memory:":
+        return False
+    try:
+        info = os.statvfs(Path(database or ".").resolve().parent)
+    except OSError:
+        return False
+    return info.f_bavail * info.f_frsize < 64 * 1024
 
 
 def _where(engine: sqlalchemy.engine.Engine | None) -> str:
@@ -220,6 +235,18 @@ def open_storage(url: str | None = None, *, retry_for: float = 0.0,
     return storage
 
 
+def check_whole(storage: optuna.storages.RDBStorage) -> None:
+    """Read an SQLite file through (``PRAGMA quick_check``: every page, a second per few hundred
+    MB) and refuse it if any part is damaged: for a command that serves the database for long
+    (the dashboard), which would otherwise fail on each request. PostgreSQL checks its own pages."""
+    if storage.engine.dialect.name != "sqlite":
+        return
+    with storage.engine.connect() as conn:
+        problems = [row[0] for row in conn.exec_driver_sql("PRAGMA quick_check")]
+    if problems != ["ok"]:
+        raise StorageUnusable(f"{_where(storage.engine)}: {_SQLITE_UNUSABLE[11]} ({problems[0]})")
+
+
 def _use_wal(conn: sqlite3.Connection) -> None:
     """WAL lets readers (status, dashboard) run beside writers; it is stored in the file, so
     setting it once holds for every later connection, Optuna's included.
@@ -260,7 +287,7 @@ def _check_sqlite(database: str | None, create: bool) -> None:
             if create:
                 _use_wal(conn)
     except sqlite3.DatabaseError as exc:  # not a database, damaged, read-only file system, no permission
-        why = unusable(exc) or "cannot use it as an SQLite database"
+        why = unusable(exc, str(path)) or "cannot use it as an SQLite database"
         raise StorageUnusable(f"{path}: {why} ({exc})") from None
     if not create and "studies" not in tables:
         raise StorageEmpty(f"{path} holds no studies yet")

@@ -143,6 +143,18 @@ def claim_trial(storage: optuna.storages.BaseStorage, trial_id: int, system_attr
     return True
 
 
+def set_user_attrs(storage: optuna.storages.BaseStorage, trial_id: int, attrs: Mapping[str, Any]) -> bool:
+    """Set a RUNNING trial's user attributes in one transaction; False if it had finished."""
+    backend = _backend(storage)
+    with _create_scoped_session(backend.scoped_session) as session:
+        trial = models.TrialModel.find_or_raise_by_id(trial_id, session, for_update=True)
+        if trial.state != TrialState.RUNNING:
+            return False
+        for key, value in attrs.items():
+            backend._set_trial_attr_without_commit(session, models.TrialUserAttributeModel, trial_id, key, value)
+    return True
+
+
 def finish_trial(storage: optuna.storages.BaseStorage, trial_id: int, state: TrialState, *,
                  value: float | None = None, user_attrs: Mapping[str, Any] | None = None,
                  system_attrs: Mapping[str, Any] | None = None) -> bool:

@@ -148,7 +148,17 @@ class _Recorder:
     def __init__(self, job: Job, run: Run, summary: WorkerSummary) -> None:
         self.job, self.run, self.summary = job, run, summary
         self.storage = stored.storage_of(job.study)
-        self.begun: dict[int, Mapping[str, Any]] = {}
+
+    def begin(self, event: Begun) -> None:
+        """Record what each of the run's trials runs with (seed, data, host, ...), a transaction
+        per trial, so a running trial shows it too."""
+        for trial in self.run.unfinished:
+            attrs = event.attrs.get(trial.number, {})
+            write = functools.partial(stored.set_user_attrs, self.storage, stored.trial_id(trial), attrs)
+            if not retrying(write, what="record what a trial runs with"):
+                if trial is self.run.trial:
+                    raise optuna.exceptions.UpdateFinishedTrialError(f"trial {trial.number} finished elsewhere")
+                self.give_up(trial)
 
     def epoch(self, event: EpochEnd) -> None:
         """Report the epoch to the run's unfinished trials: each is recorded as soon as it has
@@ -173,9 +183,8 @@ class _Recorder:
                attrs: dict[str, Any] | None = None, links: Mapping[str, str] | None = None) -> bool:
         """``trial`` RUNNING -> ``state`` with its attributes; False (and given up) if another
         process finished it first."""
-        user_attrs = {**self.begun.get(trial.number, {}), **(attrs or {})}
         done = retrying(functools.partial(stored.finish_trial, self.storage, stored.trial_id(trial), state,
-                                          value=value, user_attrs=user_attrs, system_attrs=links),
+                                          value=value, user_attrs=attrs, system_attrs=links),
                         what=f"record a {state.name} trial")
         # Refused: another process finished it, or this one did and the reply to its commit got
         # lost before a retry (then the trial holds what this one wrote).
@@ -202,7 +211,7 @@ def _run_one(job: Job, run: Run, settings: Settings, signals: _Signals, summary:
             try:
                 for event in job.objective(run):
                     if isinstance(event, Begun):
-                        record.begun = dict(event.attrs)
+                        record.begin(event)
                     elif isinstance(event, EpochEnd):
                         record.epoch(event)
                         if retrying(trial.should_prune, what="ask the pruner"):
@@ -262,12 +271,10 @@ def _dropped(trial: optuna.Trial) -> None:
 
 
 def _fail_run(job: Job, record: _Recorder, message: str, *, interrupted: bool = False) -> None:
-    """Fail the run's trials still RUNNING, with what they ran with (a group's shorter points
-    already passed stay COMPLETE; one another process failed first is its to retry), then queue
-    their retries."""
+    """Fail the run's trials still RUNNING (a group's shorter points already passed stay
+    COMPLETE; one another process failed first is its to retry), then queue their retries."""
     for trial in record.run.unfinished:
-        fail = functools.partial(queue.fail, job.study, stored.trial_id(trial), message, interrupted=interrupted,
-                                 attrs=record.begun.get(trial.number))
+        fail = functools.partial(queue.fail, job.study, stored.trial_id(trial), message, interrupted=interrupted)
         if retrying(fail, what="record a failed trial"):
             record.summary.failed += 1
     retrying(lambda: queue.sync(job.study, job.definition), what="queue a retry")
