@@ -11,6 +11,7 @@ results and the loop alone writes trial states. Light on purpose: importing this
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
@@ -77,3 +78,36 @@ class Artifacts(Protocol):
 
     def remove(self, links: Mapping[str, str]) -> None:
         """Delete files :meth:`save` wrote, for a trial whose result was not recorded."""
+
+
+class Stopped(BaseException):
+    """The worker was asked to stop (SIGTERM, SIGINT, SIGHUP) while a run trained.
+
+    A BaseException, so that no ``except Exception`` in Keras or here mistakes it for a trial's
+    own failure. Raised only at safe points: a batch boundary, between epochs, between events.
+    """
+
+
+class StopRequest:
+    """A stop asked for by a signal. The handler only sets it (raising from a signal handler
+    can land inside TensorFlow's own bookkeeping); training checks it at every batch boundary,
+    the worker loop after every event, and either raises :class:`Stopped` there."""
+
+    def __init__(self) -> None:
+        self.reason: str | None = None
+        self._lock = threading.Lock()
+
+    def set(self, reason: str) -> None:
+        with self._lock:
+            self.reason = self.reason or reason
+
+    def clear(self) -> None:
+        with self._lock:
+            self.reason = None
+
+    def check(self) -> None:
+        if self.reason is not None:
+            raise Stopped(self.reason)
+
+
+STOP = StopRequest()  # one per process, as signals are

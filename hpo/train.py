@@ -19,6 +19,7 @@ import numpy as np
 
 from hpo.data import Dataset, validation_split
 from hpo.models import build_model, compile_model
+from hpo.run import STOP
 
 log = logging.getLogger(__name__)
 
@@ -123,13 +124,18 @@ class Training:
         return len(self.history.get("loss", []))
 
     def epochs(self) -> Iterator[int]:
-        """Train the epochs left, one per step; yields the number of the epoch just ended (from 1)."""
+        """Train the epochs left, one per step; yields the number of the epoch just ended (from 1).
+
+        A stop asked for (:data:`hpo.run.STOP`, a worker's signal) raises :class:`hpo.run.Stopped`
+        at the next batch boundary: the epoch cut short leaves no trace in the history.
+        """
         while self.epochs_run < self.params.epochs:
+            STOP.check()
             epoch = self.epochs_run
             started = time.perf_counter()
             logs = self.model.fit(self.x_fit, self.y_fit, batch_size=self.params.batch_size, epochs=epoch + 1,
-                                  initial_epoch=epoch, validation_data=self.validation, callbacks=self.callbacks,
-                                  verbose=0).history
+                                  initial_epoch=epoch, validation_data=self.validation,
+                                  callbacks=[*self.callbacks, _StopAtBatchEnd()], verbose=0).history
             self.fit_seconds += time.perf_counter() - started
             for key, values in logs.items():
                 self.history.setdefault(key, []).extend(float(v) for v in values)
@@ -140,6 +146,14 @@ class Training:
         return _score(self.model, self.history, self.data, fit_images=len(self.x_fit),
                       batch_size=self.params.batch_size, fit_seconds=self.fit_seconds,
                       build_seconds=self.build_seconds)
+
+
+class _StopAtBatchEnd(keras.callbacks.Callback):
+    """Raises :class:`hpo.run.Stopped` at the first batch boundary after a stop was asked for: a
+    point Keras expects callbacks to raise at, where a signal handler's raise is not."""
+
+    def on_train_batch_end(self, batch: int, logs: Mapping[str, float] | None = None) -> None:
+        STOP.check()
 
 
 def train(params: Params, data: Dataset, *, protocol: str = "validation_split", fraction: float = 0.2, seed: int = 0,

@@ -2,11 +2,12 @@
 
 One process runs one loop. Many processes, on one machine or many, share a study through its
 database. A failed trial does not kill its worker: it is marked FAIL with its message and
-queued again (up to the study's ``max_retries``). SIGTERM or Ctrl-C fails the current trial as
-retryable and exits; a half-trained model is never recorded as a result. A worker that comes
-back after its trial was declared dead and retried elsewhere (frozen, or cut off from the
-database past the grace period) drops its result with one warning: the database refuses every
-write to a finished trial, so nothing it sends changes the stored trials.
+queued again (up to the study's ``max_retries``). SIGTERM, Ctrl-C or SIGHUP stops the current
+trial at its next batch boundary, fails it as retryable and exits; a half-trained model is
+never recorded as a result. A worker that comes back after its trial was declared dead and
+retried elsewhere (frozen, or cut off from the database past the grace period) drops its
+result with one warning: the database refuses every write to a finished trial, so nothing it
+sends changes the stored trials.
 """
 
 from __future__ import annotations
@@ -28,19 +29,11 @@ from optuna.trial import TrialState
 from hpo import queue, stored
 from hpo.config import StudyDefinition
 from hpo.liveness import Heartbeat, Settings, Watch
-from hpo.run import Artifacts, Begun, EpochEnd, Finished, Objective, Run
+from hpo.run import STOP, Artifacts, Begun, EpochEnd, Finished, Objective, Run, Stopped
 from hpo.storage import StorageUnusable, retrying
 from hpo.study import trial_sampler
 
 log = logging.getLogger(__name__)
-
-
-class Interrupted(BaseException):
-    """SIGTERM, SIGINT or SIGHUP arrived while a trial was training.
-
-    A BaseException, so that no ``except Exception`` in Keras or here mistakes it for a
-    trial's own failure.
-    """
 
 
 @dataclass
@@ -53,14 +46,14 @@ class WorkerSummary:
 
 
 class _Signals:
-    """Turns SIGTERM, SIGINT and SIGHUP (a closed terminal) into :class:`Interrupted` while
-    training, a stop flag otherwise."""
+    """SIGTERM, SIGINT and SIGHUP (a closed terminal) ask the worker to stop: the trial training
+    now stops at its next batch boundary and fails as retryable (see :data:`hpo.run.STOP`)."""
 
     def __init__(self) -> None:
         self.requested: int | None = None
-        self.training = False
 
     def __enter__(self) -> _Signals:
+        STOP.clear()
         self._previous = {s: signal.signal(s, self._handle) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
         return self
 
@@ -70,9 +63,7 @@ class _Signals:
 
     def _handle(self, signum: int, _frame: FrameType | None) -> None:
         self.requested = signum
-        if self.training:
-            self.training = False  # a second signal during clean-up must not interrupt it
-            raise Interrupted(signal.Signals(signum).name)
+        STOP.set(signal.Signals(signum).name)
 
 
 @dataclass
@@ -111,7 +102,7 @@ def run_worker(jobs: Sequence[Job], *, poll_interval: float = 2.0,
                 time.sleep(poll_interval)
                 continue
             job, trial = claimed
-            _run_one(job, _shared_run(job, trial, settings), settings, signals, summary)
+            _run_one(job, _shared_run(job, trial, settings), settings, summary)
         summary.interrupted = signals.requested is not None
     return summary
 
@@ -201,29 +192,26 @@ class _Recorder:
         self.summary.dropped += 1
 
 
-def _run_one(job: Job, run: Run, settings: Settings, signals: _Signals, summary: WorkerSummary) -> None:
+def _run_one(job: Job, run: Run, settings: Settings, summary: WorkerSummary) -> None:
     """Train one run and record how its trials ended."""
     study, trial = job.study, run.trial
     record = _Recorder(job, run, summary)
     with Heartbeat(stored.storage_of(study), run.trials, settings):
         try:
-            signals.training = True
-            try:
-                for event in job.objective(run):
-                    if isinstance(event, Begun):
-                        record.begin(event)
-                    elif isinstance(event, EpochEnd):
-                        record.epoch(event)
-                        if retrying(trial.should_prune, what="ask the pruner"):
-                            log.info("trial %d pruned after epoch %d (val_accuracy %.4f)", trial.number,
-                                     event.epoch, event.value)
-                            record.finish(trial, TrialState.PRUNED)
-                            return
-                    else:
-                        record.finished(event)
-            finally:
-                signals.training = False
-        except Interrupted as exc:
+            for event in job.objective(run):
+                STOP.check()
+                if isinstance(event, Begun):
+                    record.begin(event)
+                elif isinstance(event, EpochEnd):
+                    record.epoch(event)
+                    if retrying(trial.should_prune, what="ask the pruner"):
+                        log.info("trial %d pruned after epoch %d (val_accuracy %.4f)", trial.number,
+                                 event.epoch, event.value)
+                        record.finish(trial, TrialState.PRUNED)
+                        return
+                else:
+                    record.finished(event)
+        except Stopped as exc:
             log.warning("trial %d interrupted by %s; it will be retried", trial.number, exc)
             _fail_run(job, record, f"interrupted by {exc}", interrupted=True)
             return

@@ -113,9 +113,8 @@ def _fill(folder: Path, leave: int) -> Path:
     """Fill the file system under ``folder`` but for ``leave`` bytes."""
     filler = folder / "filler"
     free = os.statvfs(folder).f_bavail * os.statvfs(folder).f_frsize
-    with filler.open("wb") as file:
-        with contextlib.suppress(OSError):
-            file.write(b"\0" * max(0, free - leave))
+    with filler.open("wb") as file, contextlib.suppress(OSError):
+        file.write(b"\0" * max(0, free - leave))
     return filler
 
 

@@ -4,14 +4,22 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import signal
+import subprocess
+import sys
+from collections import Counter
 from pathlib import Path
 
 import optuna
+import pytest
 
-from hpo.launch import Placement, Progress, default_workers, describe, plan
+from hpo import stored
+from hpo.errors import HpoError
+from hpo.launch import Placement, Progress, check_workers, default_workers, describe, max_workers, plan
 from hpo.results import StudyStatus
 
-from conftest import ok, run_hpo, user_error, write_study
+from conftest import ok, run_hpo, user_error, wait_for, write_study
 
 
 def test_cpu_workers_split_the_cores_between_them() -> None:
@@ -127,3 +135,93 @@ def test_two_study_files_may_not_name_one_study(tmp_path: Path) -> None:
 def test_a_glob_that_matches_nothing_is_one_line(tmp_path: Path) -> None:
     result = run_hpo("launch", str(tmp_path / "nothing*.toml"), storage=f"sqlite:///{tmp_path / 'hpo.db'}")
     user_error(result, "nothing*.toml: no study file matches")
+
+
+def test_max_workers_follow_memory() -> None:
+    assert max_workers(memory_gib=24) == 48 and max_workers(memory_gib=0.2) == 1
+    assert check_workers(48, memory_gib=24) == 48
+    with pytest.raises(HpoError, match="-n 49: at most 48 workers"):
+        check_workers(49, memory_gib=24)
+
+
+# --- a launch and its workers live and end together ---------------------------------------------
+
+LONG = """
+[sampler]
+type = "grid"
+[space]
+architecture = "base"
+augmentation = "none"
+learning_rate = [0.001, 0.0001]
+batch_size = [32]
+epochs = [5000]
+"""
+
+
+def _launcher(db: str, study: Path, data_path: str, tmp_path: Path) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "hpo", "--storage", db, "launch", str(study), "-n", "2", "--threads", "1",
+         "--data", data_path, "--subset", "200", "--logs", str(tmp_path / "logs")],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _training(db: str) -> list[optuna.trial.FrozenTrial]:
+    try:
+        trials = optuna.load_study(study_name="long", storage=db).get_trials()
+    except KeyError:
+        return []
+    return [t for t in trials if t.state == optuna.trial.TrialState.RUNNING and t.intermediate_values]
+
+
+def _worker_pids(db: str) -> list[int]:
+    trials = optuna.load_study(study_name="long", storage=db).get_trials()
+    return sorted({int(t.system_attrs[stored.WORKER].rsplit(":", 1)[1]) for t in trials
+                   if stored.WORKER in t.system_attrs})
+
+
+def _gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+
+
+@pytest.mark.parametrize("how", ["SIGHUP", "SIGKILL"])
+def test_no_worker_outlives_its_launcher(how: str, data_path: str, tmp_path: Path) -> None:
+    """A closed terminal (SIGHUP) stops a launch as Ctrl-C does; a launcher killed outright
+    (SIGKILL, the OOM killer) takes its workers with it: each fails its trial as retryable."""
+    db = f"sqlite:///{tmp_path / 'hpo.db'}"
+    study = write_study(tmp_path, "long", LONG)
+    launcher = _launcher(db, study, data_path, tmp_path)
+    try:
+        wait_for(lambda: len(_training(db)) == 2, 240, "both workers training")
+        pids = _worker_pids(db)
+        launcher.send_signal(getattr(signal, how))
+        _, stderr = launcher.communicate(timeout=60)
+        wait_for(lambda: all(_gone(pid) for pid in pids), 60, "the workers to exit")
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+    if how == "SIGHUP":
+        assert launcher.returncode == 130 and "stopping 2 workers" in stderr, stderr[-2000:]
+    states = Counter(t.state.name for t in optuna.load_study(study_name="long", storage=db).get_trials())
+    assert states == {"FAIL": 2, "WAITING": 2}, states
+    for trial in optuna.load_study(study_name="long", storage=db).get_trials():
+        if trial.state == optuna.trial.TrialState.FAIL:
+            assert trial.user_attrs[stored.ERROR] == "interrupted by SIGTERM" or how == "SIGHUP"
+            assert trial.system_attrs[stored.INTERRUPTED] is True  # their retries are free
+
+
+def test_a_worker_that_cannot_be_started_stops_the_ones_started_before_it(data_path: str, tmp_path: Path) -> None:
+    db = f"sqlite:///{tmp_path / 'hpo.db'}"
+    study = write_study(tmp_path, "long", LONG)
+    (tmp_path / "logs" / "long" / "worker-2.log").mkdir(parents=True)  # the third worker's log cannot be opened
+    result = run_hpo("launch", str(study), "-n", "3", "--threads", "1", "--data", data_path, "--subset", "200",
+                     "--logs", str(tmp_path / "logs"), storage=db, timeout=300)
+    user_error(result, "cannot start worker 3 of 3", "the 2 started are stopped")
+    # The two it had started were stopped before they claimed anything, or failed their claim as
+    # retryable; none is left running, nothing is lost.
+    trials = optuna.load_study(study_name="long", storage=db).get_trials()
+    assert not _training(db) and all(t.state != optuna.trial.TrialState.RUNNING for t in trials)
+    assert all(_gone(pid) for pid in _worker_pids(db))
