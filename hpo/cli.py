@@ -205,7 +205,7 @@ _data_options = [
                  help="CIFAR-10 archive, folder or .npz [env HPO_DATA; default: download]."),
     click.option("--subset", type=click.IntRange(min=10), metavar="N",
                  help="Train on a stratified subset of N images (N/5 test images)."),
-    click.option("--threads", type=click.IntRange(min=1), metavar="T", help="CPU threads per worker."),
+    click.option("--threads", type=click.IntRange(min=1, max=1024), metavar="T", help="CPU threads per worker."),
 ]
 
 

@@ -151,6 +151,8 @@ def load_definition(path: str | Path) -> StudyDefinition:
         raise ConfigError(f"{path}: cannot read study file: {exc}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    except RecursionError:  # arrays or tables nested thousands deep
+        raise ConfigError(f"{path}: not a study file: nested too deeply") from None
     return _parse(raw, str(path))
 
 

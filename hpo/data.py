@@ -88,6 +88,8 @@ def load_dataset(
         path = Path(source).expanduser().resolve()
         if not path.exists():
             raise DataError(f"{path}: no such file or directory")
+        if not (path.is_file() or path.is_dir()):  # a FIFO or a device would be read without end
+            raise DataError(f"{path}: not a regular file or folder")
         entry = root / _CACHE_LAYOUT / _cache_key(path)
         arrays = _cached(entry, lambda: _decode(path), str(path))
         description = str(path)

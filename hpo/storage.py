@@ -272,6 +272,8 @@ def _check_sqlite(database: str | None, create: bool) -> None:
     path = Path(database)
     if path.is_dir():
         raise StorageError(f"{path} is a folder, not an SQLite database file")
+    if path.exists() and not path.is_file():  # /dev/null, a FIFO: SQLite would read or write nothing there
+        raise StorageUnusable(f"{path} is not a regular file, so it cannot be an SQLite database")
     if not path.exists():
         if not create:
             raise StorageEmpty(f"{path} does not exist: no studies yet")

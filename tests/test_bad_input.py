@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import os
 import re
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -225,3 +227,20 @@ def test_a_password_with_a_raw_separator_is_refused_before_connecting_and_never_
         line = user_error(result, "percent-encode", f"raw {raw}", "postgres:***@unresolvable.invalid")
         for fragment in {password, *re.split(r"[@/:#?]", password)}:
             assert fragment not in result.stderr, (fragment, line)
+
+
+def test_paths_that_are_no_regular_file_are_refused_not_read_without_end(tmp_path: Path, data_path: str) -> None:
+    fifo = tmp_path / "data.tar.gz"
+    os.mkfifo(fifo)
+    study = write_study(tmp_path, "tiny", GRID)
+    db = f"sqlite:///{tmp_path / 'hpo.db'}"
+    with _unchanged(db):
+        user_error(run_hpo("launch", str(study), "--data", str(fifo), storage=db, timeout=60),
+                   "data.tar.gz", "not a regular file")
+        deep = tmp_path / "deep.toml"
+        deep.write_text("x = " + "[" * 100_000 + "]" * 100_000)
+        user_error(run_hpo("create", str(deep), storage=db, timeout=60), "deep.toml", "nested too deeply")
+    for database in ("/dev/null", str(fifo)):
+        user_error(run_hpo("create", str(study), storage=f"sqlite:///{database}", timeout=60),
+                   database, "not a regular file")
+    assert stat.S_ISCHR(Path("/dev/null").stat().st_mode) and stat.S_ISFIFO(fifo.stat().st_mode)
