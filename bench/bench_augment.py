@@ -1,7 +1,7 @@
 """Benchmark: the report's ImageDataGenerator pipeline against RandomAffine, images per second.
 
 Both augment the same uint8 CIFAR-10 images (the real ones when ``HPO_DATA`` points at the data
-and ``hpo.data`` is importable, random pixels otherwise) with rotation 15, shifts 0.1 and
+and ``hpo.training.data`` is importable, random pixels otherwise) with rotation 15, shifts 0.1 and
 horizontal flips, 64 images a batch. ImageDataGenerator runs its NumPy/SciPy loop on the host;
 RandomAffine runs as a model whose predict step is compiled with ``jit_compile=True``, driven one
 batch at a time as ``fit`` drives its train step: uint8 batches in, float32 augmented batches out
@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import keras
 from keras import ops
 
-from hpo.augment import AUGMENTATIONS, RandomAffine, augmentation_layer
+from hpo.training.augment import AUGMENTATIONS, RandomAffine, augmentation_layer
 
 BATCH = 64
 
@@ -48,7 +48,7 @@ def load_images(n: int) -> tuple[np.ndarray, str]:
     source = os.environ.get("HPO_DATA")
     if source:
         try:
-            from hpo.data import load_dataset
+            from hpo.training.data import load_dataset
         except ImportError:
             pass
         else:

@@ -2,14 +2,14 @@
 
 Compared: XLA (``compile_model(jit_compile=True | False | "auto")``), TensorFlow's thread pools
 (intra-op 1 or 2, inter-op 1 or 2, through ``TF_NUM_INTRAOP_THREADS`` /
-``TF_NUM_INTEROP_THREADS`` as :func:`hpo.device.worker_environment` sets them), and TensorFlow
+``TF_NUM_INTEROP_THREADS`` as :func:`hpo.workers.device.worker_environment` sets them), and TensorFlow
 op determinism (``tf.config.experimental.enable_op_determinism()``, which makes Keras drop XLA:
 ``model_supports_jit`` returns False while it is on; Keras 3.15 has no
 ``keras.config.enable_unsafe_deterministic_mode``).
 
 Each configuration runs in a fresh subprocess, because TensorFlow sizes its thread pools once,
-at start-up. A child builds the base model with :func:`hpo.models.build_model` and
-:func:`hpo.models.compile_model` and fits it as :func:`hpo.train.train` does (uint8 images,
+at start-up. A child builds the base model with :func:`hpo.training.models.build_model` and
+:func:`hpo.training.models.compile_model` and fits it as :func:`hpo.training.train.train` does (uint8 images,
 batch 32, validation on the last 20%), with a callback that records epoch boundaries. Rounds
 run every configuration once, in an order rotated each round; each configuration's time is
 divided by the baseline's time IN THE SAME ROUND, and the median of those ratios is reported,
@@ -78,8 +78,8 @@ def child(args: argparse.Namespace, config: Config) -> dict[str, Any]:
 
         tf.config.experimental.enable_op_determinism()
 
-    from hpo.data import load_dataset, validation_split
-    from hpo.models import build_model, compile_model
+    from hpo.training.data import load_dataset, validation_split
+    from hpo.training.models import build_model, compile_model
 
     data = load_dataset(args.data, subset=args.subset)
     (x_fit, y_fit), validation = validation_split(data.x_train, data.y_train, 0.2)
@@ -102,7 +102,7 @@ def child(args: argparse.Namespace, config: Config) -> dict[str, Any]:
 
 
 def run_child(config: Config, args: argparse.Namespace) -> dict[str, Any]:
-    from hpo.device import worker_environment
+    from hpo.workers.device import worker_environment
 
     env = {**os.environ, **worker_environment(config.intra)}
     env.update(TF_NUM_INTRAOP_THREADS=str(config.intra), TF_NUM_INTEROP_THREADS=str(config.inter),

@@ -10,9 +10,9 @@ after every epoch, on the same ``--subset`` training images for ``--epochs`` epo
   ``model.fit(datagen.flow(x_train, y_train, batch_size=64), validation_data=(x_test, y_test))``:
   the augmentation runs in NumPy/SciPy on the host, one image at a time, in the ``tf.data``
   thread Keras puts in front of a ``PyDataset``.
-- hpo: ``hpo.train.train`` (what a worker's trial runs) on hpo's uint8 arrays with
+- hpo: ``hpo.training.train.train`` (what a worker's trial runs) on hpo's uint8 arrays with
   ``architecture="batchnorm", augmentation="standard"``: the augmentation is the model's first
-  layer (``hpo.augment.RandomAffine``), run inside the compiled train step.
+  layer (``hpo.training.augment.RandomAffine``), run inside the compiled train step.
 
 Each run is a fresh subprocess with its own seed; the sides alternate in ABBA order (report,
 hpo, hpo, report, ...), run r of each side using seed r, so every pair shares a seed and a
@@ -53,7 +53,7 @@ def child_report(args: argparse.Namespace) -> dict[str, Any]:
     import keras
 
     from bench_augment import image_data_generator  # the report's ImageDataGenerator settings
-    from hpo.data import load_dataset  # the same images as hpo's side; the report used load_data()
+    from hpo.training.data import load_dataset  # the same images as hpo's side; the report used load_data()
 
     keras.utils.set_random_seed(args.seed)
     data = load_dataset(args.data, subset=args.subset)
@@ -70,11 +70,11 @@ def child_report(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def child_hpo(args: argparse.Namespace) -> dict[str, Any]:
-    from hpo import device
+    from hpo.workers import device
 
     device.apply(None)  # what `hpo worker` does first (no --threads given)
-    from hpo.data import load_dataset
-    from hpo.train import Params, train
+    from hpo.training.data import load_dataset
+    from hpo.training.train import Params, train
 
     data = load_dataset(args.data, subset=args.subset)
     params = Params(architecture="batchnorm", augmentation="standard", learning_rate=0.001,

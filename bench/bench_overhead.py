@@ -22,7 +22,7 @@ an epoch's time includes validation. hpo's side marks the moments its objective 
 trains an epoch per step): after the run begins and after each epoch's report to the database,
 so an hpo epoch holds its database write too. The first epoch holds the graph trace; "per epoch"
 is the mean of epochs 2..E, and "first-epoch extra" is epoch 1 minus that. hpo's side is
-instrumented by wrapping ``hpo.data.load_dataset``, ``hpo.objective.run_trial`` and
+instrumented by wrapping ``hpo.training.data.load_dataset``, ``hpo.training.objective.run_trial`` and
 ``TrialArtifacts.save`` in the child; the wrapped functions themselves run unchanged.
 
     python bench/bench_overhead.py --subset 10000 --epochs 3 --repeats 3
@@ -81,7 +81,7 @@ def child_plain(args: argparse.Namespace) -> dict[str, Any]:
     t0 = args.t0
     import keras  # noqa: F401  (imported here so that start-up time includes it)
 
-    from hpo.data import load_dataset  # the same arrays as hpo's side; the report used load_data()
+    from hpo.training.data import load_dataset  # the same arrays as hpo's side; the report used load_data()
 
     imported = time.time()
     data = load_dataset(args.data, subset=args.subset)
@@ -115,22 +115,22 @@ def child_plain(args: argparse.Namespace) -> dict[str, Any]:
 def child_hpo(args: argparse.Namespace) -> dict[str, Any]:
     t0 = args.t0
     marks: dict[str, float] = {}
-    from hpo import device
+    from hpo.workers import device
 
     device.apply(None)  # what `hpo worker` does first (no --threads given)
     import keras  # noqa: F401  (imported for its start-up cost, which this phase measures)
 
-    import hpo.artifacts  # the worker's artifact hook; imports matplotlib
-    import hpo.data
-    import hpo.objective
-    import hpo.run
-    import hpo.worker
+    import hpo.training.artifacts  # the worker's artifact hook; imports matplotlib
+    import hpo.training.data
+    import hpo.training.objective
+    import hpo.training.events
+    import hpo.workers.loop
     from hpo.cli import main
 
     marks["imported"] = time.time()
 
-    load_dataset = hpo.data.load_dataset
-    run_trial = hpo.objective.run_trial
+    load_dataset = hpo.training.data.load_dataset
+    run_trial = hpo.training.objective.run_trial
 
     def timed_load(*a: Any, **kw: Any) -> Any:
         marks["load_start"] = time.time()
@@ -147,11 +147,11 @@ def child_hpo(args: argparse.Namespace) -> dict[str, Any]:
         marks["trial_id"] = run.trial._trial_id
         for event in run_trial(run, *a, **kw):
             yield event
-            if isinstance(event, (hpo.run.Begun, hpo.run.EpochEnd)):
+            if isinstance(event, (hpo.training.events.Begun, hpo.training.events.EpochEnd)):
                 epochs.mark()
         marks["trial_end"] = time.time()
 
-    save = hpo.artifacts.TrialArtifacts.save
+    save = hpo.training.artifacts.TrialArtifacts.save
 
     def timed_save(self: Any, *a: Any, **kw: Any) -> dict[str, str]:
         started = time.time()
@@ -159,9 +159,9 @@ def child_hpo(args: argparse.Namespace) -> dict[str, Any]:
         marks["artifacts"] = time.time() - started
         return links
 
-    hpo.artifacts.TrialArtifacts.save = timed_save  # type: ignore[method-assign]
-    hpo.data.load_dataset = timed_load
-    hpo.objective.run_trial = timed_run_trial
+    hpo.training.artifacts.TrialArtifacts.save = timed_save  # type: ignore[method-assign]
+    hpo.training.data.load_dataset = timed_load
+    hpo.training.objective.run_trial = timed_run_trial
 
     argv = ["--storage", args.storage, "worker", "overhead", "--subset", str(args.subset),
             "--artifacts", args.artifacts, "--max-trials", "1"]
@@ -170,7 +170,7 @@ def child_hpo(args: argparse.Namespace) -> dict[str, Any]:
     main(argv, standalone_mode=False)
     done = time.time()
 
-    from hpo.storage import open_storage
+    from hpo.storage.open import open_storage
 
     trial = open_storage(args.storage).get_trial(marks["trial_id"])
     if trial.state.name != "COMPLETE":
@@ -203,9 +203,9 @@ def create_study(folder: Path, epochs: int) -> str:
 
     import optuna
 
-    from hpo.config import load_definition
-    from hpo.storage import open_storage
-    from hpo.study import create_study as create
+    from hpo.study.definition import load_definition
+    from hpo.storage.open import open_storage
+    from hpo.study.create import create_study as create
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)

@@ -4,7 +4,7 @@ A small grid study (the base model, learning rate {0.01, 0.001, 0.0001} x batch 
 epochs: 6 trials, exp3's shape in miniature) is written to a temporary folder and run to the
 end by real ``hpo launch`` subprocesses, each against a fresh SQLite file, on ``--subset``
 images. ``-n 1`` gives its one worker every core (TF threads = cores); ``-n 2`` splits them
-(:func:`hpo.launch.plan`: cores // 2 threads each). Launches alternate n1, n2, n2, n1, ... and
+(:func:`hpo.workers.pool.plan`: cores // 2 threads each). Launches alternate n1, n2, n2, n1, ... and
 the ratio is taken per pair, then the median.
 
 Two throughputs per launch:

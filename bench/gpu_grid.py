@@ -66,7 +66,7 @@ def child_sequential(args: argparse.Namespace) -> dict[str, Any]:
     import jax
     import keras
 
-    from hpo.data import load_dataset
+    from hpo.training.data import load_dataset
 
     data = load_dataset(args.data, subset=args.subset)
     x_train, x_test = data.x_train / 255.0, data.x_test / 255.0
@@ -126,9 +126,9 @@ def create_grid_study(url: str, name: str, epochs: list[int]) -> None:
 
     import optuna
 
-    from hpo.config import load_definition
-    from hpo.storage import open_storage
-    from hpo.study import create_study
+    from hpo.study.definition import load_definition
+    from hpo.storage.open import open_storage
+    from hpo.study.create import create_study
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)

@@ -1,6 +1,6 @@
 """The report's models, written the report's way: the baselines the benchmarks compare hpo with.
 
-Kept apart from ``hpo.models`` on purpose: a baseline must be the report's own code
+Kept apart from ``hpo.training.models`` on purpose: a baseline must be the report's own code
 (``Sequential`` with ``input_shape``, images scaled to [0, 1] before the model), not hpo's builder.
 Keras is imported inside the functions: a benchmark's child sets its backend and threads first.
 """

@@ -39,10 +39,10 @@ import optuna
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import describe_machine
 
-from hpo.config import PARAMETERS, load_definition
-from hpo.confirm import confirmed_rows
-from hpo.results import epochs_trained, search_curve
-from hpo.study import load_study
+from hpo.study.definition import PARAMETERS, load_definition
+from hpo.study.confirm import confirmed_rows
+from hpo.results.status import epochs_trained, search_curve
+from hpo.study.create import load_study
 
 ROOT = Path(__file__).resolve().parent.parent
 METHODS = {  # name: (sampler, pruner)

@@ -1,7 +1,7 @@
 """hpo: hyperparameter optimisation of Keras CIFAR-10 models on Optuna.
 
 The public names below import nothing heavy; Keras is loaded only by the modules that train
-(:mod:`hpo.train`, :mod:`hpo.objective`, :mod:`hpo.models`).
+(:mod:`hpo.training`).
 
     from hpo import load_definition, open_storage, create_study
     study, created = create_study(open_storage("sqlite:///hpo.db"), load_definition("studies/exp3.toml"))
@@ -9,10 +9,10 @@ The public names below import nothing heavy; Keras is loaded only by the modules
 
 from __future__ import annotations
 
-from hpo.config import StudyDefinition, load_definition
+from hpo.study.definition import StudyDefinition, load_definition
 from hpo.errors import ConfigError, DataError, HpoError, StorageError, StudyNotFound
-from hpo.storage import open_storage
-from hpo.study import create_study, load_study
+from hpo.storage.open import open_storage
+from hpo.study.create import create_study, load_study
 
 __all__ = [
     "ConfigError",

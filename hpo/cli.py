@@ -24,20 +24,23 @@ import optuna
 from optuna import Study
 from optuna.storages import RDBStorage
 
-# Keras and matplotlib take seconds to load, so the modules that use them (hpo.objective,
-# hpo.artifacts, hpo.report) are imported by the commands that need them; these load neither.
-from hpo import confirm as confirmation
-from hpo import device, paths, stored, tables
-from hpo import launch as launcher
-from hpo.config import StudyDefinition, load_definition, name_problem
-from hpo.dashboard import serve
-from hpo.data import load_dataset
+# Keras and matplotlib take seconds to load, so the modules that use them (hpo.training.objective,
+# hpo.training.artifacts, hpo.results.report) are imported by the commands that need them; these load neither.
+from hpo.study import confirm as confirmation
+from hpo.workers import device
+from hpo import paths
+from hpo.storage import records
+from hpo.results import formats
+from hpo.workers import pool
+from hpo.study.definition import MAX_NAME_LENGTH, StudyDefinition, load_definition, name_problem
+from hpo.results.dashboard import serve
+from hpo.training.data import load_dataset
 from hpo.errors import ConfigError, HpoError, OutputError
-from hpo.results import EXPORT_COLUMNS, best_trial_rows, configuration_columns, configuration_rows, study_status
-from hpo.liveness import Settings
-from hpo.storage import StorageEmpty, check_whole, display_url, open_storage, resolve_url
-from hpo.study import create_study, load_study
-from hpo.worker import Job, run_worker
+from hpo.results.status import EXPORT_COLUMNS, best_trial_rows, configuration_columns, configuration_rows, study_status
+from hpo.workers.liveness import Settings
+from hpo.storage.open import StorageEmpty, check_whole, display_url, open_storage, resolve_url
+from hpo.study.create import create_study, load_study
+from hpo.workers.loop import Job, run_worker
 
 
 def run(args: Sequence[str] | None = None) -> None:
@@ -126,11 +129,11 @@ def _is_study_file(ref: str) -> bool:
 
 
 def _checked_name(name: str) -> str:
-    """A study name given on the command line, held to the rule study files are held to."""
-    problem = name_problem(name)
-    if problem:
-        shown = name if len(name) <= 60 else f"{name[:57]}..."
-        raise ConfigError(f"study name {shown!r} {problem}")
+    """A study name given on the command line: no study can have a longer one than the study
+    files allow (its characters are not held to their rule: a study stored by other means may
+    have others, and every file hpo writes from a name makes it safe first)."""
+    if len(name) > MAX_NAME_LENGTH:
+        raise ConfigError(f"study name {name[:57]!r}... is {len(name)} characters long; at most {MAX_NAME_LENGTH}")
     return name
 
 
@@ -245,13 +248,13 @@ def worker(ctx: click.Context, studies: tuple[str, ...], data: str | None, subse
               for s in studies]
     folder = _artifact_folder(ctx, artifacts)
 
-    from hpo.artifacts import TrialArtifacts  # noqa: PLC0415  (matplotlib; after device.apply)
-    from hpo.objective import run_trial  # noqa: PLC0415  (Keras, after device.apply set its threads)
+    from hpo.training.artifacts import TrialArtifacts  # noqa: PLC0415  (matplotlib; after device.apply)
+    from hpo.training.objective import run_trial  # noqa: PLC0415  (Keras, after device.apply set its threads)
 
     files_of_trials = TrialArtifacts(folder)
     # Paid once per worker, not per trial: imports, connecting, loading the data.
-    environment = {**device.describe(), stored.SUBSET: subset,
-                   stored.WORKER_STARTUP: round(time.perf_counter() - started, 2)}
+    environment = {**device.describe(), records.SUBSET: subset,
+                   records.WORKER_STARTUP: round(time.perf_counter() - started, 2)}
     jobs = [Job(study, definition, functools.partial(run_trial, definition=definition, data=dataset,
                                                       environment=environment), files_of_trials)
             for study, definition in chosen]
@@ -291,8 +294,8 @@ class _Pool:
                                  make=False)
         _artifact_folder(ctx, artifacts, make=False)
         gpu_ids = [g.strip() for g in gpus.split(",") if g.strip()] if gpus else []
-        n_workers = launcher.check_workers(workers) if workers else launcher.default_workers(gpu_ids)
-        self.placements = launcher.plan(n_workers, gpus=gpu_ids, threads=threads)
+        n_workers = pool.check_workers(workers) if workers else pool.default_workers(gpu_ids)
+        self.placements = pool.plan(n_workers, gpus=gpu_ids, threads=threads)
         load_dataset(data, subset=subset)
         self.args: list[str] = []
         for flag, value in (("--data", data), ("--subset", subset), ("--artifacts", artifacts)):
@@ -300,7 +303,7 @@ class _Pool:
                 self.args += [flag, str(value)]
 
     def run(self, studies: Sequence[tuple[Study, StudyDefinition]]) -> int:
-        return launcher.launch(studies, self.url, self.placements, self.args, self.logs)
+        return pool.launch(studies, self.url, self.placements, self.args, self.logs)
 
     def storage_flag(self) -> str:
         """' --storage URL' for the commands printed after a run, password hidden; nothing where
@@ -362,10 +365,10 @@ def confirm(ctx: click.Context, study: str, top: int, repeats: int, name: str | 
     pool = _Pool(ctx, [definition.name], **options)
     storage = _open(ctx, retry_for=60.0)
     confirm_study, _ = create_study(
-        storage, definition, {stored.CONFIRMS: confirmation.link(search_study, search, best)})
+        storage, definition, {records.CONFIRMS: confirmation.link(search_study, search, best)})
     code = pool.run([(confirm_study, definition)])
     rows = confirmation.confirmed_rows(confirm_study, definition)
-    click.echo(tables.render(rows, "table", columns=confirmation.CONFIRMED_COLUMNS), nl=False)
+    click.echo(formats.render(rows, "table", columns=confirmation.CONFIRMED_COLUMNS), nl=False)
     flag = pool.storage_flag()
     click.echo(f"search {search.metric} beside the confirmed test accuracy; again: "
                f"hpo{flag} export {definition.name}", err=True)
@@ -390,8 +393,8 @@ def status(ctx: click.Context, study: str | None, fmt: str) -> None:
         else:
             # Every study hpo created (other Optuna studies may share the database).
             studies = [load_study(storage, s.study_name) for s in optuna.get_all_study_summaries(storage)
-                       if stored.DEFINITION in s.user_attrs]
-    # Reading writes nothing: recovering dead workers' trials is for workers (hpo.liveness).
+                       if records.DEFINITION in s.user_attrs]
+    # Reading writes nothing: recovering dead workers' trials is for workers (hpo.workers.liveness).
     statuses = [study_status(optuna_study, definition) for optuna_study, definition in studies]
     if fmt == "json":
         click.echo(json.dumps([s.to_dict() for s in statuses], indent=2))
@@ -405,7 +408,7 @@ def status(ctx: click.Context, study: str | None, fmt: str) -> None:
         "total": s.total_points, "duplicates": s.duplicates,
         "best": s.best_value, "best_trial": s.best_trial,
     } for s in statuses]
-    click.echo(tables.render(rows, "table"), nl=False)
+    click.echo(formats.render(rows, "table"), nl=False)
     for s in statuses:
         repeats = s.repeat_summary()
         if len(repeats) > 1:
@@ -419,7 +422,7 @@ def status(ctx: click.Context, study: str | None, fmt: str) -> None:
 
 @main.command()
 @click.argument("study")
-@click.option("--format", "fmt", type=click.Choice(list(tables.FORMATS)), default="table", show_default=True)
+@click.option("--format", "fmt", type=click.Choice(list(formats.FORMATS)), default="table", show_default=True)
 @click.option("--output", "-o", metavar="FILE",
               help="Write to FILE (a file is replaced whole; a pipe or device is written into; - is stdout).")
 @click.option("--by", type=click.Choice(["trial", "configuration"]),
@@ -439,7 +442,7 @@ def export(ctx: click.Context, study: str, fmt: str, output: str | None, by: str
     if _is_study_file(study):
         name = load_definition(study).name
     storage, optuna_study, definition = _existing_study(ctx, name)
-    confirms = stored.CONFIRMS in optuna_study.user_attrs
+    confirms = records.CONFIRMS in optuna_study.user_attrs
     by = by or ("configuration" if confirms else "trial")
     columns: Sequence[str]
     if by == "configuration" and confirms:
@@ -452,7 +455,7 @@ def export(ctx: click.Context, study: str, fmt: str, output: str | None, by: str
     if confirmed:
         rows = [{**row, **confirmation.confirmed_columns(row, confirmed)} for row in rows]
         columns = (*columns, *confirmation.CONFIRMED_EXTRA)
-    text = tables.render(rows, fmt, columns=columns)
+    text = formats.render(rows, fmt, columns=columns)
     if target is None:
         click.echo(text, nl=False)
         return
@@ -489,7 +492,7 @@ def report(ctx: click.Context, studies: tuple[str, ...], output: str, artifacts:
     confirmations in the storage; other studies named here get their best-trial table and
     their best trial's plots. Searches get a progress figure and their confirmed configurations.
     """
-    from hpo.report import write_report  # noqa: PLC0415  (matplotlib: only this command)
+    from hpo.results.report import write_report  # noqa: PLC0415  (matplotlib: only this command)
 
     for name in studies:
         _checked_name(name)

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-# Short heartbeats, so tests of dead workers need not wait half a minute. Set before hpo.storage
+# Short heartbeats, so tests of dead workers need not wait half a minute. Set before hpo.storage.open
 # is imported, and inherited by every worker process a test starts.
 os.environ.setdefault("HPO_HEARTBEAT_INTERVAL", "1")
 os.environ.setdefault("HPO_GRACE_PERIOD", "20")  # generous: a loaded 2-core machine starves threads
@@ -92,7 +92,7 @@ def data_path() -> str:
 @pytest.fixture(scope="session")
 def small_data(data_path: str):
     """A stratified subset of the real data: 400 training and 80 test images."""
-    from hpo.data import load_dataset
+    from hpo.training.data import load_dataset
 
     return load_dataset(data_path, subset=400)
 

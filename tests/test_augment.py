@@ -1,4 +1,4 @@
-"""Tests for hpo.augment: the in-graph RandomAffine augmentation layer."""
+"""Tests for hpo.training.augment: the in-graph RandomAffine augmentation layer."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from keras import ops
 
-from hpo.augment import AUGMENTATIONS, Augmentation, RandomAffine, affine_transforms, augmentation_layer, warp
+from hpo.training.augment import AUGMENTATIONS, Augmentation, RandomAffine, affine_transforms, augmentation_layer, warp
 from hpo.errors import ConfigError
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from hpo.config import (ARCHITECTURE_NAMES, AUGMENTATION_NAMES, Range, definition_from_dict,
+from hpo.study.definition import (ARCHITECTURE_NAMES, AUGMENTATION_NAMES, Range, definition_from_dict,
                         load_definition)
 from hpo.errors import ConfigError
 
@@ -59,8 +59,8 @@ def test_definition_round_trips_through_its_stored_form() -> None:
 
 
 def test_name_lists_match_the_model_registries() -> None:
-    from hpo.augment import AUGMENTATIONS
-    from hpo.models import ARCHITECTURES
+    from hpo.training.augment import AUGMENTATIONS
+    from hpo.training.models import ARCHITECTURES
 
     assert set(ARCHITECTURE_NAMES) == set(ARCHITECTURES)
     assert set(AUGMENTATION_NAMES) == set(AUGMENTATIONS)

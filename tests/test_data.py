@@ -1,4 +1,4 @@
-"""Tests for hpo.data: every source format, bad inputs, shuffling, subsets and the decode cache."""
+"""Tests for hpo.training.data: every source format, bad inputs, shuffling, subsets and the decode cache."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from hpo.data import CLASS_NAMES, Dataset, load_dataset, validation_split
+from hpo.training.data import CLASS_NAMES, Dataset, load_dataset, validation_split
 from hpo.errors import DataError
 
 REAL_DATA = os.environ.get("HPO_DATA")  # read before the autouse fixture clears it
@@ -456,7 +456,7 @@ def test_cache_dir_defaults_to_hpo_cache(tmp_path: Path) -> None:
 
 
 def _decodes(caplog: pytest.LogCaptureFixture) -> int:
-    return sum(r.getMessage().startswith("decoding ") for r in caplog.records if r.name == "hpo.data")
+    return sum(r.getMessage().startswith("decoding ") for r in caplog.records if r.name == "hpo.training.data")
 
 
 def test_one_archive_reached_by_several_paths_is_decoded_once(
@@ -468,7 +468,7 @@ def test_one_archive_reached_by_several_paths_is_decoded_once(
     os.link(archive, hard_link)
     shutil.copyfile(archive, copy)
     cache = tmp_path / "cache"
-    with caplog.at_level(logging.INFO, logger="hpo.data"):
+    with caplog.at_level(logging.INFO, logger="hpo.training.data"):
         loads = [load_dataset(path, cache_dir=cache) for path in (archive, symlink, hard_link, copy)]
     assert _decodes(caplog) == 1
     assert len(_entries(cache)) == 1
@@ -482,7 +482,7 @@ def test_one_image_folder_reached_through_a_symlink_is_decoded_once(
     folder = _write_image_folder(tmp_path / "images", _arrays())
     (tmp_path / "alias").symlink_to(folder, target_is_directory=True)
     cache = tmp_path / "cache"
-    with caplog.at_level(logging.INFO, logger="hpo.data"):
+    with caplog.at_level(logging.INFO, logger="hpo.training.data"):
         load_dataset(folder, cache_dir=cache)
         load_dataset(tmp_path / "alias", cache_dir=cache)
     assert _decodes(caplog) == 1
@@ -493,7 +493,7 @@ _CHILD = """
 import logging, sys, time
 from pathlib import Path
 import numpy as np
-from hpo.data import load_dataset
+from hpo.training.data import load_dataset
 logging.basicConfig(level=logging.INFO)
 ready, go, source, cache, out = sys.argv[1:]
 Path(ready).touch()  # imported and at the starting line
@@ -620,7 +620,7 @@ def test_real_archive_has_cifar10s_shape_and_balance(real: tuple[Dataset, Path])
 def test_real_archive_loads_from_cache_fast(real: tuple[Dataset, Path], caplog) -> None:
     data, cache = real
     started = time.perf_counter()
-    with caplog.at_level(logging.INFO, logger="hpo.data"):
+    with caplog.at_level(logging.INFO, logger="hpo.training.data"):
         again = load_dataset(REAL_DATA, cache_dir=cache)
     elapsed = time.perf_counter() - started
     assert "decoding" not in caplog.text
@@ -637,7 +637,7 @@ def test_real_archive_through_a_symlink_reads_the_same_cache(
     data, cache = real
     link = tmp_path / "cifar.tar.gz"
     link.symlink_to(REAL_DATA)
-    with caplog.at_level(logging.INFO, logger="hpo.data"):
+    with caplog.at_level(logging.INFO, logger="hpo.training.data"):
         again = load_dataset(link, cache_dir=cache, subset=100)
     assert _decodes(caplog) == 0
     assert len(_entries(cache)) == 1

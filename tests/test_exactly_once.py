@@ -15,10 +15,12 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
-from hpo import queue, stored
-from hpo.config import load_definition
-from hpo.storage import open_storage
-from hpo.study import create_study, load_study, trial_sampler
+from hpo.workers import queueing
+
+from hpo.storage import records
+from hpo.study.definition import load_definition
+from hpo.storage.open import open_storage
+from hpo.study.create import create_study, load_study, trial_sampler
 
 from conftest import STUDIES, ok, run_hpo, write_study
 
@@ -35,7 +37,7 @@ def _create_at_barrier(url: str, study_file: str, barrier: multiprocessing.synch
 
 
 def _run_together(target, args_for, n: int = N_PROCESSES) -> list:
-    """Start ``n`` spawned processes, release them together, return what each put on the queue."""
+    """Start ``n`` spawned processes, release them together, return what each put on the queueing."""
     ctx = multiprocessing.get_context("spawn")
     barrier = ctx.Barrier(n)
     out = ctx.Queue()
@@ -51,7 +53,7 @@ def _run_together(target, args_for, n: int = N_PROCESSES) -> list:
 
 def _slots(url: str, name: str) -> Counter[int]:
     trials = optuna.load_study(study_name=name, storage=url).get_trials(deepcopy=False)
-    return Counter(t.system_attrs[stored.SLOT] for t in trials)
+    return Counter(t.system_attrs[records.SLOT] for t in trials)
 
 
 def test_concurrent_creates_queue_every_grid_point_once(storage_url: str) -> None:
@@ -77,7 +79,7 @@ def _recover_at_barrier(url: str, name: str, barrier: multiprocessing.synchroniz
                         out: multiprocessing.Queue) -> None:
     study, definition = load_study(open_storage(url), name)
     barrier.wait(timeout=120)
-    out.put(queue.recover(study, definition))
+    out.put(queueing.recover(study, definition))
 
 
 GRID = """
@@ -96,16 +98,16 @@ epochs = [1]
 def test_processes_recovering_the_same_dead_trial_queue_one_retry(storage_url: str, tmp_path: Path) -> None:
     definition = load_definition(write_study(tmp_path, "grid", GRID))
     study, _ = create_study(open_storage(storage_url), definition)
-    trial = queue.claim(study, trial_sampler(definition))
+    trial = queueing.claim(study, trial_sampler(definition))
     assert trial is not None
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    study._storage.set_trial_system_attr(trial._trial_id, stored.WORKER, f"{queue.HOST}:{dead.pid}")
+    study._storage.set_trial_system_attr(trial._trial_id, records.WORKER, f"{queueing.HOST}:{dead.pid}")
 
     recovered = _run_together(_recover_at_barrier, lambda i: (storage_url, "grid"))
 
     assert sorted(recovered) == [0] * (N_PROCESSES - 1) + [1]
-    retries = [t for t in study.get_trials() if t.system_attrs.get(stored.RETRY_OF) == trial.number]
+    retries = [t for t in study.get_trials() if t.system_attrs.get(records.RETRY_OF) == trial.number]
     assert len(retries) == 1 and retries[0].state == TrialState.WAITING
     assert len(study.get_trials()) == 7
 
@@ -114,14 +116,14 @@ def test_a_retry_lost_to_a_crash_is_queued_by_the_next_worker(storage_url: str, 
     """A process that failed a trial and died before queueing its retry loses nothing."""
     definition = load_definition(write_study(tmp_path, "grid", GRID))
     study, _ = create_study(open_storage(storage_url), definition)
-    trial = queue.claim(study, trial_sampler(definition))
+    trial = queueing.claim(study, trial_sampler(definition))
     assert trial is not None
-    assert queue.fail(study, trial._trial_id, "worker crashed before queueing the retry")
-    assert queue.sync(study, definition) == 1
-    assert queue.sync(study, definition) == 0  # idempotent
-    retry = next(t for t in study.get_trials() if t.system_attrs.get(stored.RETRY_OF) == trial.number)
-    assert retry.system_attrs[stored.GRID_ID] == trial._cached_frozen_trial.system_attrs[stored.GRID_ID]
-    assert retry.system_attrs[stored.ATTEMPT] == 1
+    assert queueing.fail(study, trial._trial_id, "worker crashed before queueing the retry")
+    assert queueing.sync(study, definition) == 1
+    assert queueing.sync(study, definition) == 0  # idempotent
+    retry = next(t for t in study.get_trials() if t.system_attrs.get(records.RETRY_OF) == trial.number)
+    assert retry.system_attrs[records.GRID_ID] == trial._cached_frozen_trial.system_attrs[records.GRID_ID]
+    assert retry.system_attrs[records.ATTEMPT] == 1
 
 
 TINY_GRID = """
@@ -148,7 +150,7 @@ def test_three_launchers_of_one_study_train_every_point_once(storage_url: str, d
         assert launcher.returncode == 0, err[-3000:]
     trials = optuna.load_study(study_name="tiny", storage=storage_url).get_trials()
     assert Counter(t.state for t in trials) == {TrialState.COMPLETE: 4}
-    assert sorted(t.system_attrs[stored.SLOT] for t in trials) == [0, 1, 2, 3]
+    assert sorted(t.system_attrs[records.SLOT] for t in trials) == [0, 1, 2, 3]
 
 
 CONTINUOUS = """
@@ -168,12 +170,12 @@ epochs = {{ low = 1, high = 3 }}
 def _sample_at_barrier(url: str, name: str, barrier: multiprocessing.synchronize.Barrier,
                        out: multiprocessing.Queue) -> None:
     """A worker's sampling, for real (claim, the objective's suggest, tell), without the training."""
-    from hpo.objective import suggest
+    from hpo.training.objective import suggest
 
     study, definition = load_study(open_storage(url), name)
     barrier.wait(timeout=120)
     drawn = []
-    while (trial := queue.claim(study, trial_sampler(definition))) is not None:
+    while (trial := queueing.claim(study, trial_sampler(definition))) is not None:
         params = suggest(trial, definition)
         drawn.append((params.learning_rate, params.batch_size, params.epochs))
         study.tell(trial, -abs(params.learning_rate - 1e-3))  # a value for TPE to learn from
@@ -221,5 +223,5 @@ def test_launch_of_parallel_tpe_trains_eight_different_configurations(data_path:
     configurations = {tuple(sorted(t.params.items())) for t in trials}
     print(f"8 parallel TPE trials: {8 - len(configurations)} duplicate configurations")
     assert len(configurations) == 8
-    assert len({t.user_attrs[stored.SEED] for t in trials}) == 8
-    assert len({t.system_attrs[stored.WORKER] for t in trials}) == 2  # both workers drew and trained
+    assert len({t.user_attrs[records.SEED] for t in trials}) == 8
+    assert len({t.system_attrs[records.WORKER] for t in trials}) == 2  # both workers drew and trained

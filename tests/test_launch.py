@@ -1,4 +1,4 @@
-"""How hpo launch places workers, reports progress, and runs several studies in one pool."""
+"""How hpo launch places workers, reports progress, and runs several studies in one launcher."""
 
 from __future__ import annotations
 
@@ -14,10 +14,10 @@ from pathlib import Path
 import optuna
 import pytest
 
-from hpo import stored
+from hpo.storage import records
 from hpo.errors import HpoError
-from hpo.launch import Placement, Progress, check_workers, default_workers, describe, max_workers, plan
-from hpo.results import StudyStatus
+from hpo.workers.pool import Placement, Progress, check_workers, default_workers, describe, max_workers, plan
+from hpo.results.status import StudyStatus
 
 from conftest import ok, run_hpo, user_error, wait_for, write_study
 
@@ -175,8 +175,8 @@ def _training(db: str) -> list[optuna.trial.FrozenTrial]:
 
 def _worker_pids(db: str) -> list[int]:
     trials = optuna.load_study(study_name="long", storage=db).get_trials()
-    return sorted({int(t.system_attrs[stored.WORKER].rsplit(":", 1)[1]) for t in trials
-                   if stored.WORKER in t.system_attrs})
+    return sorted({int(t.system_attrs[records.WORKER].rsplit(":", 1)[1]) for t in trials
+                   if records.WORKER in t.system_attrs})
 
 
 def _gone(pid: int) -> bool:
@@ -209,8 +209,8 @@ def test_no_worker_outlives_its_launcher(how: str, data_path: str, tmp_path: Pat
     assert states == {"FAIL": 2, "WAITING": 2}, states
     for trial in optuna.load_study(study_name="long", storage=db).get_trials():
         if trial.state == optuna.trial.TrialState.FAIL:
-            assert trial.user_attrs[stored.ERROR] == "interrupted by SIGTERM" or how == "SIGHUP"
-            assert trial.system_attrs[stored.INTERRUPTED] is True  # their retries are free
+            assert trial.user_attrs[records.ERROR] == "interrupted by SIGTERM" or how == "SIGHUP"
+            assert trial.system_attrs[records.INTERRUPTED] is True  # their retries are free
 
 
 def test_a_worker_that_cannot_be_started_stops_the_ones_started_before_it(data_path: str, tmp_path: Path) -> None:

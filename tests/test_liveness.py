@@ -24,8 +24,8 @@ import pytest
 from optuna.artifacts import get_all_artifact_meta
 from optuna.trial import FrozenTrial, TrialState
 
-from hpo import stored
-from hpo.liveness import Settings, Watch
+from hpo.storage import records
+from hpo.workers.liveness import Settings, Watch
 
 from conftest import ok, run_hpo, wait_for, write_study
 
@@ -72,16 +72,16 @@ def test_a_watch_judges_by_its_own_clock_and_the_claim_s_grace_period() -> None:
     now = [1000.0]
     watch = Watch(clock=lambda: now[0])
     trial = optuna.trial.create_trial(state=TrialState.RUNNING, system_attrs={
-        **Settings(interval=5, grace=30).claim_attrs(), stored.BEAT: 7})
+        **Settings(interval=5, grace=30).claim_attrs(), records.BEAT: 7})
     trial._trial_id = 1
     assert not watch.silent(trial)  # first sighting: timed from now, whatever the trial's age
     now[0] += 29
     assert not watch.silent(trial)
     now[0] += 2
     assert watch.silent(trial)  # 31 s of this observer's time without a new beat, grace 30
-    trial.system_attrs[stored.BEAT] = 8
+    trial.system_attrs[records.BEAT] = 8
     assert not watch.silent(trial)  # it beat: timed afresh
-    old = optuna.trial.create_trial(state=TrialState.RUNNING, system_attrs={stored.BEAT: 3})
+    old = optuna.trial.create_trial(state=TrialState.RUNNING, system_attrs={records.BEAT: 3})
     old._trial_id = 2
     watch.silent(old)
     now[0] += 29
@@ -144,7 +144,7 @@ def test_workers_whose_clocks_differ_never_fail_each_other(offset: str, storage_
     trials = _trials(storage_url, "clocks")
     assert Counter(t.state.name for t in trials) == {"COMPLETE": 4}, [t.user_attrs.get("error") for t in trials]
     # Both trained: the test raced them, it did not leave one idle.
-    hosts = Counter(t.system_attrs[stored.WORKER] for t in trials)
+    hosts = Counter(t.system_attrs[records.WORKER] for t in trials)
     assert len(hosts) == 2, hosts
 
 
@@ -206,8 +206,8 @@ def test_a_worker_frozen_past_the_grace_period_comes_back_calmly(data_path: str,
     assert "Traceback" not in output
     assert "0 complete, 0 pruned, 0 failed, 1 dropped" in output
     after = next(t for t in _trials(db, "frozen") if t.number == before.number)
-    assert after.state == TrialState.FAIL and "heartbeats" in after.user_attrs[stored.ERROR]
-    assert "grace period 4 s" in after.user_attrs[stored.ERROR]
+    assert after.state == TrialState.FAIL and "heartbeats" in after.user_attrs[records.ERROR]
+    assert "grace period 4 s" in after.user_attrs[records.ERROR]
     assert "test_accuracy" not in after.user_attrs and after.value is None
     assert after.intermediate_values == before.intermediate_values  # no late epoch reached the database
     assert get_all_artifact_meta(after, storage=optuna.storages.get_storage(db)) == []

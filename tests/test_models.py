@@ -1,4 +1,4 @@
-"""Tests for hpo.models: the report's architectures, their registry and compilation."""
+"""Tests for hpo.training.models: the report's architectures, their registry and compilation."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import keras
 import numpy as np
 import pytest
 
-from hpo.augment import RandomAffine
+from hpo.training.augment import RandomAffine
 from hpo.errors import ConfigError
-from hpo.models import ARCHITECTURES, build_model, compile_model
+from hpo.training.models import ARCHITECTURES, build_model, compile_model
 
 # The report's layer stacks, after the shared Rescaling(1/255) front.
 LAYERS = {

@@ -10,14 +10,14 @@ import optuna
 import pytest
 from optuna.trial import FrozenTrial, TrialState
 
-from hpo.config import StudyDefinition, load_definition
-from hpo.data import load_dataset
-from hpo.objective import run_trial
-from hpo.results import search_curve, trial_params, trial_row
-from hpo.storage import open_storage
-from hpo.study import create_study, load_study
-from hpo.train import JUDGE_AFTER_STEPS, Params, _diverged, train
-from hpo.worker import Job, WorkerSummary, run_worker
+from hpo.study.definition import StudyDefinition, load_definition
+from hpo.training.data import load_dataset
+from hpo.training.objective import run_trial
+from hpo.results.status import search_curve, trial_params, trial_row
+from hpo.storage.open import open_storage
+from hpo.study.create import create_study, load_study
+from hpo.training.train import JUDGE_AFTER_STEPS, Params, _diverged, train
+from hpo.workers.loop import Job, WorkerSummary, run_worker
 
 from conftest import write_study
 

@@ -34,8 +34,8 @@ from sqlalchemy.engine import make_url
 
 import netns
 from conftest import ROOT, STUDIES, ok, run_hpo, wait_for
-from hpo import stored
-from hpo.results import trial_params
+from hpo.storage import records
+from hpo.results.status import trial_params
 
 ARTIFACTS = ROOT / "test-artifacts"
 GRACE_PERIOD = float(os.environ["HPO_GRACE_PERIOD"])  # set by conftest for every worker
@@ -61,7 +61,7 @@ def _libpq(url: str) -> str:
 
 def _host_of(trial: FrozenTrial) -> str:
     """The host name part of the worker that claimed ``trial`` ("host2/<pid ns>:<pid>")."""
-    return str(trial.system_attrs.get(stored.WORKER, "")).split("/", 1)[0]
+    return str(trial.system_attrs.get(records.WORKER, "")).split("/", 1)[0]
 
 
 def _grid_outcome(trials: list[FrozenTrial]) -> dict[str, Any]:
@@ -71,7 +71,7 @@ def _grid_outcome(trials: list[FrozenTrial]) -> dict[str, Any]:
         "complete_points": len(complete),
         "duplicate_complete_points": sum(1 for n in complete.values() if n > 1),
         "running_left": sum(t.state == TrialState.RUNNING for t in trials),
-        "retries": sum(stored.RETRY_OF in t.system_attrs for t in trials),
+        "retries": sum(records.RETRY_OF in t.system_attrs for t in trials),
     }
 
 
@@ -129,7 +129,7 @@ def test_grid_survives_hosts_cut_off_mid_claim_mid_trial_and_idle(
         start("host1")
         start("host2")
         # Hosts 1 and 2 queue behind that row lock too. The server ends a session idle in a
-        # transaction (hpo.storage.postgres_connect_args), so they go on without host3.
+        # transaction (hpo.storage.open.postgres_connect_args), so they go on without host3.
         wait_for(lambda: sessions("host1") and sessions("host2"), 300, "hosts 1 and 2 to connect")
         wait_for(lambda: any(t.state == TrialState.RUNNING and _host_of(t) != "host3" for t in trials()), 90,
               "hosts 1 and 2 to claim a trial while host3's half-open claim holds a row lock")
@@ -156,7 +156,7 @@ def test_grid_survives_hosts_cut_off_mid_claim_mid_trial_and_idle(
 
         def recovered() -> tuple[FrozenTrial, FrozenTrial] | None:
             now = {t.number: t for t in trials()}
-            retry = next((t for t in now.values() if t.system_attrs.get(stored.RETRY_OF) == victim.number
+            retry = next((t for t in now.values() if t.system_attrs.get(records.RETRY_OF) == victim.number
                           and t.state != TrialState.WAITING), None)
             return (now[victim.number], retry) if retry is not None else None
 
@@ -225,7 +225,7 @@ def test_grid_survives_hosts_cut_off_mid_claim_mid_trial_and_idle(
     assert late.intermediate_values == failed.intermediate_values
     assert late.user_attrs == failed.user_attrs
     # Its retry ran on another host and completed.
-    retries = [t for t in final if t.system_attrs.get(stored.RETRY_OF) == victim.number]
+    retries = [t for t in final if t.system_attrs.get(records.RETRY_OF) == victim.number]
     assert [t.state for t in retries] == [TrialState.COMPLETE]
     assert retries[0].system_attrs["grid_id"] == victim.system_attrs["grid_id"]
     assert retries[0].user_attrs["host"] != late.user_attrs["host"] == cut_off.name

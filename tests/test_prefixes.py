@@ -23,15 +23,17 @@ import optuna
 import pytest
 from optuna.trial import FrozenTrial, TrialState
 
-from hpo import queue, stored
-from hpo.config import load_definition
-from hpo.objective import run_trial
-from hpo.storage import open_storage
-from hpo.study import create_study, trial_sampler
-from hpo.data import validation_split
-from hpo.models import build_model, compile_model
-from hpo.train import Params, Training, train
-from hpo.worker import Job, run_worker
+from hpo.workers import queueing
+
+from hpo.storage import records
+from hpo.study.definition import load_definition
+from hpo.training.objective import run_trial
+from hpo.storage.open import open_storage
+from hpo.study.create import create_study, trial_sampler
+from hpo.training.data import validation_split
+from hpo.training.models import build_model, compile_model
+from hpo.training.train import Params, Training, train
+from hpo.workers.loop import Job, run_worker
 
 from conftest import ok, run_hpo, user_error, wait_for, write_study
 
@@ -79,15 +81,15 @@ def test_concurrent_creates_queue_every_point_and_repeat_once(storage_url: str, 
     for p in procs:
         p.join(timeout=60)
     trials = _trials(storage_url, "rep")
-    slots = Counter(t.system_attrs[stored.SLOT] for t in trials)
+    slots = Counter(t.system_attrs[records.SLOT] for t in trials)
     assert sorted(slots) == list(range(8)) and set(slots.values()) == {1}
     # Slot = repeat x 4 points + grid id; each repeat covers the 4 points.
-    by_repeat = Counter((t.system_attrs[stored.REPEAT], t.system_attrs[stored.GRID_ID]) for t in trials)
+    by_repeat = Counter((t.system_attrs[records.REPEAT], t.system_attrs[records.GRID_ID]) for t in trials)
     assert sorted(by_repeat) == [(r, g) for r in range(2) for g in range(4)]
     # One seed per group (a run and its shorter point), a different one for every group and repeat.
-    seeds = {t.system_attrs[stored.GROUP]: t.system_attrs[stored.RUN_SEED] for t in trials}
+    seeds = {t.system_attrs[records.GROUP]: t.system_attrs[records.RUN_SEED] for t in trials}
     assert len(seeds) == 4 and len(set(seeds.values())) == 4
-    assert all(t.system_attrs[stored.RUN_SEED] == seeds[t.system_attrs[stored.GROUP]] for t in trials)
+    assert all(t.system_attrs[records.RUN_SEED] == seeds[t.system_attrs[records.GROUP]] for t in trials)
 
 
 def test_a_shared_run_completes_each_point_as_an_independent_run_would(storage_url: str, tmp_path: Path,
@@ -192,7 +194,7 @@ def test_a_crash_part_way_keeps_the_points_passed_and_retries_the_rest(storage_u
     assert [t.state for t in by_epochs[400]] == [TrialState.FAIL, TrialState.COMPLETE]
     failed, retried = by_epochs[400]
     assert "died" in failed.user_attrs["error"] or "heartbeats" in failed.user_attrs["error"]
-    assert retried.system_attrs[stored.RETRY_OF] == failed.number
+    assert retried.system_attrs[records.RETRY_OF] == failed.number
     assert retried.user_attrs["seed"] == by_epochs[1][0].user_attrs["seed"]
 
 
@@ -202,8 +204,8 @@ def test_sharing_can_be_switched_off(tmp_path: Path) -> None:
     study_file = write_study(tmp_path, "apart", body)
     ok(run_hpo("create", str(study_file), storage=url))
     trials = _trials(url, "apart")
-    assert len(trials) == 8 and not any(stored.GROUP in t.system_attrs for t in trials)
-    assert len({t.system_attrs[stored.RUN_SEED] for t in trials}) == 8  # every trial its own seed
+    assert len(trials) == 8 and not any(records.GROUP in t.system_attrs for t in trials)
+    assert len({t.system_attrs[records.RUN_SEED] for t in trials}) == 8  # every trial its own seed
 
 
 def test_status_shows_each_point_and_repeat(tmp_path: Path) -> None:
@@ -226,9 +228,9 @@ def test_a_study_created_before_repeats_existed_still_loads(tmp_path: Path) -> N
     study_file = write_study(tmp_path, "old", PREFIX_GRID.replace("repeats = 2", ""))
     ok(run_hpo("create", str(study_file), storage=url))
     study = optuna.load_study(study_name="old", storage=url)
-    saved = dict(study.user_attrs[stored.DEFINITION])
+    saved = dict(study.user_attrs[records.DEFINITION])
     del saved["repeats"], saved["share_prefixes"]
-    study.set_user_attr(stored.DEFINITION, saved)
+    study.set_user_attr(records.DEFINITION, saved)
     result = run_hpo("create", str(study_file), storage=url)
     ok(result)
     assert "already exists, unchanged" in result.stderr
@@ -247,9 +249,9 @@ def test_workers_take_a_repeat_at_a_time_longest_points_first(tmp_path: Path) ->
     definition = load_definition(write_study(tmp_path, "order", body))
     study, _ = create_study(open_storage(f"sqlite:///{tmp_path / 'hpo.db'}"), definition)
     taken = []
-    while (trial := queue.claim(study, trial_sampler(definition))) is not None:
-        attrs = stored.frozen(trial).system_attrs
-        taken.append((attrs[stored.REPEAT], attrs[stored.EPOCHS]))
+    while (trial := queueing.claim(study, trial_sampler(definition))) is not None:
+        attrs = records.frozen(trial).system_attrs
+        taken.append((attrs[records.REPEAT], attrs[records.EPOCHS]))
     assert taken == [(0, 3), (0, 3), (0, 1), (0, 1), (1, 3), (1, 3), (1, 1), (1, 1)]
 
 
@@ -268,8 +270,8 @@ def test_a_shorter_point_taken_over_by_another_worker_is_dropped_and_the_run_goe
         other = optuna.load_study(study_name="taken", storage=storage_url)
         wait_for(lambda: other._storage.get_trial(run.trial._trial_id).intermediate_values, 60, "epoch 1",
                  interval=0.02)
-        queue.fail(other, stored.trial_id(run.shorter[0]), "worker stopped sending heartbeats")
-        queue.sync(other, definition)
+        queueing.fail(other, records.trial_id(run.shorter[0]), "worker stopped sending heartbeats")
+        queueing.sync(other, definition)
 
     def objective(run):
         if not taken:
@@ -284,6 +286,6 @@ def test_a_shorter_point_taken_over_by_another_worker_is_dropped_and_the_run_goe
     assert lost.state == TrialState.FAIL and "test_accuracy" not in lost.user_attrs
     assert f"trial {lost.number} was recovered by another worker" in caplog.text
     # The run's own 3-epoch point completed; the 2-epoch point's retry completed in a run of its own.
-    assert sorted((t.system_attrs[stored.EPOCHS], t.state.name) for t in trials) == [
+    assert sorted((t.system_attrs[records.EPOCHS], t.state.name) for t in trials) == [
         (2, "COMPLETE"), (2, "FAIL"), (3, "COMPLETE")]
     assert (summary.complete, summary.dropped, summary.failed) == (2, 1, 0)

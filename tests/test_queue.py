@@ -13,14 +13,16 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from hpo import queue, stored
-from hpo.config import load_definition
+from hpo.workers import queueing
+
+from hpo.storage import records
+from hpo.study.definition import load_definition
 from hpo.errors import ConfigError, StudyNotFound
-from hpo.results import best_trial_rows, study_status
-from hpo.run import Finished, Run
-from hpo.storage import open_storage
-from hpo.study import create_study, load_study, trial_sampler
-from hpo.worker import Job, run_worker
+from hpo.results.status import best_trial_rows, study_status
+from hpo.training.events import Finished, Run
+from hpo.storage.open import open_storage
+from hpo.study.create import create_study, load_study, trial_sampler
+from hpo.workers.loop import Job, run_worker
 
 from conftest import STUDIES, write_study
 
@@ -72,7 +74,7 @@ def test_changed_definition_under_same_name_is_refused_and_nothing_changes(stora
 def test_grid_sampler_gives_each_queued_trial_its_own_point(storage_url: str, tmp_path: Path) -> None:
     study, definition = _study(storage_url, tmp_path)
     seen = []
-    while (trial := queue.claim(study, trial_sampler(definition))) is not None:
+    while (trial := queueing.claim(study, trial_sampler(definition))) is not None:
         params = {name: trial.suggest_categorical(name, values) for name, values in definition.grid.items()}
         assert params == study.sampler.point(_system_attrs(study, trial)["grid_id"])
         seen.append(tuple(sorted(params.items())))
@@ -83,7 +85,7 @@ def test_grid_sampler_gives_each_queued_trial_its_own_point(storage_url: str, tm
 def _claim_all(storage_url: str, name: str, out: multiprocessing.Queue[list[int]]) -> None:
     study, definition = load_study(open_storage(storage_url), name)
     claimed = []
-    while (trial := queue.claim(study, trial_sampler(definition))) is not None:
+    while (trial := queueing.claim(study, trial_sampler(definition))) is not None:
         claimed.append(_system_attrs(study, trial)["grid_id"])
         study.tell(trial, 1.0)
     out.put(claimed)
@@ -126,16 +128,16 @@ def test_a_failing_point_is_retried_then_reported_failed_never_dropped(storage_u
 
 def test_trial_of_a_dead_worker_is_failed_and_queued_again(storage_url: str, tmp_path: Path) -> None:
     study, definition = _study(storage_url, tmp_path)
-    trial = queue.claim(study, trial_sampler(definition))
+    trial = queueing.claim(study, trial_sampler(definition))
     assert trial is not None
     # Pretend a worker process on this host claimed it and died: a pid that no longer exists.
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    study._storage.set_trial_system_attr(trial._trial_id, stored.WORKER, f"{queue.HOST}:{dead.pid}")
-    assert queue.recover(study, definition) == 1
+    study._storage.set_trial_system_attr(trial._trial_id, records.WORKER, f"{queueing.HOST}:{dead.pid}")
+    assert queueing.recover(study, definition) == 1
     frozen = study._storage.get_trial(trial._trial_id)
     assert frozen.state == TrialState.FAIL and "died" in frozen.user_attrs["error"]
-    retries = [t for t in study.get_trials() if t.system_attrs.get(stored.RETRY_OF) == trial.number]
+    retries = [t for t in study.get_trials() if t.system_attrs.get(records.RETRY_OF) == trial.number]
     assert len(retries) == 1 and retries[0].state == TrialState.WAITING
     assert retries[0].system_attrs["grid_id"] == frozen.system_attrs["grid_id"]
     assert study_status(study, definition).points["pending"] == 6
@@ -143,14 +145,14 @@ def test_trial_of_a_dead_worker_is_failed_and_queued_again(storage_url: str, tmp
 
 def test_own_live_trial_is_not_recovered(storage_url: str, tmp_path: Path) -> None:
     study, definition = _study(storage_url, tmp_path)
-    trial = queue.claim(study, trial_sampler(definition))
-    assert trial is not None and queue.recover(study, definition) == 0
-    assert study._storage.get_trial(trial._trial_id).system_attrs[stored.WORKER].endswith(f":{os.getpid()}")
+    trial = queueing.claim(study, trial_sampler(definition))
+    assert trial is not None and queueing.recover(study, definition) == 0
+    assert study._storage.get_trial(trial._trial_id).system_attrs[records.WORKER].endswith(f":{os.getpid()}")
 
 
 def test_status_shows_how_many_epochs_each_running_trial_has_done(storage_url: str, tmp_path: Path) -> None:
     study, definition = _study(storage_url, tmp_path, SMALL_GRID.replace("epochs = [1]", "epochs = [3]"))
-    first, second = queue.claim(study, trial_sampler(definition)), queue.claim(study, trial_sampler(definition))
+    first, second = queueing.claim(study, trial_sampler(definition)), queueing.claim(study, trial_sampler(definition))
     assert first is not None and second is not None
     for name, values in definition.grid.items():
         first.suggest_categorical(name, values)

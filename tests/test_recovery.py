@@ -19,7 +19,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from hpo import stored
+from hpo.storage import records
 
 from conftest import ROOT, STUDIES, run_hpo, wait_for, write_study
 
@@ -41,14 +41,14 @@ def _trials(storage: str, name: str) -> list[optuna.trial.FrozenTrial]:
 
 
 def _grid_outcome(trials: list[optuna.trial.FrozenTrial]) -> dict[str, object]:
-    complete = Counter(t.system_attrs[stored.GRID_ID] for t in trials if t.state == TrialState.COMPLETE)
+    complete = Counter(t.system_attrs[records.GRID_ID] for t in trials if t.state == TrialState.COMPLETE)
     completed_points = set(complete)
     return {
         "trials_per_state": dict(Counter(t.state.name for t in trials)),
         "complete_points": len(completed_points),
         "duplicate_complete_points": sum(1 for n in complete.values() if n > 1),
         "wasted_trainings": sum(1 for t in trials if t.state != TrialState.COMPLETE
-                                and t.system_attrs[stored.GRID_ID] in completed_points
+                                and t.system_attrs[records.GRID_ID] in completed_points
                                 and t.state != TrialState.WAITING),
         "running_left": sum(t.state == TrialState.RUNNING for t in trials),
     }
@@ -68,7 +68,7 @@ def test_chaos_kill_a_worker_mid_trial_on_postgres(postgres_url: str, data_path:
             return None
 
         killed = wait_for(victim, 300, "a trial in the middle of training")
-        pid = int(killed.system_attrs[stored.WORKER].rsplit(":", 1)[1])
+        pid = int(killed.system_attrs[records.WORKER].rsplit(":", 1)[1])
         os.kill(pid, signal.SIGKILL)
         for w in workers:
             w.wait(timeout=900)
@@ -89,16 +89,16 @@ def test_chaos_kill_a_worker_mid_trial_on_postgres(postgres_url: str, data_path:
     assert outcome["running_left"] == 0
     # The killed worker's run (its trial and, with shared epoch prefixes, the rest of its group
     # not yet passed) is the only training spent on points that other trials completed.
-    run = [t for t in trials if t.system_attrs.get(stored.WORKER) == killed.system_attrs[stored.WORKER]
+    run = [t for t in trials if t.system_attrs.get(records.WORKER) == killed.system_attrs[records.WORKER]
            and t.state == TrialState.FAIL]
     assert killed.number in {t.number for t in run} and 1 <= len(run) <= 3
     assert outcome["wasted_trainings"] == len(run)
     for dead in run:
         # Found dead by its pid (same host) or by its missing heartbeats, whichever came first.
         assert "died" in dead.user_attrs["error"] or "heartbeats" in dead.user_attrs["error"]
-        retries = [t for t in trials if t.system_attrs.get(stored.RETRY_OF) == dead.number]
+        retries = [t for t in trials if t.system_attrs.get(records.RETRY_OF) == dead.number]
         assert [t.state for t in retries] == [TrialState.COMPLETE]
-        assert retries[0].system_attrs[stored.GRID_ID] == dead.system_attrs[stored.GRID_ID]
+        assert retries[0].system_attrs[records.GRID_ID] == dead.system_attrs[records.GRID_ID]
 
 
 @pytest.mark.slow
@@ -159,9 +159,9 @@ def test_interrupted_worker_fails_its_trial_as_retryable_and_exits_quickly(
     first, retry = sorted(trials, key=lambda t: t.number)
     assert first.state == TrialState.FAIL and first.user_attrs["error"] == f"interrupted by {sig.name}"
     assert "test_accuracy" not in first.user_attrs  # a partly trained model is never a result
-    assert retry.state == TrialState.WAITING and retry.system_attrs[stored.RETRY_OF] == first.number
+    assert retry.state == TrialState.WAITING and retry.system_attrs[records.RETRY_OF] == first.number
     # An interruption is not the trial's fault: it does not use up a retry.
-    assert retry.system_attrs[stored.ATTEMPT] == 0
+    assert retry.system_attrs[records.ATTEMPT] == 0
 
 
 def test_ctrl_c_on_launch_stops_every_worker_and_leaves_nothing_running(data_path: str, tmp_path: Path) -> None:

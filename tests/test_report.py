@@ -17,11 +17,11 @@ from optuna.distributions import CategoricalDistribution
 from optuna.trial import TrialState
 
 from conftest import ROOT, STUDIES, TWO_LR_GRID, ok, run_hpo, user_error, write_study
-from hpo.config import load_definition
+from hpo.study.definition import load_definition
 from hpo.errors import ConfigError, HpoError
-from hpo.report import Output, safe_name
-from hpo.results import trial_params
-from hpo.table1 import COLUMNS, parse, reference_params, report_rows, tolerance
+from hpo.results.report import Output, safe_name
+from hpo.results.status import trial_params
+from hpo.results.table1 import COLUMNS, parse, reference_params, report_rows, tolerance
 
 TABLE1 = ROOT.parent / "shared" / "seed" / "table1.csv"
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -114,7 +114,7 @@ def test_report_measures_table1_from_the_trials(tmp_path: Path, data_path: str) 
     studies = [(write_study(tmp_path, name, body), extra) for name, body, extra in
                (("grid3", GRID3, ["--max-trials", "2"]), ("fixed1", FIXED1, []), ("other", OTHER, []))]
     # The database exists before the workers start: workers racing to create a new SQLite file's
-    # tables is a separate matter, for hpo.storage's own tests.
+    # tables is a separate matter, for hpo.storage.open's own tests.
     ok(run_hpo("create", str(studies[0][0]), storage=db))
     workers = [subprocess.Popen([sys.executable, "-m", "hpo", "--storage", db, "worker", str(f),
                                  "--data", data_path, "--subset", "200", *extra],
@@ -207,8 +207,8 @@ def test_report_measures_table1_from_the_trials(tmp_path: Path, data_path: str) 
 
 def _study_with_trials(db: str, name: str, accuracies: list[float]) -> optuna.Study:
     """A study of experiment 1 named ``name``, with COMPLETE trials but no artifacts."""
-    from hpo.storage import open_storage
-    from hpo.study import create_study
+    from hpo.storage.open import open_storage
+    from hpo.study.create import create_study
 
     definition = dataclasses.replace(load_definition(STUDIES / "exp1.toml"), name=name)
     study, _ = create_study(open_storage(db), definition)

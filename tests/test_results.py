@@ -15,8 +15,9 @@ from optuna.distributions import CategoricalDistribution
 from optuna.trial import TrialState
 
 from conftest import TWO_LR_GRID, ok, run_hpo, user_error, write_study
-from hpo import stored, tables
-from hpo.results import configuration_columns
+from hpo.storage import records
+from hpo.results import formats
+from hpo.results.status import configuration_columns
 
 GRID = """
 description = "Two learning rates by two batch sizes."
@@ -43,14 +44,14 @@ def _study_with_repeats(tmp_path: Path, url: str, name: str, metric: str) -> opt
     distributions = {"learning_rate": CategoricalDistribution([0.01, 0.001]),
                      "batch_size": CategoricalDistribution([64, 128])}
     for lr, batch, val, test, loss in RUNS:
-        attrs = {"val_accuracy": val, "test_accuracy": test, "test_loss": loss, stored.FIXED: fixed}
+        attrs = {"val_accuracy": val, "test_accuracy": test, "test_loss": loss, records.FIXED: fixed}
         value = {"val_accuracy": val, "test_loss": loss}[metric]
         study.add_trial(optuna.trial.create_trial(
             params={"learning_rate": lr, "batch_size": batch}, distributions=distributions, value=value,
             user_attrs=attrs))
     study.add_trial(optuna.trial.create_trial(  # a crash is no result: it counts nowhere
         state=TrialState.FAIL, params={"learning_rate": 0.01, "batch_size": 128}, distributions=distributions,
-        user_attrs={"error": "killed", stored.FIXED: fixed}))
+        user_attrs={"error": "killed", records.FIXED: fixed}))
     return study
 
 
@@ -96,7 +97,7 @@ def test_export_by_configuration_ranks_means_over_repeats(storage_url: str, tmp_
                               storage=storage_url).stdout)
     assert data[2]["std_val_accuracy"] is None and data[2]["n"] == 1
     assert data[0]["trials"] == [int(n) for n in rows[0]["trials"].split()]
-    for fmt in set(tables.FORMATS) - {"csv", "json"}:
+    for fmt in set(formats.FORMATS) - {"csv", "json"}:
         out = tmp_path / f"configurations.{fmt}"
         ok(run_hpo("export", "repeats", "--by", "configuration", "--format", fmt, "-o", str(out), storage=storage_url))
         text = out.read_text().replace("\\_", "_")

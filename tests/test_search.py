@@ -14,13 +14,13 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from hpo import stored
-from hpo.config import definition_from_dict, load_definition
-from hpo.confirm import SEED_OFFSET
+from hpo.storage import records
+from hpo.study.definition import definition_from_dict, load_definition
+from hpo.study.confirm import SEED_OFFSET
 from hpo.errors import ConfigError
-from hpo.queue import trial_seed
-from hpo.results import epochs_trained, search_curve, trial_params
-from hpo.study import load_study, make_pruner
+from hpo.workers.queueing import trial_seed
+from hpo.results.status import epochs_trained, search_curve, trial_params
+from hpo.study.create import load_study, make_pruner
 
 from conftest import ok, run_hpo, user_error, write_study
 
@@ -110,7 +110,7 @@ def test_a_confirmation_retrains_the_best_configurations_with_seeds_the_search_n
     search, confirmation = _studies(db)
     searched = search.get_trials(deepcopy=False)
     ranked = sorted((t for t in searched if t.state == TrialState.COMPLETE), key=lambda t: (-(t.value or 0), t.number))
-    link = confirmation.user_attrs[stored.CONFIRMS]
+    link = confirmation.user_attrs[records.CONFIRMS]
     assert link["study"] == "search" and link["trials"] == [t.number for t in ranked[:2]]
 
     trials = confirmation.get_trials(deepcopy=False)
@@ -123,7 +123,7 @@ def test_a_confirmation_retrains_the_best_configurations_with_seeds_the_search_n
     assert all(seed // 100_003 == 5 + SEED_OFFSET for seed in confirm_seeds)
 
     for trial in trials:
-        point = trial.system_attrs[stored.POINT]
+        point = trial.system_attrs[records.POINT]
         confirmed_trial = search.trials[link["trials"][point]]
         assert trial_params(trial) == trial_params(confirmed_trial)
         # The whole training set (200 images, not the search's 160), scored on the test set.

@@ -1,6 +1,6 @@
 """``hpo report``: the report's Table 1 reproduced from the studies, with figures and findings.
 
-Table 1 is all 30 of the report's rows, each measured on the stored trials (:mod:`hpo.table1`):
+Table 1 is all 30 of the report's rows, each measured on the stored trials (:mod:`hpo.results.table1`):
 a row that no study has run says ``not run``. Everything in ``report.md`` is computed from the
 storage, and the findings are derived from the same numbers as the table.
 
@@ -21,15 +21,19 @@ from collections.abc import Mapping, Sequence
 
 import optuna
 
-from hpo import plots, stored, tables
-from hpo.config import PARAMETERS
+from hpo.results import plots
+
+from hpo.storage import records
+
+from hpo.results import formats
+from hpo.study.definition import PARAMETERS
 from hpo.errors import ConfigError, HpoError
-from hpo.confirm import CONFIRMED_COLUMNS, confirmed_rows_of
-from hpo.results import (EXPORT_COLUMNS, best_trial_rows, configuration_columns, configuration_rows, search_curve,
-                         trial_params)
-from hpo.storage import display_url
-from hpo.study import load_study
-from hpo.table1 import (BEYOND_NOISE, NOISE_RULE, NOISE_TEST, NOT_RUN, TABLE1_COLUMNS, StudyResult, report_rows,
+from hpo.study.confirm import CONFIRMED_COLUMNS, confirmed_rows_of
+from hpo.results.status import (EXPORT_COLUMNS, best_trial_rows, configuration_columns, configuration_rows,
+                                search_curve, trial_params)
+from hpo.storage.open import display_url
+from hpo.study.create import load_study
+from hpo.results.table1 import (BEYOND_NOISE, NOISE_RULE, NOISE_TEST, NOT_RUN, TABLE1_COLUMNS, StudyResult, report_rows,
                         table1_rows)
 
 log = logging.getLogger(__name__)
@@ -100,9 +104,9 @@ def _describe(params: Mapping[str, Any]) -> str:
 
 
 def _data_findings(results: Sequence[StudyResult]) -> list[str]:
-    sizes = sorted({int(t.user_attrs[stored.TRAIN_IMAGES]) for r in results for t in r.complete
-                    if t.user_attrs.get(stored.TRAIN_IMAGES) is not None})
-    subset = any(t.user_attrs.get(stored.SUBSET) for r in results for t in r.complete)
+    sizes = sorted({int(t.user_attrs[records.TRAIN_IMAGES]) for r in results for t in r.complete
+                    if t.user_attrs.get(records.TRAIN_IMAGES) is not None})
+    subset = any(t.user_attrs.get(records.SUBSET) for r in results for t in r.complete)
     if not sizes:
         return []
     line = f"- Training images per trial: {', '.join(map(str, sizes))}."
@@ -161,9 +165,9 @@ def select(storage: optuna.storages.BaseStorage, names: Sequence[str]) -> tuple[
 def _reported(attrs: Mapping[str, Any]) -> bool:
     """Whether a study is in a report that names none: the report's experiments, the searches
     (tpe, random) and their confirmations."""
-    definition = attrs.get(stored.DEFINITION) or {}
+    definition = attrs.get(records.DEFINITION) or {}
     return (definition.get("experiment") is not None or definition.get("sampler") in ("tpe", "random")
-            or stored.CONFIRMS in attrs)
+            or records.CONFIRMS in attrs)
 
 
 def write_report(storage: optuna.storages.BaseStorage, names: Sequence[str], output: Path, *,
@@ -220,13 +224,13 @@ def _search_section(out: Output, storage: optuna.storages.BaseStorage, searches:
     rows = [{"search": result.name, **row} for result in searches for row in confirmed_rows_of(storage, result.name)]
     if rows:
         columns = ("search", "confirmation", *CONFIRMED_COLUMNS)
-        out.path("confirmed.csv").write_text(tables.render(rows, "csv", columns), encoding="utf-8")
+        out.path("confirmed.csv").write_text(formats.render(rows, "csv", columns), encoding="utf-8")
         lines += ["### Confirmed top configurations", "",
                   "Each search's best configurations trained again with fresh seeds on the whole training set "
                   "(`hpo confirm`): `search_value` is what the search chose it by, `mean_test_accuracy` ± "
                   "`std_test_accuracy` over `n` confirmation runs is the number to quote "
                   "(also in [confirmed.csv](confirmed.csv)).", "",
-                  tables.render(rows, "md", columns), ""]
+                  formats.render(rows, "md", columns), ""]
     else:
         lines += ["No search confirmed yet: `hpo confirm STUDY --top 3 --repeats 3` trains its best "
                   "configurations again with fresh seeds.", ""]
@@ -235,7 +239,7 @@ def _search_section(out: Output, storage: optuna.storages.BaseStorage, searches:
 
 def _table1_section(out: Output, experiments: Sequence[StudyResult], rows: list[dict[str, Any]], *,
                     named: bool) -> list[str]:
-    out.path("table1.csv").write_text(tables.render(rows, "csv", TABLE1_COLUMNS), encoding="utf-8")
+    out.path("table1.csv").write_text(formats.render(rows, "csv", TABLE1_COLUMNS), encoding="utf-8")
     present = {r.definition.experiment for r in experiments}
     missing = [str(e) for e in dict.fromkeys(row.experiment for row in report_rows()) if e not in present]
     lines = ["## Table 1, reproduced", "",
@@ -247,14 +251,14 @@ def _table1_section(out: Output, experiments: Sequence[StudyResult], rows: list[
         where = "among the studies named" if named else "in this storage"
         lines += [f"Experiment(s) {', '.join(missing)}: no study {where}, so their rows say `{NOT_RUN}` "
                   "(create them with `hpo create studies/exp1.toml` ... `exp4.toml`).", ""]
-    return lines + [tables.render(rows, "md", TABLE1_COLUMNS)]
+    return lines + [formats.render(rows, "md", TABLE1_COLUMNS)]
 
 
 def _listed(out: Output, name: str, title: str, rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> list[str]:
     """The first rows of a table in Markdown, all of them in the CSV file ``name``."""
-    out.path(name).write_text(tables.render(rows, "csv", columns), encoding="utf-8")
+    out.path(name).write_text(formats.render(rows, "csv", columns), encoding="utf-8")
     return [f"{title}, {min(len(rows), OTHER_TABLE_ROWS)} of {len(rows)} (all in [{name}]({name})):", "",
-            tables.render(rows[:OTHER_TABLE_ROWS], "md", columns)]
+            formats.render(rows[:OTHER_TABLE_ROWS], "md", columns)]
 
 
 def _study_section(out: Output, storage: optuna.storages.BaseStorage, result: StudyResult,

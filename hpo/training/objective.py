@@ -3,7 +3,7 @@
 It turns the study's search space into concrete parameters, seeds the run from the trial's own
 recorded seed, trains, and hands back every epoch's validation accuracy (live curves in the
 dashboard, and the pruner's input) and each trial's results, the report's Table 1 numbers among
-them. The worker loop (:mod:`hpo.worker`) reports and records them.
+them. The worker loop (:mod:`hpo.workers.loop`) reports and records them.
 """
 
 from __future__ import annotations
@@ -15,13 +15,13 @@ from typing import Any
 
 import optuna
 
-from hpo import stored
-from hpo.config import Range, StudyDefinition
-from hpo.data import Dataset
-from hpo.queue import trial_seed
-from hpo.run import Begun, EpochEnd, Event, Finished, Run
-from hpo.storage import retrying
-from hpo.train import Params, Training, TrainResult
+from hpo.storage import records
+from hpo.study.definition import Range, StudyDefinition
+from hpo.training.data import Dataset
+from hpo.workers.queueing import trial_seed
+from hpo.training.events import Begun, EpochEnd, Event, Finished, Run
+from hpo.storage.open import retrying
+from hpo.training.train import Params, Training, TrainResult
 
 log = logging.getLogger(__name__)
 
@@ -61,13 +61,13 @@ def run_trial(
     params = {t.number: retrying(functools.partial(suggest, t, definition), what="suggest parameters")
               for t in run.trials}
     seed = run_seed(trial, definition)
-    shared = {stored.PREFIX_RUN: trial.number} if run.shorter else {}
+    shared = {records.PREFIX_RUN: trial.number} if run.shorter else {}
     described = {}
     for t in run.trials:
-        repeat = stored.frozen(t).system_attrs.get(stored.REPEAT)
-        described[t.number] = {stored.SEED: seed, stored.FIXED: definition.fixed, stored.DATA: data.source,
-                               stored.TRAIN_IMAGES: int(len(data.x_train)), **shared, **(environment or {}),
-                               **({stored.REPEAT_ATTR: repeat} if repeat is not None else {})}
+        repeat = records.frozen(t).system_attrs.get(records.REPEAT)
+        described[t.number] = {records.SEED: seed, records.FIXED: definition.fixed, records.DATA: data.source,
+                               records.TRAIN_IMAGES: int(len(data.x_train)), **shared, **(environment or {}),
+                               **({records.REPEAT_ATTR: repeat} if repeat is not None else {})}
     log.info("trial %d: %s (seed %d)%s", trial.number, params[trial.number], seed,
              "".join(f"; trial {t.number} at epoch {params[t.number].epochs}" for t in run.shorter))
     yield Begun(described)
@@ -94,4 +94,4 @@ def run_trial(
 def run_seed(trial: optuna.Trial, definition: StudyDefinition) -> int:
     """The seed a trial trains with (and its sampler drew with): fixed when a grid trial was
     queued, shared by a prefix group; else the study's seed and the trial's number."""
-    return int(stored.frozen(trial).system_attrs.get(stored.RUN_SEED, trial_seed(definition, trial.number)))
+    return int(records.frozen(trial).system_attrs.get(records.RUN_SEED, trial_seed(definition, trial.number)))

@@ -3,7 +3,7 @@
 SQLite is the embedded default, set up for several local worker processes (WAL journal and a
 busy timeout, so writers queue instead of failing with "database is locked"). PostgreSQL is for
 several machines: connections are checked before use, and :func:`retrying` rides out a restart.
-Workers beat for their trials themselves (:mod:`hpo.liveness`), so Optuna's heartbeats stay off.
+Workers beat for their trials themselves (:mod:`hpo.workers.liveness`), so Optuna's heartbeats stay off.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import sqlalchemy.exc
 from sqlalchemy.engine import make_url
 
 from hpo.errors import StorageError, StudyNotFound
-from hpo.lock import schema_lock
+from hpo.storage.lock import schema_lock
 
 log = logging.getLogger(__name__)
 
@@ -186,7 +186,7 @@ def postgres_connect_args(options: str = "", idle_in_transaction_s: int = 20) ->
     trial's row under SELECT ... FOR UPDATE) leaves its session open on the server, idle in
     transaction, its locks held: every other worker's claim waits behind that row until the
     server's TCP notices the peer is gone, minutes or, without keepalives, hours. None of hpo's
-    transactions idles for more than a moment (``hpo.lock`` exempts its own on purpose), so the
+    transactions idles for more than a moment (``hpo.storage.lock`` exempts its own on purpose), so the
     server ends such a session after ``idle_in_transaction_s``: its transaction rolls back, its
     locks are freed, and when the network returns the worker finds the connection closed and
     :func:`retrying` opens a new one. Client-side TCP timeouts (keepalives, tcp_user_timeout) are
@@ -218,7 +218,7 @@ def open_storage(url: str | None = None, *, retry_for: float = 0.0,
         engine_kwargs["connect_args"] = postgres_connect_args(str(parsed.query.get("options", "")))
 
     def connect() -> optuna.storages.RDBStorage:
-        # Processes starting together on a new database would race to create its tables.
+        # Processes starting together on a new database would race to create its formats.
         with schema_lock(url):
             return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
 

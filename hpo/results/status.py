@@ -16,8 +16,10 @@ from typing import Any, cast
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from hpo import queue, stored
-from hpo.config import PARAMETERS, StudyDefinition
+from hpo.workers import queueing
+
+from hpo.storage import records
+from hpo.study.definition import PARAMETERS, StudyDefinition
 
 POINT_STATES = ("pending", "running", "complete", "pruned", "failed")
 
@@ -80,7 +82,7 @@ def point_state(attempts: list[FrozenTrial]) -> str:
 
 def study_status(study: optuna.Study, definition: StudyDefinition) -> StudyStatus:
     trials = study.get_trials(deepcopy=False)
-    by_slot = queue.by_slot(trials)
+    by_slot = queueing.by_slot(trials)
     points: Counter[str] = Counter({s: 0 for s in POINT_STATES})
     failed_points = []
     for slot in range(definition.n_trials):
@@ -92,7 +94,7 @@ def study_status(study: optuna.Study, definition: StudyDefinition) -> StudyStatu
                 "slot": slot,
                 "params": trial_params(last) if last else {},
                 "attempts": len(by_slot.get(slot, [])),
-                "error": last.user_attrs.get(stored.ERROR) if last else "never ran",
+                "error": last.user_attrs.get(records.ERROR) if last else "never ran",
             })
     duplicates = sum(1 for attempts in by_slot.values()
                      if sum(t.state == TrialState.COMPLETE for t in attempts) > 1)
@@ -115,7 +117,7 @@ def study_status(study: optuna.Study, definition: StudyDefinition) -> StudyStatu
 
 def _coverage(definition: StudyDefinition, by_slot: dict[int, list[FrozenTrial]]) -> list[dict[str, Any]]:
     """Each grid point's parameters and the state of each of its repeats (slot = repeat x points + id)."""
-    points = queue.grid_points(definition)
+    points = queueing.grid_points(definition)
     return [{"point": grid_id, "params": params,
              "repeats": [point_state(by_slot.get(r * len(points) + grid_id, [])) for r in range(definition.repeats)]}
             for grid_id, params in enumerate(points)]
@@ -137,8 +139,8 @@ def _best(trials: list[FrozenTrial], direction: str) -> FrozenTrial | None:
 def trial_params(trial: FrozenTrial) -> dict[str, Any]:
     """A trial's parameters: the study's fixed ones, those a retry carries but has not suggested
     yet, and what the sampler drew."""
-    params = dict(trial.user_attrs.get(stored.FIXED, {}))
-    params.update(trial.system_attrs.get(stored.FIXED_PARAMS, {}))
+    params = dict(trial.user_attrs.get(records.FIXED, {}))
+    params.update(trial.system_attrs.get(records.FIXED_PARAMS, {}))
     params.update(trial.params)
     return params
 
@@ -151,7 +153,7 @@ def best_trial_rows(study: optuna.Study, definition: StudyDefinition) -> list[di
     result). WAITING and RUNNING trials are not results yet.
     """
     trials = study.get_trials(deepcopy=False)
-    by_slot = queue.by_slot(trials)
+    by_slot = queueing.by_slot(trials)
     final_failures = {slot for slot, attempts in by_slot.items() if point_state(attempts) == "failed"}
     sign = -1.0 if definition.direction == "maximize" else 1.0
 
@@ -161,8 +163,8 @@ def best_trial_rows(study: optuna.Study, definition: StudyDefinition) -> list[di
         return order, sign * value if order < 2 else 0.0, trial.number
 
     chosen = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)
-              or (t.state == TrialState.FAIL and t.system_attrs.get(stored.SLOT) in final_failures
-                  and t is max(by_slot[t.system_attrs[stored.SLOT]], key=lambda x: x.number))]
+              or (t.state == TrialState.FAIL and t.system_attrs.get(records.SLOT) in final_failures
+                  and t is max(by_slot[t.system_attrs[records.SLOT]], key=lambda x: x.number))]
     rows = []
     rank = 0
     for trial in sorted(chosen, key=key):
@@ -181,7 +183,7 @@ def trial_row(trial: FrozenTrial, rank: int | None) -> dict[str, Any]:
     params = trial_params(trial)
     attrs = trial.user_attrs
     duration = trial.duration.total_seconds() if trial.duration else None
-    note = "diverged" if attrs.get("diverged") else attrs.get(stored.ERROR, "")
+    note = "diverged" if attrs.get("diverged") else attrs.get(records.ERROR, "")
     return {
         "rank": rank,
         "trial": trial.number,
@@ -261,7 +263,7 @@ def epochs_trained(trial: FrozenTrial) -> int:
     """Epochs a trial trained itself: one reported value per epoch, so a trial pruned or failed
     after 3 epochs counts 3. A trial that a shared run completed on the way trained none itself
     (its run's trial counts them)."""
-    run = trial.user_attrs.get(stored.PREFIX_RUN)
+    run = trial.user_attrs.get(records.PREFIX_RUN)
     if run is not None and run != trial.number:
         return 0
     return len(trial.intermediate_values)
@@ -292,7 +294,7 @@ def _epochs_added(trials: list[FrozenTrial]) -> dict[int, int]:
     added = {t.number: epochs_trained(t) for t in trials}
     runs: dict[int, list[FrozenTrial]] = {}
     for trial in trials:
-        run = trial.user_attrs.get(stored.PREFIX_RUN)
+        run = trial.user_attrs.get(records.PREFIX_RUN)
         if run is not None:
             runs.setdefault(int(run), []).append(trial)
     for members in runs.values():

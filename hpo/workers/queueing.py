@@ -13,7 +13,7 @@ are handed out by a queue instead:
   the study's ``max_retries`` are used up. Nothing is dropped silently.
 
 What is queued is decided from the trials' states alone, under the study's lock
-(:mod:`hpo.lock`): :func:`sync` adds what a slot lacks, so any number of processes may create,
+(:mod:`hpo.storage.lock`): :func:`sync` adds what a slot lacks, so any number of processes may create,
 launch or recover the same study at once and each slot still holds one live trial.
 """
 
@@ -29,10 +29,10 @@ from collections.abc import Callable, Sequence
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from hpo import stored
-from hpo.config import StudyDefinition
-from hpo.liveness import DEFAULT_SETTINGS, Settings, Watch
-from hpo.lock import StillHeld, study_lock
+from hpo.storage import records
+from hpo.study.definition import StudyDefinition
+from hpo.workers.liveness import DEFAULT_SETTINGS, Settings, Watch
+from hpo.storage.lock import StillHeld, study_lock
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ class QueuedGridSampler(optuna.samplers.GridSampler):
 
     def point(self, grid_id: int) -> dict[str, Any]:
         """The parameters GridSampler gives the trial with this grid id."""
-        return stored.grid_point(self, grid_id)
+        return records.grid_point(self, grid_id)
 
 
 def trial_seed(definition: StudyDefinition, index: int) -> int:
@@ -85,7 +85,7 @@ def grid_points(definition: StudyDefinition) -> list[dict[str, Any]]:
 def prefix_groups(points: list[dict[str, Any]]) -> dict[int, int]:
     """Grid id -> grid id of the longest point that differs from it only in epochs.
 
-    Such points form a group that one training run completes (see :mod:`hpo.worker`).
+    Such points form a group that one training run completes (see :mod:`hpo.workers.loop`).
     """
 
     def key(point: dict[str, Any]) -> tuple[tuple[str, str], ...]:
@@ -101,21 +101,21 @@ def prefix_groups(points: list[dict[str, Any]]) -> dict[int, int]:
 
 def planned_epochs(trial: FrozenTrial) -> int:
     """The epochs a queued grid trial will train (0 where the sampler has yet to draw them)."""
-    return int(trial.system_attrs.get(stored.EPOCHS, 0))
+    return int(trial.system_attrs.get(records.EPOCHS, 0))
 
 
 def claim_order(trial: FrozenTrial) -> tuple[int, int, int]:
     """Which WAITING trial a worker takes first: a grid's repeats in turn (a study stopped early
     holds whole repeats), within one the longest points first, so that the last runs of a study
     are short and no worker waits long on another's; else the oldest."""
-    return int(trial.system_attrs.get(stored.REPEAT, 0)), -planned_epochs(trial), trial.number
+    return int(trial.system_attrs.get(records.REPEAT, 0)), -planned_epochs(trial), trial.number
 
 
 def _first_try(definition: StudyDefinition, slot: int, points: list[dict[str, Any]],
                groups: dict[int, int]) -> dict[str, Any]:
     """A slot's first trial. On a grid, slot = repeat x points + grid id, and the training seed
     is fixed now: the slot's own, or, with shared prefixes, that of its group's longest point."""
-    attrs: dict[str, Any] = {stored.SLOT: slot, stored.ATTEMPT: 0}
+    attrs: dict[str, Any] = {records.SLOT: slot, records.ATTEMPT: 0}
     if definition.sampler != "grid":
         return attrs
     n_points = len(points)
@@ -123,15 +123,15 @@ def _first_try(definition: StudyDefinition, slot: int, points: list[dict[str, An
     if definition.points:
         # Listed points are no product of axes for GridSampler: the trial suggests them as fixed.
         fixed = definition.fixed
-        attrs[stored.FIXED_PARAMS] = {k: v for k, v in points[grid_id].items() if k not in fixed}
+        attrs[records.FIXED_PARAMS] = {k: v for k, v in points[grid_id].items() if k not in fixed}
     else:
         # GridSampler needs only the id; the grid itself is the study's, stored once with its definition.
-        attrs[stored.GRID_ID] = grid_id
-    attrs.update({stored.POINT: grid_id, stored.REPEAT: repeat, stored.RUN_SEED: trial_seed(definition, slot),
-                  stored.EPOCHS: int(points[grid_id].get("epochs", 0))})
+        attrs[records.GRID_ID] = grid_id
+    attrs.update({records.POINT: grid_id, records.REPEAT: repeat, records.RUN_SEED: trial_seed(definition, slot),
+                  records.EPOCHS: int(points[grid_id].get("epochs", 0))})
     if groups:
         group = repeat * n_points + groups[grid_id]
-        attrs.update({stored.GROUP: group, stored.RUN_SEED: trial_seed(definition, group)})
+        attrs.update({records.GROUP: group, records.RUN_SEED: trial_seed(definition, group)})
     return attrs
 
 
@@ -144,7 +144,7 @@ def by_slot(trials: Sequence[FrozenTrial]) -> dict[int, list[FrozenTrial]]:
     """The trials of each queue slot, oldest first."""
     slots: dict[int, list[FrozenTrial]] = defaultdict(list)
     for trial in sorted(trials, key=lambda t: t.number):
-        slot = trial.system_attrs.get(stored.SLOT)
+        slot = trial.system_attrs.get(records.SLOT)
         if slot is not None:
             slots[int(slot)].append(trial)
     return slots
@@ -152,7 +152,7 @@ def by_slot(trials: Sequence[FrozenTrial]) -> dict[int, list[FrozenTrial]]:
 
 def counted_attempts(attempts: Sequence[FrozenTrial]) -> int:
     """Failures that use up a retry: an interruption (SIGTERM, Ctrl-C) is not the trial's fault."""
-    return sum(1 for t in attempts if t.state == TrialState.FAIL and not t.system_attrs.get(stored.INTERRUPTED))
+    return sum(1 for t in attempts if t.state == TrialState.FAIL and not t.system_attrs.get(records.INTERRUPTED))
 
 
 def sync(study: optuna.Study, definition: StudyDefinition) -> int:
@@ -161,7 +161,7 @@ def sync(study: optuna.Study, definition: StudyDefinition) -> int:
     Deciding from the stored states alone, under the lock, makes this idempotent: two
     processes that recover the same dead trial at once queue one retry between them.
     """
-    with study_lock(stored.storage_of(study), study.study_name) as still_held:
+    with study_lock(records.storage_of(study), study.study_name) as still_held:
         return add_missing(study, definition, still_held)
 
 
@@ -186,20 +186,20 @@ def add_missing(study: optuna.Study, definition: StudyDefinition, still_held: St
         attempt = counted_attempts(attempts)
         if attempt <= definition.max_retries:  # else failed for good; hpo status and export show it
             missing.append(_retry_attrs(attempts[-1], attempt))
-    storage = stored.storage_of(study)
+    storage = records.storage_of(study)
     for start in range(0, len(missing), QUEUE_BATCH):
         still_held()
-        stored.add_waiting_trials(storage, study, missing[start:start + QUEUE_BATCH])
+        records.add_waiting_trials(storage, study, missing[start:start + QUEUE_BATCH])
     return len(missing)
 
 
 def _retry_attrs(last: FrozenTrial, attempt: int) -> dict[str, Any]:
     """A retry runs what the failed try ran: the same slot and grid point, the same parameters."""
     system_attrs = {k: v for k, v in last.system_attrs.items()
-                    if not k.startswith(stored.ARTIFACT_PREFIX) and k not in (stored.WORKER, stored.INTERRUPTED)}
-    system_attrs.update({stored.ATTEMPT: attempt, stored.RETRY_OF: last.number})
+                    if not k.startswith(records.ARTIFACT_PREFIX) and k not in (records.WORKER, records.INTERRUPTED)}
+    system_attrs.update({records.ATTEMPT: attempt, records.RETRY_OF: last.number})
     if last.params:
-        system_attrs[stored.FIXED_PARAMS] = dict(last.params)
+        system_attrs[records.FIXED_PARAMS] = dict(last.params)
     log.info("trial %d queued again (attempt %d)", last.number, attempt + 1)
     return system_attrs
 
@@ -210,24 +210,24 @@ def claim(study: optuna.Study, sampler_for: Callable[[int], optuna.samplers.Base
     return None if none is left.
 
     The claim is one transaction under the trial's row lock (SELECT ... FOR UPDATE on
-    PostgreSQL; on SQLite every transaction is BEGIN IMMEDIATE, see hpo.storage), so a trial is
+    PostgreSQL; on SQLite every transaction is BEGIN IMMEDIATE, see hpo.storage.open), so a trial is
     claimed once, and it records who holds the trial and the heartbeat ``settings`` it is to be
     judged by. The study's sampler is then made afresh by ``sampler_for(trial number)``: each
     trial samples with its own seed, so parallel workers never repeat each other's draws.
     """
-    storage = stored.storage_of(study)
-    waiting = storage.get_all_trials(stored.study_id(study), deepcopy=False, states=(TrialState.WAITING,))
+    storage = records.storage_of(study)
+    waiting = storage.get_all_trials(records.study_id(study), deepcopy=False, states=(TrialState.WAITING,))
     for frozen in sorted(waiting, key=claim_order):
         if _take(storage, frozen, settings):
             study.sampler = sampler_for(frozen.number)
-            return optuna.Trial(study, stored.trial_id(frozen))
+            return optuna.Trial(study, records.trial_id(frozen))
     return None
 
 
 def _take(storage: optuna.storages.RDBStorage, frozen: FrozenTrial, settings: Settings) -> bool:
     """WAITING -> RUNNING for this process; False if another was first."""
-    return stored.claim_trial(storage, stored.trial_id(frozen),
-                              {stored.WORKER: f"{HOST}:{os.getpid()}", **settings.claim_attrs()})
+    return records.claim_trial(storage, records.trial_id(frozen),
+                              {records.WORKER: f"{HOST}:{os.getpid()}", **settings.claim_attrs()})
 
 
 def claim_group(study: optuna.Study, trial: optuna.Trial, settings: Settings = DEFAULT_SETTINGS) -> list[optuna.Trial]:
@@ -236,13 +236,13 @@ def claim_group(study: optuna.Study, trial: optuna.Trial, settings: Settings = D
     Each is claimed as :func:`claim` claims one, so a trial another worker took first is left
     to it: groups may split under contention, and every trial still runs once.
     """
-    storage = stored.storage_of(study)
-    group = stored.frozen(trial).system_attrs.get(stored.GROUP)
+    storage = records.storage_of(study)
+    group = records.frozen(trial).system_attrs.get(records.GROUP)
     if group is None:
         return []
-    waiting = storage.get_all_trials(stored.study_id(study), deepcopy=False, states=(TrialState.WAITING,))
-    return [optuna.Trial(study, stored.trial_id(frozen)) for frozen in waiting
-            if frozen.system_attrs.get(stored.GROUP) == group and _take(storage, frozen, settings)]
+    waiting = storage.get_all_trials(records.study_id(study), deepcopy=False, states=(TrialState.WAITING,))
+    return [optuna.Trial(study, records.trial_id(frozen)) for frozen in waiting
+            if frozen.system_attrs.get(records.GROUP) == group and _take(storage, frozen, settings)]
 
 
 def fail(study: optuna.Study, trial_id: int, message: str, *, interrupted: bool = False) -> bool:
@@ -252,9 +252,9 @@ def fail(study: optuna.Study, trial_id: int, message: str, *, interrupted: bool 
     (its worker, and others that found it dead) exactly one succeeds, and a result its worker
     was writing at that moment is either complete or not there at all.
     """
-    system_attrs = {stored.INTERRUPTED: True} if interrupted else {}
-    return stored.finish_trial(stored.storage_of(study), trial_id, TrialState.FAIL,
-                               user_attrs={stored.ERROR: message[:2000]}, system_attrs=system_attrs)
+    system_attrs = {records.INTERRUPTED: True} if interrupted else {}
+    return records.finish_trial(records.storage_of(study), trial_id, TrialState.FAIL,
+                               user_attrs={records.ERROR: message[:2000]}, system_attrs=system_attrs)
 
 
 def recover(study: optuna.Study, definition: StudyDefinition, watch: Watch | None = None) -> int:
@@ -264,11 +264,11 @@ def recover(study: optuna.Study, definition: StudyDefinition, watch: Watch | Non
     with a ``watch`` (the observer's memory of the beats it has seen), when its beat has stood
     still for the grace period it claimed the trial with. Returns how many trials were recovered.
     """
-    storage = stored.storage_of(study)
-    running = storage.get_all_trials(stored.study_id(study), deepcopy=False, states=(TrialState.RUNNING,))
+    storage = records.storage_of(study)
+    running = storage.get_all_trials(records.study_id(study), deepcopy=False, states=(TrialState.RUNNING,))
     recovered = 0
     for trial in running:
-        host, _, pid = str(trial.system_attrs.get(stored.WORKER, "")).rpartition(":")
+        host, _, pid = str(trial.system_attrs.get(records.WORKER, "")).rpartition(":")
         if host == HOST and pid.isdigit() and not _alive(int(pid)):
             reason = f"worker process {pid} on {host} died"
         elif watch is not None and watch.silent(trial):
@@ -276,7 +276,7 @@ def recover(study: optuna.Study, definition: StudyDefinition, watch: Watch | Non
                       f"(none for {watch.silent_for(trial):.0f} s, its grace period {Settings.of(trial).grace} s)")
         else:
             continue
-        if fail(study, stored.trial_id(trial), reason):
+        if fail(study, records.trial_id(trial), reason):
             log.warning("trial %d: %s; recovering it", trial.number, reason)
             recovered += 1
     if watch is not None:

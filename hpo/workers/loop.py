@@ -26,12 +26,14 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from hpo import queue, stored
-from hpo.config import StudyDefinition
-from hpo.liveness import Heartbeat, Settings, Watch
-from hpo.run import STOP, Artifacts, Begun, EpochEnd, Finished, Objective, Run, Stopped
-from hpo.storage import StorageUnusable, retrying
-from hpo.study import trial_sampler
+from hpo.workers import queueing
+
+from hpo.storage import records
+from hpo.study.definition import StudyDefinition
+from hpo.workers.liveness import Heartbeat, Settings, Watch
+from hpo.training.events import STOP, Artifacts, Begun, EpochEnd, Finished, Objective, Run, Stopped
+from hpo.storage.open import StorageUnusable, retrying
+from hpo.study.create import trial_sampler
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +49,7 @@ class WorkerSummary:
 
 class _Signals:
     """SIGTERM, SIGINT and SIGHUP (a closed terminal) ask the worker to stop: the trial training
-    now stops at its next batch boundary and fails as retryable (see :data:`hpo.run.STOP`)."""
+    now stops at its next batch boundary and fails as retryable (see :data:`hpo.training.events.STOP`)."""
 
     def __init__(self) -> None:
         self.requested: int | None = None
@@ -94,7 +96,7 @@ def run_worker(jobs: Sequence[Job], *, poll_interval: float = 2.0,
             if claimed is None:
                 # Nothing waiting. A retry whose queueing was cut short (a crash between failing
                 # a trial and queueing its retry) is queued now; else wait for running trials.
-                if sum(retrying(functools.partial(queue.sync, j.study, j.definition), what="queue missing trials")
+                if sum(retrying(functools.partial(queueing.sync, j.study, j.definition), what="queue missing trials")
                        for j in jobs):
                     continue
                 if not any(_running(job.study) for job in jobs):
@@ -109,8 +111,8 @@ def run_worker(jobs: Sequence[Job], *, poll_interval: float = 2.0,
 
 def _claim(jobs: Sequence[Job], settings: Settings, watch: Watch) -> tuple[Job, optuna.Trial] | None:
     for job in jobs:
-        retrying(functools.partial(queue.recover, job.study, job.definition, watch), what="recover stale trials")
-        trial = retrying(functools.partial(queue.claim, job.study, trial_sampler(job.definition), settings),
+        retrying(functools.partial(queueing.recover, job.study, job.definition, watch), what="recover stale trials")
+        trial = retrying(functools.partial(queueing.claim, job.study, trial_sampler(job.definition), settings),
                          what="claim a trial")
         if trial is not None:
             return job, trial
@@ -118,15 +120,15 @@ def _claim(jobs: Sequence[Job], settings: Settings, watch: Watch) -> tuple[Job, 
 
 
 def _running(study: optuna.Study) -> bool:
-    return bool(retrying(lambda: stored.storage_of(study).get_all_trials(
-        stored.study_id(study), deepcopy=False, states=(TrialState.RUNNING,)), what="poll"))
+    return bool(retrying(lambda: records.storage_of(study).get_all_trials(
+        records.study_id(study), deepcopy=False, states=(TrialState.RUNNING,)), what="poll"))
 
 
 def _shared_run(job: Job, trial: optuna.Trial, settings: Settings) -> Run:
     """The run for a claimed trial: with the rest of its prefix group, the longest point first
     (the run trains to its epochs, the others finish on the way)."""
-    group = retrying(functools.partial(queue.claim_group, job.study, trial, settings), what="claim a trial's group")
-    trials = sorted([trial, *group], key=lambda t: -queue.planned_epochs(stored.frozen(t)))
+    group = retrying(functools.partial(queueing.claim_group, job.study, trial, settings), what="claim a trial's group")
+    trials = sorted([trial, *group], key=lambda t: -queueing.planned_epochs(records.frozen(t)))
     return Run(trials[0], trials[1:])
 
 
@@ -138,14 +140,14 @@ class _Recorder:
 
     def __init__(self, job: Job, run: Run, summary: WorkerSummary) -> None:
         self.job, self.run, self.summary = job, run, summary
-        self.storage = stored.storage_of(job.study)
+        self.storage = records.storage_of(job.study)
 
     def begin(self, event: Begun) -> None:
         """Record what each of the run's trials runs with (seed, data, host, ...), a transaction
         per trial, so a running trial shows it too."""
         for trial in self.run.unfinished:
             attrs = event.attrs.get(trial.number, {})
-            write = functools.partial(stored.set_user_attrs, self.storage, stored.trial_id(trial), attrs)
+            write = functools.partial(records.set_user_attrs, self.storage, records.trial_id(trial), attrs)
             if not retrying(write, what="record what a trial runs with"):
                 if trial is self.run.trial:
                     raise optuna.exceptions.UpdateFinishedTrialError(f"trial {trial.number} finished elsewhere")
@@ -174,7 +176,7 @@ class _Recorder:
                attrs: dict[str, Any] | None = None, links: Mapping[str, str] | None = None) -> bool:
         """``trial`` RUNNING -> ``state`` with its attributes; False (and given up) if another
         process finished it first."""
-        done = retrying(functools.partial(stored.finish_trial, self.storage, stored.trial_id(trial), state,
+        done = retrying(functools.partial(records.finish_trial, self.storage, records.trial_id(trial), state,
                                           value=value, user_attrs=attrs, system_attrs=links),
                         what=f"record a {state.name} trial")
         # Refused: another process finished it, or this one did and the reply to its commit got
@@ -196,7 +198,7 @@ def _run_one(job: Job, run: Run, settings: Settings, summary: WorkerSummary) -> 
     """Train one run and record how its trials ended."""
     study, trial = job.study, run.trial
     record = _Recorder(job, run, summary)
-    with Heartbeat(stored.storage_of(study), run.trials, settings):
+    with Heartbeat(records.storage_of(study), run.trials, settings):
         try:
             for event in job.objective(run):
                 STOP.check()
@@ -249,7 +251,7 @@ def _count(summary: WorkerSummary, state: TrialState) -> None:
 
 def _state(study: optuna.Study, trial: optuna.Trial) -> TrialState:
     """The trial's state as stored now (another process may have finished it)."""
-    frozen = retrying(lambda: stored.storage_of(study).get_trial(stored.trial_id(trial)), what="read a trial")
+    frozen = retrying(lambda: records.storage_of(study).get_trial(records.trial_id(trial)), what="read a trial")
     return frozen.state
 
 
@@ -262,7 +264,7 @@ def _fail_run(job: Job, record: _Recorder, message: str, *, interrupted: bool = 
     """Fail the run's trials still RUNNING (a group's shorter points already passed stay
     COMPLETE; one another process failed first is its to retry), then queue their retries."""
     for trial in record.run.unfinished:
-        fail = functools.partial(queue.fail, job.study, stored.trial_id(trial), message, interrupted=interrupted)
+        fail = functools.partial(queueing.fail, job.study, records.trial_id(trial), message, interrupted=interrupted)
         if retrying(fail, what="record a failed trial"):
             record.summary.failed += 1
-    retrying(lambda: queue.sync(job.study, job.definition), what="queue a retry")
+    retrying(lambda: queueing.sync(job.study, job.definition), what="queue a retry")

@@ -26,9 +26,9 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from hpo.config import PARAMETERS, Range, Reference, StudyDefinition, check_value
+from hpo.study.definition import PARAMETERS, Range, Reference, StudyDefinition, check_value
 from hpo.errors import ConfigError
-from hpo.results import mean_std, trial_params
+from hpo.results.status import mean_std, trial_params
 
 FILE = "table1.csv"
 # Its columns, in order, and the type of each (the same as the seed's table1.csv).
@@ -51,9 +51,9 @@ class ReportRow:
 @functools.cache
 def report_rows() -> tuple[ReportRow, ...]:
     """Table 1's rows in the report's order, from the packaged ``table1.csv``."""
-    origin = f"hpo/{FILE}"
+    origin = f"hpo/results/{FILE}"
     try:
-        text = resources.files("hpo").joinpath(FILE).read_text(encoding="utf-8")
+        text = resources.files("hpo.results").joinpath(FILE).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{origin}: cannot read the report's Table 1 (is hpo installed whole?): {exc}") from None
     return parse(text, origin)

@@ -17,9 +17,9 @@ from collections.abc import Iterator, Mapping, Sequence
 import keras
 import numpy as np
 
-from hpo.data import Dataset, validation_split
-from hpo.models import build_model, compile_model
-from hpo.run import STOP
+from hpo.training.data import Dataset, validation_split
+from hpo.training.models import build_model, compile_model
+from hpo.training.events import STOP
 
 log = logging.getLogger(__name__)
 
@@ -126,8 +126,9 @@ class Training:
     def epochs(self) -> Iterator[int]:
         """Train the epochs left, one per step; yields the number of the epoch just ended (from 1).
 
-        A stop asked for (:data:`hpo.run.STOP`, a worker's signal) raises :class:`hpo.run.Stopped`
-        at the next batch boundary: the epoch cut short leaves no trace in the history.
+        A stop asked for (:data:`hpo.training.events.STOP`, a worker's signal) raises
+        :class:`hpo.training.events.Stopped` at the next batch boundary: the epoch cut short
+        leaves no trace in the history.
         """
         while self.epochs_run < self.params.epochs:
             STOP.check()
@@ -149,7 +150,7 @@ class Training:
 
 
 class _StopAtBatchEnd(keras.callbacks.Callback):
-    """Raises :class:`hpo.run.Stopped` at the first batch boundary after a stop was asked for: a
+    """Raises :class:`hpo.training.events.Stopped` at the first batch boundary after a stop was asked for: a
     point Keras expects callbacks to raise at, where a signal handler's raise is not."""
 
     def on_train_batch_end(self, batch: int, logs: Mapping[str, float] | None = None) -> None:

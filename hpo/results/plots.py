@@ -27,7 +27,7 @@ from matplotlib.patches import Rectangle
 from optuna.artifacts import FileSystemArtifactStore, download_artifact, get_all_artifact_meta
 from optuna.trial import FrozenTrial
 
-from hpo.results import trial_params
+from hpo.results.status import trial_params
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +104,7 @@ def best_trial_figures(storage: optuna.storages.BaseStorage, trial: FrozenTrial,
     Returns the figures made, by kind, and what went missing, if anything: a trial without
     artifacts is reported, never an error.
     """
-    from hpo.artifacts import learning_curves  # noqa: PLC0415  (imports Keras)
+    from hpo.training.artifacts import learning_curves  # noqa: PLC0415  (imports Keras)
 
     metas = {meta.filename: meta for meta in get_all_artifact_meta(trial, storage=storage)}
     metrics = next((m for name, m in metas.items()
@@ -149,7 +149,7 @@ def search_progress(curves: Mapping[str, Sequence[Any]], references: Mapping[str
     """Best ``metric`` so far of each search against training epochs spent (left) and wall time
     (right), with horizontal reference lines (the report's best, the grid's best).
 
-    ``curves``: study name -> :class:`hpo.results.CurvePoint` list, as :func:`search_curve` gives it.
+    ``curves``: study name -> :class:`hpo.results.status.CurvePoint` list, as :func:`search_curve` gives it.
     """
     fig, (by_epochs, by_time) = plt.subplots(1, 2, figsize=(14, 4.5), sharey=True)
     for name, points in curves.items():

@@ -3,7 +3,7 @@
 A definition says everything needed to reproduce a study: what is searched, how it is sampled
 and pruned, which data protocol scores it, the trial budget, and the report's reference numbers.
 It is validated once, on load, and every error names the file, the key and the bad value.
-The resolved definition is stored with the study (see :mod:`hpo.study`), so it round-trips
+The resolved definition is stored with the study (see :mod:`hpo.study.create`), so it round-trips
 through :func:`definition_from_dict`.
 """
 
@@ -19,7 +19,7 @@ from collections.abc import Mapping
 
 from hpo.errors import ConfigError
 
-# Kept here, not imported from hpo.models, so that reading a study file never imports Keras.
+# Kept here, not imported from hpo.training.models, so that reading a study file never imports Keras.
 # tests/test_config.py checks that they match the real registries.
 ARCHITECTURE_NAMES = ("base", "deeper_dropout", "batchnorm")
 AUGMENTATION_NAMES = ("none", "standard")

@@ -24,7 +24,7 @@ import optuna
 import sqlalchemy
 from sqlalchemy.engine import make_url
 
-from hpo import stored
+from hpo.storage import records
 from hpo.errors import StorageError
 
 LOCK_IDLE_LIMIT_S = 60
@@ -55,12 +55,12 @@ def lock_key(study_name: str) -> int:
 @contextlib.contextmanager
 def study_lock(storage: optuna.storages.BaseStorage, study_name: str) -> Iterator[StillHeld]:
     """Hold the study's queue lock for the ``with`` block; waits while another process holds it."""
-    engine = stored.engine_of(storage)
+    engine = records.engine_of(storage)
     if engine.dialect.name == "postgresql":
         with engine.connect() as conn, conn.begin():
             # The lock's transaction sits idle while the queue is written through Optuna's own
             # connections, so it gets a longer idle limit than hpo's other sessions (see
-            # hpo.storage.postgres_connect_args), yet a bounded one: a holder cut off from the
+            # hpo.storage.open.postgres_connect_args), yet a bounded one: a holder cut off from the
             # network must not block every other process's queueing until the server's TCP
             # gives up on it, which can take hours.
             conn.execute(sqlalchemy.text(f"SET LOCAL idle_in_transaction_session_timeout = {LOCK_IDLE_LIMIT_S * 1000}"))

@@ -26,14 +26,14 @@ import optuna
 from optuna.artifacts import FileSystemArtifactStore
 from optuna.artifacts.exceptions import ArtifactNotFound
 
-from hpo import stored
-from hpo.data import CLASS_NAMES
-from hpo.results import trial_params
+from hpo.storage import records
+from hpo.training.data import CLASS_NAMES
+from hpo.results.status import trial_params
 
 if TYPE_CHECKING:
     import keras
 
-    from hpo.train import TrainResult
+    from hpo.training.train import TrainResult
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +65,7 @@ class TrialArtifacts:
                     written.append(artifact_id)  # before writing: a partial file is removed too
                     with path.open("rb") as body:
                         self.store.write(artifact_id, body)
-                    key, meta = stored.artifact_attr(artifact_id, path.name)
+                    key, meta = records.artifact_attr(artifact_id, path.name)
                     links[key] = meta
         except Exception as exc:  # noqa: BLE001  (the result matters more than its pictures)
             self._remove(written)
@@ -75,7 +75,7 @@ class TrialArtifacts:
         return links
 
     def remove(self, links: Mapping[str, str]) -> None:
-        self._remove([key.removeprefix(stored.ARTIFACT_PREFIX) for key in links])
+        self._remove([key.removeprefix(records.ARTIFACT_PREFIX) for key in links])
 
     def _remove(self, artifact_ids: Sequence[str]) -> None:
         for artifact_id in artifact_ids:
@@ -83,7 +83,7 @@ class TrialArtifacts:
                 self.store.remove(artifact_id)
 
     def write(self, folder: Path, trial: optuna.Trial, result: TrainResult) -> list[Path]:
-        params = trial_params(stored.frozen(trial))
+        params = trial_params(records.frozen(trial))
         title = f"trial {trial.number}: " + ", ".join(f"{k}={v}" for k, v in params.items())
         paths = [
             learning_curves(result.history, folder / f"learning_curves_trial{trial.number}.png", title),

@@ -5,7 +5,7 @@ every ``interval`` seconds. When it claims a trial it records its own settings w
 (``hpo:liveness``: interval and grace period), so every observer judges the trial by the
 settings of the worker that holds it, never by its own.
 
-An observer (a worker looking for dead trials, see :func:`hpo.queue.recover`) declares a trial
+An observer (a worker looking for dead trials, see :func:`hpo.workers.queueing.recover`) declares a trial
 dead only when it has seen the same count for longer than the trial's grace period, measured
 on the observer's own monotonic clock. No two clocks are ever compared: a worker whose clock is
 ahead, behind, stepped by NTP or frozen beats like any other, and a process that looks once
@@ -25,7 +25,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial
 
-from hpo import stored
+from hpo.storage import records
 from hpo.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -55,14 +55,14 @@ class Settings:
     def of(cls, trial: FrozenTrial) -> Settings:
         """The settings the trial's worker claimed it with (the defaults for a trial claimed by an
         older hpo, which recorded none)."""
-        recorded = trial.system_attrs.get(stored.LIVENESS)
+        recorded = trial.system_attrs.get(records.LIVENESS)
         if not isinstance(recorded, Mapping):
             return cls()
         return cls(int(recorded.get("interval", DEFAULT_INTERVAL_S)), int(recorded.get("grace", DEFAULT_GRACE_S)))
 
     def claim_attrs(self) -> dict[str, Any]:
         """What a worker records on a trial it claims: its settings and a first beat."""
-        return {stored.LIVENESS: {"interval": self.interval, "grace": self.grace}, stored.BEAT: 0}
+        return {records.LIVENESS: {"interval": self.interval, "grace": self.grace}, records.BEAT: 0}
 
 
 DEFAULT_SETTINGS = Settings()
@@ -92,7 +92,7 @@ class Heartbeat:
     def __init__(self, storage: optuna.storages.BaseStorage, trials: Sequence[optuna.Trial],
                  settings: Settings) -> None:
         self._storage, self._settings = storage, settings
-        self._trials = {stored.trial_id(t): t.number for t in trials}
+        self._trials = {records.trial_id(t): t.number for t in trials}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="heartbeat", daemon=True)
 
@@ -110,7 +110,7 @@ class Heartbeat:
             beat += 1
             for trial_id, number in list(self._trials.items()):
                 try:
-                    self._storage.set_trial_system_attr(trial_id, stored.BEAT, beat)
+                    self._storage.set_trial_system_attr(trial_id, records.BEAT, beat)
                 except optuna.exceptions.UpdateFinishedTrialError:
                     del self._trials[trial_id]
                 except Exception as exc:  # noqa: BLE001  (keep beating; the database may come back)
@@ -130,8 +130,8 @@ class Watch:
 
     def silent_for(self, trial: FrozenTrial) -> float:
         """Seconds this observer has seen the trial's beat unchanged (0 when it changed, or is new)."""
-        now, beat = self._clock(), trial.system_attrs.get(stored.BEAT)
-        key = stored.trial_id(trial)
+        now, beat = self._clock(), trial.system_attrs.get(records.BEAT)
+        key = records.trial_id(trial)
         previous = self._seen.get(key)
         if previous is None or previous[0] != beat:
             self._seen[key] = (beat, now)
@@ -144,6 +144,6 @@ class Watch:
 
     def forget(self, keep: Sequence[FrozenTrial]) -> None:
         """Drop what it remembers of trials that are no longer running."""
-        running = {stored.trial_id(t) for t in keep}
+        running = {records.trial_id(t) for t in keep}
         for key in [k for k in self._seen if k not in running]:
             del self._seen[key]

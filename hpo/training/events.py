@@ -1,7 +1,7 @@
 """What the worker loop hands a training run, and what the run hands back.
 
-The loop (:mod:`hpo.worker`) claims trials and records them; the objective
-(:mod:`hpo.objective`) trains. They meet here, in plain data: the loop passes a :class:`Run`,
+The loop (:mod:`hpo.workers.loop`) claims trials and records them; the objective
+(:mod:`hpo.training.objective`) trains. They meet here, in plain data: the loop passes a :class:`Run`,
 and the objective yields a :class:`Begun` with what the run's trials run with, an
 :class:`EpochEnd` after every epoch (the loop reports it to the run's trials and asks the
 pruner) and a :class:`Finished` for each trial whose epochs are done (the loop records it, in
@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import optuna
 
 if TYPE_CHECKING:
-    from hpo.train import TrainResult
+    from hpo.training.train import TrainResult
 
 
 @dataclass
@@ -71,7 +71,7 @@ Objective = Callable[[Run], Iterator[Event]]
 
 
 class Artifacts(Protocol):
-    """Files a finished trial leaves behind (hpo.artifacts.TrialArtifacts)."""
+    """Files a finished trial leaves behind (hpo.training.artifacts.TrialArtifacts)."""
 
     def save(self, trial: optuna.Trial, result: TrainResult) -> dict[str, str]:
         """Write the trial's files; return the system attributes that link them to it."""

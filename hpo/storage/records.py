@@ -21,7 +21,7 @@ from optuna.storages._rdb.storage import _create_scoped_session
 from optuna.trial import FrozenTrial, TrialState
 
 # --- study user attributes ---------------------------------------------------------------------
-DEFINITION = "definition"          # the resolved study definition (hpo.config.StudyDefinition.to_dict)
+DEFINITION = "definition"          # the resolved study definition (hpo.study.definition.StudyDefinition.to_dict)
 CONFIRMS = "confirms"              # a confirmation study: its search, the trials and values it confirms
 
 # --- trial system attributes (hpo's queue) -----------------------------------------------------
@@ -29,7 +29,7 @@ SLOT = "hpo:slot"                  # position of the trial in the queue: grid id
 ATTEMPT = "hpo:attempt"            # 0 for the first try, then 1, 2, ... for retries
 RETRY_OF = "hpo:retry_of"          # number of the trial this one retries
 WORKER = "hpo:worker"              # "host/pid-namespace:pid" of the worker that claimed the trial
-LIVENESS = "hpo:liveness"          # the claiming worker's {"interval": s, "grace": s} (hpo.liveness)
+LIVENESS = "hpo:liveness"          # the claiming worker's {"interval": s, "grace": s} (hpo.workers.liveness)
 BEAT = "hpo:beat"                  # the claiming worker's heartbeat: a count that grows while it lives
 INTERRUPTED = "hpo:interrupted"    # set on a FAIL trial stopped by a signal: its retry is free
 REPEAT = "hpo:repeat"              # grid: which training of its point (0, 1, ...)
@@ -51,11 +51,11 @@ SEED = "seed"                      # the seed the trial's sampler and training r
 FIXED = "fixed"                    # the study's single-valued parameters (not Optuna parameters)
 PREFIX_RUN = "prefix_run"          # number of the trial whose training run completed this one
 REPEAT_ATTR = "repeat"             # the grid repeat, shown beside the parameters
-DATA = "data"                      # where the worker's data came from (hpo.data.Dataset.source)
+DATA = "data"                      # where the worker's data came from (hpo.training.data.Dataset.source)
 TRAIN_IMAGES = "train_images"      # training images the worker loaded (before a validation split)
 SUBSET = "subset"                  # the worker's --subset, or None
 WORKER_STARTUP = "worker_startup_seconds"  # the worker's imports, connection and data load
-# The rest are the trial's results: hpo.train.TrainResult.metrics() and hpo.device.describe().
+# The rest are the trial's results: hpo.training.train.TrainResult.metrics() and hpo.workers.device.describe().
 
 
 # --- Optuna's private API ----------------------------------------------------------------------

@@ -15,11 +15,13 @@ from typing import Any
 import optuna
 from optuna_dashboard import save_note
 
-from hpo import queue, stored
-from hpo.queue import trial_seed
-from hpo.config import StudyDefinition, definition_from_dict
+from hpo.workers import queueing
+
+from hpo.storage import records
+from hpo.workers.queueing import trial_seed
+from hpo.study.definition import StudyDefinition, definition_from_dict
 from hpo.errors import ConfigError, StudyNotFound
-from hpo.lock import study_lock
+from hpo.storage.lock import study_lock
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +35,7 @@ def make_sampler(definition: StudyDefinition, seed: int | None = None) -> optuna
     if definition.sampler == "grid":
         # The study's own seed, always: GridSampler shuffles its points by its seed, so the
         # stored grid ids mean the same points only under the same seed.
-        return queue.QueuedGridSampler(definition.grid, seed=definition.seed)
+        return queueing.QueuedGridSampler(definition.grid, seed=definition.seed)
     seed = definition.seed if seed is None else seed
     if definition.sampler == "tpe":
         return optuna.samplers.TPESampler(seed=seed, n_startup_trials=10, constant_liar=True)
@@ -42,7 +44,7 @@ def make_sampler(definition: StudyDefinition, seed: int | None = None) -> optuna
 
 
 def trial_sampler(definition: StudyDefinition) -> Callable[[int], optuna.samplers.BaseSampler]:
-    """For :func:`hpo.queue.claim`: trial number -> that trial's own seeded sampler."""
+    """For :func:`hpo.workers.queueing.claim`: trial number -> that trial's own seeded sampler."""
     return lambda number: make_sampler(definition, trial_seed(definition, number))
 
 
@@ -81,7 +83,7 @@ def create_study(storage: optuna.storages.BaseStorage, definition: StudyDefiniti
         except optuna.exceptions.DuplicatedStudyError:
             study = _load(storage, definition)
             created = False
-        stored_definition = study.user_attrs.get(stored.DEFINITION)
+        stored_definition = study.user_attrs.get(records.DEFINITION)
         if stored_definition is not None:
             # As this hpo reads it: keys added since (with their defaults) are no difference.
             stored_definition = _normalise(definition_from_dict(stored_definition).to_dict())
@@ -92,12 +94,12 @@ def create_study(storage: optuna.storages.BaseStorage, definition: StudyDefiniti
                 )
             return study, created
         # New, or a create that died half-way: queue what is missing, then mark the study ready.
-        added = queue.add_missing(study, definition, still_held)
+        added = queueing.add_missing(study, definition, still_held)
         study.set_metric_names([definition.metric])
         _save_note(study, definition)
         for key, value in (attrs or {}).items():
             study.set_user_attr(key, value)
-        study.set_user_attr(stored.DEFINITION, wanted)
+        study.set_user_attr(records.DEFINITION, wanted)
     log.info("study %s: %d trials queued", definition.name, added)
     return study, True
 
@@ -108,7 +110,7 @@ def load_study(storage: optuna.storages.BaseStorage, name: str) -> tuple[optuna.
     if name not in summaries:
         known = ", ".join(sorted(summaries)) or "none"
         raise StudyNotFound(f"no study named {name!r} in this storage (studies: {known})")
-    saved = summaries[name].user_attrs.get(stored.DEFINITION)
+    saved = summaries[name].user_attrs.get(records.DEFINITION)
     if saved is None:
         raise StudyNotFound(f"study {name!r} was not created by hpo (no stored definition); run hpo create")
     definition = definition_from_dict(saved, origin=f"study {name!r}")

@@ -16,8 +16,8 @@ from types import MappingProxyType
 import keras
 from keras import layers
 
-from hpo.augment import augmentation_layer
-from hpo.config import check_value  # the one learning-rate rule
+from hpo.training.augment import augmentation_layer
+from hpo.study.definition import check_value  # the one learning-rate rule
 from hpo.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -118,7 +118,7 @@ def compile_model(
 
     Raises:
         ConfigError: ``learning_rate`` is not a positive finite number (the study files' rule,
-            :mod:`hpo.config`'s, so the two cannot drift apart).
+            :mod:`hpo.study.definition`'s, so the two cannot drift apart).
     """
     check_value("learning_rate", learning_rate, "compile_model(learning_rate)")
     model.compile(

@@ -24,11 +24,13 @@ from collections.abc import Callable, Sequence
 
 import optuna
 
-from hpo import device, queue
-from hpo.config import StudyDefinition
-from hpo.results import StudyStatus, study_status
+from hpo.workers import device
+
+from hpo.workers import queueing
+from hpo.study.definition import StudyDefinition
+from hpo.results.status import StudyStatus, study_status
 from hpo.errors import HpoError
-from hpo.storage import StorageUnusable, retrying
+from hpo.storage.open import StorageUnusable, retrying
 
 STOP_TIMEOUT_S = 15.0
 
@@ -253,7 +255,7 @@ def launch(
     # Every worker has exited: no trial of theirs may stay RUNNING.
     try:
         for study, definition in studies:
-            retrying(functools.partial(queue.recover, study, definition), what="recover trials of exited workers")
+            retrying(functools.partial(queueing.recover, study, definition), what="recover trials of exited workers")
     except StorageUnusable:
         workers.exit_code(out)  # a worker's own account of the same cause comes first
         raise

@@ -17,14 +17,16 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from hpo import queue, stored
-from hpo.config import PARAMETERS, Range, StudyDefinition
+from hpo.workers import queueing
+
+from hpo.storage import records
+from hpo.study.definition import PARAMETERS, Range, StudyDefinition
 from hpo.errors import ConfigError
-from hpo.results import mean_std, trial_params
-from hpo.study import load_study
+from hpo.results.status import mean_std, trial_params
+from hpo.study.create import load_study
 
 # Confirmation seeds: the search's seed moved this far, so that (with fewer than 100,003 trials
-# a study, see hpo.queue.trial_seed) no confirmation trial trains with a seed of the search.
+# a study, see hpo.workers.queueing.trial_seed) no confirmation trial trains with a seed of the search.
 SEED_OFFSET = 7919
 CONFIRM_SUFFIX = "-confirm"
 
@@ -86,9 +88,9 @@ def link(search_study: optuna.Study, search: StudyDefinition, trials: Sequence[F
 def check_fresh_seeds(search_study: optuna.Study, search: StudyDefinition, confirmation: StudyDefinition) -> None:
     """Refuse a confirmation whose seeds a search trial trained with (never expected: see SEED_OFFSET)."""
     trials = search_study.get_trials(deepcopy=False)
-    used = {int(t.user_attrs[stored.SEED]) for t in trials if stored.SEED in t.user_attrs}
-    used |= {queue.trial_seed(search, t.number) for t in trials}
-    mine = {queue.trial_seed(confirmation, slot) for slot in range(confirmation.n_trials)}
+    used = {int(t.user_attrs[records.SEED]) for t in trials if records.SEED in t.user_attrs}
+    used |= {queueing.trial_seed(search, t.number) for t in trials}
+    mine = {queueing.trial_seed(confirmation, slot) for slot in range(confirmation.n_trials)}
     if used & mine:
         raise ConfigError(f"confirmation seeds {sorted(used & mine)[:3]} were used by study {search.name!r}")
 
@@ -96,7 +98,7 @@ def check_fresh_seeds(search_study: optuna.Study, search: StudyDefinition, confi
 def confirmations_of(storage: optuna.storages.BaseStorage, search_name: str) -> list[str]:
     """Names of the studies that confirm ``search_name``, oldest first."""
     return [s.study_name for s in optuna.get_all_study_summaries(storage)
-            if (s.user_attrs.get(stored.CONFIRMS) or {}).get("study") == search_name]
+            if (s.user_attrs.get(records.CONFIRMS) or {}).get("study") == search_name]
 
 
 # The confirmed table's columns: the search's number beside the confirmation's mean and spread.
@@ -108,10 +110,10 @@ def confirmed_rows(study: optuna.Study, definition: StudyDefinition) -> list[dic
     """Per confirmed configuration: the search trial and value it was chosen by, and the mean and
     standard deviation of test accuracy (and mean test loss) over its COMPLETE confirmation
     trials; ranked by mean test accuracy."""
-    linked = study.user_attrs.get(stored.CONFIRMS) or {}
+    linked = study.user_attrs.get(records.CONFIRMS) or {}
     by_point: dict[int, list[FrozenTrial]] = {}
     for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        point = trial.system_attrs.get(stored.POINT)
+        point = trial.system_attrs.get(records.POINT)
         if point is not None:
             by_point.setdefault(int(point), []).append(trial)
     rows = []

@@ -1,0 +1,1 @@
+"""Where studies live: the storage URL, the database, its locks and every key hpo stores."""

@@ -1,0 +1,1 @@
+"""Studies: their definitions, how they are created and loaded, and the plan of which trial trains what."""

@@ -1,0 +1,1 @@
+"""Running trials: the queue, the worker loop, its heartbeats, and pools of workers on one machine."""
