@@ -65,7 +65,7 @@ def one(python: str, backend: str, study: Path, folder: Path) -> dict[str, Any]:
         _postgres(f'CREATE DATABASE "{database}"')
         url = ADMIN.rsplit("/", 1)[0] + "/" + database
     try:
-        # The empty schema first (a study that queues nothing), so that the measure is the queueing.
+        # The empty schema first (a study that queues nothing), so that the measure is the queue.
         empty = folder / "empty.toml"
         empty.write_text('[study]\nname = "empty"\n[sampler]\ntype = "grid"\n[space]\narchitecture = "base"\n'
                          'augmentation = "none"\nlearning_rate = [0.001]\nbatch_size = [32]\nepochs = [1]\n')

@@ -40,8 +40,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import describe_machine
 
 from hpo.study.definition import PARAMETERS, load_definition
-from hpo.study.confirm import confirmed_rows
-from hpo.results.status import epochs_trained, search_curve
+from hpo.results.curves import epochs_trained, search_curve
+from hpo.results.rows import confirmed_rows
 from hpo.study.create import load_study
 
 ROOT = Path(__file__).resolve().parent.parent

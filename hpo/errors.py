@@ -29,3 +29,13 @@ class StudyNotFound(StorageError):
 
 class OutputError(HpoError):
     """A file or folder hpo was told to write cannot be written."""
+
+
+class NotReady(HpoError):
+    """A study is not yet in the state a command needs (no COMPLETE trial to confirm, say)."""
+
+
+class TrialError(HpoError):
+    """A trial that cannot succeed however often it is tried (its model cannot be built, its
+    data cannot serve it): it fails once, and is not retried. Any other exception in a trial is
+    retried up to the study's ``max_retries``."""

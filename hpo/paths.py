@@ -8,15 +8,15 @@ What ``-o`` names is written as what it is: a file replaced whole, a pipe or dev
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import stat
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy.engine import make_url
-
 from hpo.errors import OutputError
+from hpo.storage.url import StorageURL
 
 
 def folder(path: str | Path, option: str, *, make: bool = True) -> Path:
@@ -124,16 +124,43 @@ def _umask() -> int:
     return mask
 
 
-def artifact_dir(storage_url: str, folder_given: str | Path | None = None, *, make: bool = True) -> Path:
+def artifact_dir(url: StorageURL, folder_given: str | Path | None = None, *, make: bool = True) -> Path:
     """The trials' artifact folder: as given, beside an SQLite file, or ./hpo-artifacts."""
     if folder_given is not None:
         path = Path(folder_given)
+    elif url.sqlite_file is not None:
+        path = url.sqlite_file.with_name(f"{url.sqlite_file.stem}-artifacts")
     else:
-        url = make_url(storage_url)
-        database = url.database if url.get_backend_name() == "sqlite" else None
-        if database and database != ":memory:":
-            db = Path(database)
-            path = db.with_name(f"{db.stem}-artifacts")
-        else:
-            path = Path("hpo-artifacts")
+        path = Path("hpo-artifacts")
     return folder(path, "--artifacts", make=make)
+
+
+def safe_name(name: str) -> str:
+    """A file-name stem from a study name: letters, digits, '-' and '_' only."""
+    stem = re.sub(r"[^A-Za-z0-9_-]+", "_", name).strip("_-")
+    return stem[:80] or "study"
+
+
+class OutputFolder:
+    """A folder hpo writes many files into (``hpo report --output``): every path handed out is
+    unique and inside it, whatever the study names it is built from."""
+
+    def __init__(self, path: str | Path, option: str = "--output") -> None:
+        self.folder = folder(path, option).resolve()  # checked, and made
+        self.option = option
+        self.stems: dict[str, str] = {}
+
+    def path(self, name: str) -> Path:
+        path = (self.folder / name).resolve()
+        if not path.is_relative_to(self.folder) or path.parent != self.folder:
+            raise OutputError(f"{self.option}: refusing to write {name!r} outside {self.folder}")
+        return path
+
+    def stem(self, study_name: str) -> str:
+        """The study's file-name stem, the same on every call, and no other study's."""
+        if study_name not in self.stems:
+            stem, i = safe_name(study_name), 2
+            while stem in self.stems.values():
+                stem, i = f"{safe_name(study_name)}_{i}", i + 1
+            self.stems[study_name] = stem
+        return self.stems[study_name]

@@ -189,7 +189,7 @@ def test_a_grid_over_the_trial_limit_is_refused_at_once_and_the_limit_can_be_rai
         budget = GRID.replace('type = "grid"', 'type = "random"').replace("[0.001]", "{ low = 1e-4, high = 1e-2 }")
         user_error(run_hpo("create", str(write_study(tmp_path, "budget", "trials = 1000000\n" + budget)),
                            storage=storage_url, timeout=60), "study.trials = 1,000,000", "study.trial_limit")
-    # The documented way past it: the study says how many trials it means to queueing.
+    # The documented way past it: the study says how many trials it means to queue.
     wide = GRID.replace("[0.001]", f"[{', '.join(rates.split(', ')[:120])}]").replace("[64]", "[32, 64, 128, 256]")
     ok(run_hpo("create", str(write_study(tmp_path, "wide", "trial_limit = 480\n" + wide)), storage=storage_url))
     user_error(run_hpo("create", str(write_study(tmp_path, "wider", "trial_limit = 479\n" + wide)),

@@ -15,12 +15,14 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
-from hpo.workers import queueing
+from hpo.study import queueing
 
 from hpo.storage import records
+from hpo.workers import liveness
 from hpo.study.definition import load_definition
 from hpo.storage.open import open_storage
-from hpo.study.create import create_study, load_study, trial_sampler
+from hpo.study.create import create_study, load_study
+from hpo.study.plan import trial_sampler
 
 from conftest import STUDIES, ok, run_hpo, write_study
 
@@ -37,7 +39,7 @@ def _create_at_barrier(url: str, study_file: str, barrier: multiprocessing.synch
 
 
 def _run_together(target, args_for, n: int = N_PROCESSES) -> list:
-    """Start ``n`` spawned processes, release them together, return what each put on the queueing."""
+    """Start ``n`` spawned processes, release them together, return what each put on the queue."""
     ctx = multiprocessing.get_context("spawn")
     barrier = ctx.Barrier(n)
     out = ctx.Queue()
@@ -79,7 +81,7 @@ def _recover_at_barrier(url: str, name: str, barrier: multiprocessing.synchroniz
                         out: multiprocessing.Queue) -> None:
     study, definition = load_study(open_storage(url), name)
     barrier.wait(timeout=120)
-    out.put(queueing.recover(study, definition))
+    out.put(liveness.recover(study, definition))
 
 
 GRID = """

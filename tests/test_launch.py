@@ -1,4 +1,4 @@
-"""How hpo launch places workers, reports progress, and runs several studies in one launcher."""
+"""How hpo launch places workers, reports progress, and runs several studies in one pool."""
 
 from __future__ import annotations
 
@@ -16,7 +16,8 @@ import pytest
 
 from hpo.storage import records
 from hpo.errors import HpoError
-from hpo.workers.pool import Placement, Progress, check_workers, default_workers, describe, max_workers, plan
+from hpo.workers.placement import Placement, check_workers, default_workers, describe, max_workers, plan
+from hpo.workers.progress import Progress
 from hpo.results.status import StudyStatus
 
 from conftest import ok, run_hpo, user_error, wait_for, write_study

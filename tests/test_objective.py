@@ -10,10 +10,12 @@ import optuna
 import pytest
 from optuna.trial import FrozenTrial, TrialState
 
+from hpo.storage import records
 from hpo.study.definition import StudyDefinition, load_definition
 from hpo.training.data import load_dataset
 from hpo.training.objective import run_trial
-from hpo.results.status import search_curve, trial_params, trial_row
+from hpo.results.curves import search_curve
+from hpo.results.rows import trial_row
 from hpo.storage.open import open_storage
 from hpo.study.create import create_study, load_study
 from hpo.training.train import JUDGE_AFTER_STEPS, Params, _diverged, train
@@ -86,7 +88,7 @@ def test_a_pruned_trial_keeps_its_epochs_and_records_no_result(tmp_path: Path, s
     trials, summary, _ = _run(tmp_path, small_data, body, "pruned", pruner=always)
     assert (summary.complete, summary.pruned, summary.failed) == (0, 2, 0)
     for trial in trials:
-        assert trial.state == TrialState.PRUNED and trial_params(trial)["epochs"] == 3
+        assert trial.state == TrialState.PRUNED and records.trial_params(trial)["epochs"] == 3
         assert sorted(trial.intermediate_values) == [1, 2]
         assert "test_accuracy" not in trial.user_attrs  # a partly trained model is never a result
         assert trial_row(trial, None)["epochs"] == 2

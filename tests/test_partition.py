@@ -35,7 +35,6 @@ from sqlalchemy.engine import make_url
 import netns
 from conftest import ROOT, STUDIES, ok, run_hpo, wait_for
 from hpo.storage import records
-from hpo.results.status import trial_params
 
 ARTIFACTS = ROOT / "test-artifacts"
 GRACE_PERIOD = float(os.environ["HPO_GRACE_PERIOD"])  # set by conftest for every worker
@@ -146,7 +145,7 @@ def test_grid_survives_hosts_cut_off_mid_claim_mid_trial_and_idle(
         # that waits for the link).
         def mid_trial(t: FrozenTrial) -> bool:
             return (t.state == TrialState.RUNNING and _host_of(t) in host
-                    and 1 <= len(t.intermediate_values) <= int(trial_params(t)["epochs"]) - 3)
+                    and 1 <= len(t.intermediate_values) <= int(records.trial_params(t)["epochs"]) - 3)
 
         victim = wait_for(lambda: next((t for t in trials() if mid_trial(t)), None),
                        300, "a trial in the middle of training")

@@ -23,13 +23,14 @@ import optuna
 import pytest
 from optuna.trial import FrozenTrial, TrialState
 
-from hpo.workers import queueing
+from hpo.study import queueing
 
 from hpo.storage import records
 from hpo.study.definition import load_definition
 from hpo.training.objective import run_trial
 from hpo.storage.open import open_storage
-from hpo.study.create import create_study, trial_sampler
+from hpo.study.create import create_study
+from hpo.study.plan import trial_sampler
 from hpo.training.data import validation_split
 from hpo.training.models import build_model, compile_model
 from hpo.training.train import Params, Training, train
@@ -87,9 +88,9 @@ def test_concurrent_creates_queue_every_point_and_repeat_once(storage_url: str, 
     by_repeat = Counter((t.system_attrs[records.REPEAT], t.system_attrs[records.GRID_ID]) for t in trials)
     assert sorted(by_repeat) == [(r, g) for r in range(2) for g in range(4)]
     # One seed per group (a run and its shorter point), a different one for every group and repeat.
-    seeds = {t.system_attrs[records.GROUP]: t.system_attrs[records.RUN_SEED] for t in trials}
+    seeds = {t.system_attrs[records.GROUP]: t.system_attrs[records.PLANNED_SEED] for t in trials}
     assert len(seeds) == 4 and len(set(seeds.values())) == 4
-    assert all(t.system_attrs[records.RUN_SEED] == seeds[t.system_attrs[records.GROUP]] for t in trials)
+    assert all(t.system_attrs[records.PLANNED_SEED] == seeds[t.system_attrs[records.GROUP]] for t in trials)
 
 
 def test_a_shared_run_completes_each_point_as_an_independent_run_would(storage_url: str, tmp_path: Path,
@@ -205,7 +206,7 @@ def test_sharing_can_be_switched_off(tmp_path: Path) -> None:
     ok(run_hpo("create", str(study_file), storage=url))
     trials = _trials(url, "apart")
     assert len(trials) == 8 and not any(records.GROUP in t.system_attrs for t in trials)
-    assert len({t.system_attrs[records.RUN_SEED] for t in trials}) == 8  # every trial its own seed
+    assert len({t.system_attrs[records.PLANNED_SEED] for t in trials}) == 8  # every trial its own seed
 
 
 def test_status_shows_each_point_and_repeat(tmp_path: Path) -> None:

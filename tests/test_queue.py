@@ -13,15 +13,18 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from hpo.workers import queueing
+from hpo.study import queueing
 
 from hpo.storage import records
+from hpo.workers import liveness
 from hpo.study.definition import load_definition
 from hpo.errors import ConfigError, StudyNotFound
-from hpo.results.status import best_trial_rows, study_status
+from hpo.results.rows import best_trial_rows
+from hpo.results.status import study_status
 from hpo.training.events import Finished, Run
 from hpo.storage.open import open_storage
-from hpo.study.create import create_study, load_study, trial_sampler
+from hpo.study.create import create_study, load_study
+from hpo.study.plan import trial_sampler
 from hpo.workers.loop import Job, run_worker
 
 from conftest import STUDIES, write_study
@@ -134,7 +137,7 @@ def test_trial_of_a_dead_worker_is_failed_and_queued_again(storage_url: str, tmp
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     study._storage.set_trial_system_attr(trial._trial_id, records.WORKER, f"{queueing.HOST}:{dead.pid}")
-    assert queueing.recover(study, definition) == 1
+    assert liveness.recover(study, definition) == 1
     frozen = study._storage.get_trial(trial._trial_id)
     assert frozen.state == TrialState.FAIL and "died" in frozen.user_attrs["error"]
     retries = [t for t in study.get_trials() if t.system_attrs.get(records.RETRY_OF) == trial.number]
@@ -146,7 +149,7 @@ def test_trial_of_a_dead_worker_is_failed_and_queued_again(storage_url: str, tmp
 def test_own_live_trial_is_not_recovered(storage_url: str, tmp_path: Path) -> None:
     study, definition = _study(storage_url, tmp_path)
     trial = queueing.claim(study, trial_sampler(definition))
-    assert trial is not None and queueing.recover(study, definition) == 0
+    assert trial is not None and liveness.recover(study, definition) == 0
     assert study._storage.get_trial(trial._trial_id).system_attrs[records.WORKER].endswith(f":{os.getpid()}")
 
 

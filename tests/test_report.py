@@ -16,11 +16,11 @@ import pytest
 from optuna.distributions import CategoricalDistribution
 from optuna.trial import TrialState
 
+from hpo.storage import records
 from conftest import ROOT, STUDIES, TWO_LR_GRID, ok, run_hpo, user_error, write_study
 from hpo.study.definition import load_definition
 from hpo.errors import ConfigError, HpoError
-from hpo.results.report import Output, safe_name
-from hpo.results.status import trial_params
+from hpo.paths import OutputFolder, safe_name
 from hpo.results.table1 import COLUMNS, parse, reference_params, report_rows, tolerance
 
 TABLE1 = ROOT.parent / "shared" / "seed" / "table1.csv"
@@ -141,7 +141,7 @@ def test_report_measures_table1_from_the_trials(tmp_path: Path, data_path: str) 
     for row in held:
         study = optuna.load_study(study_name=row["study"], storage=db)
         runs = [t for t in study.get_trials(states=(TrialState.COMPLETE,))
-                if trial_params(t)["learning_rate"] == float(row["learning_rate"])]
+                if records.trial_params(t)["learning_rate"] == float(row["learning_rate"])]
         accuracies = [t.user_attrs["test_accuracy"] for t in runs]
         assert int(row["n"]) == len(runs)
         md_cells = f"| {row['study']} | {row['experiment']} | base | {row['learning_rate']} | {row['batch_size']} | " \
@@ -297,7 +297,7 @@ def test_safe_names_are_plain_file_names() -> None:
 
 
 def test_two_studies_never_share_a_file_name(tmp_path: Path) -> None:
-    out = Output(tmp_path / "out")
+    out = OutputFolder(tmp_path / "out")
     stems = [out.stem(name) for name in ("x.y", "x_y", "x/y", "x.y")]
     assert stems[0] == stems[3] and len(set(stems[:3])) == 3
     with pytest.raises(HpoError):

@@ -17,7 +17,7 @@ from optuna.trial import TrialState
 from conftest import TWO_LR_GRID, ok, run_hpo, user_error, write_study
 from hpo.storage import records
 from hpo.results import formats
-from hpo.results.status import configuration_columns
+from hpo.results.rows import configuration_columns
 
 GRID = """
 description = "Two learning rates by two batch sizes."
@@ -44,14 +44,14 @@ def _study_with_repeats(tmp_path: Path, url: str, name: str, metric: str) -> opt
     distributions = {"learning_rate": CategoricalDistribution([0.01, 0.001]),
                      "batch_size": CategoricalDistribution([64, 128])}
     for lr, batch, val, test, loss in RUNS:
-        attrs = {"val_accuracy": val, "test_accuracy": test, "test_loss": loss, records.FIXED: fixed}
+        attrs = {"val_accuracy": val, "test_accuracy": test, "test_loss": loss, records.SINGLE_VALUED: fixed}
         value = {"val_accuracy": val, "test_loss": loss}[metric]
         study.add_trial(optuna.trial.create_trial(
             params={"learning_rate": lr, "batch_size": batch}, distributions=distributions, value=value,
             user_attrs=attrs))
     study.add_trial(optuna.trial.create_trial(  # a crash is no result: it counts nowhere
         state=TrialState.FAIL, params={"learning_rate": 0.01, "batch_size": 128}, distributions=distributions,
-        user_attrs={"error": "killed", records.FIXED: fixed}))
+        user_attrs={"error": "killed", records.SINGLE_VALUED: fixed}))
     return study
 
 

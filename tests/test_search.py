@@ -16,10 +16,10 @@ from optuna.trial import TrialState
 
 from hpo.storage import records
 from hpo.study.definition import definition_from_dict, load_definition
-from hpo.study.confirm import SEED_OFFSET
+from hpo.study.plan import CONFIRM_SEED_OFFSET
 from hpo.errors import ConfigError
-from hpo.workers.queueing import trial_seed
-from hpo.results.status import epochs_trained, search_curve, trial_params
+from hpo.study.queueing import trial_seed
+from hpo.results.curves import epochs_trained, search_curve
 from hpo.study.create import load_study, make_pruner
 
 from conftest import ok, run_hpo, user_error, write_study
@@ -120,14 +120,14 @@ def test_a_confirmation_retrains_the_best_configurations_with_seeds_the_search_n
         optuna.storages.RDBStorage(db), "search")[1], t.number) for t in searched}
     confirm_seeds = [t.user_attrs["seed"] for t in trials]
     assert len(set(confirm_seeds)) == 4 and not search_seeds & set(confirm_seeds)
-    assert all(seed // 100_003 == 5 + SEED_OFFSET for seed in confirm_seeds)
+    assert all(seed // 100_003 == 5 + CONFIRM_SEED_OFFSET for seed in confirm_seeds)
 
     for trial in trials:
         point = trial.system_attrs[records.POINT]
         confirmed_trial = search.trials[link["trials"][point]]
-        assert trial_params(trial) == trial_params(confirmed_trial)
+        assert records.trial_params(trial) == records.trial_params(confirmed_trial)
         # The whole training set (200 images, not the search's 160), scored on the test set.
-        params = trial_params(trial)
+        params = records.trial_params(trial)
         assert trial.user_attrs["train_steps"] == math.ceil(200 / params["batch_size"]) * params["epochs"]
         assert trial.value == trial.user_attrs["test_accuracy"]
 

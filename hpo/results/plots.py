@@ -25,9 +25,9 @@ import optuna
 from matplotlib.colors import Normalize
 from matplotlib.patches import Rectangle
 from optuna.artifacts import FileSystemArtifactStore, download_artifact, get_all_artifact_meta
+from hpo.storage import records
 from optuna.trial import FrozenTrial
 
-from hpo.results.status import trial_params
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +124,7 @@ def best_trial_figures(storage: optuna.storages.BaseStorage, trial: FrozenTrial,
             download_artifact(artifact_store=store, file_path=str(local), artifact_id=metrics.artifact_id)
             history = json.loads(local.read_text(encoding="utf-8"))["history"]
             title = f"best trial {trial.number}: " + ", ".join(
-                f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in trial_params(trial).items())
+                f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in records.trial_params(trial).items())
             figures["learning curves"] = learning_curves(history, place(f"{stem}_learning_curves.png"), title)
         except (OSError, KeyError, ValueError, optuna.artifacts.exceptions.ArtifactNotFound) as exc:
             log.warning("trial %d: learning curves not drawn: %s", trial.number, exc)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import datetime
 import logging
-import re
 import statistics
 from collections import defaultdict
 from pathlib import Path
@@ -21,17 +20,17 @@ from collections.abc import Mapping, Sequence
 
 import optuna
 
+from hpo import paths
 from hpo.results import plots
 
 from hpo.storage import records
 
 from hpo.results import formats
 from hpo.study.definition import PARAMETERS
-from hpo.errors import ConfigError, HpoError
-from hpo.study.confirm import CONFIRMED_COLUMNS, confirmed_rows_of
-from hpo.results.status import (EXPORT_COLUMNS, best_trial_rows, configuration_columns, configuration_rows,
-                                search_curve, trial_params)
-from hpo.storage.open import display_url
+from hpo.results.curves import search_curve
+from hpo.results.rows import (CONFIRMED_COLUMNS, EXPORT_COLUMNS, best_trial_rows, configuration_columns,
+                              configuration_rows, confirmed_rows_of)
+from hpo.storage.url import StorageURL
 from hpo.study.create import load_study
 from hpo.results.table1 import (BEYOND_NOISE, NOISE_RULE, NOISE_TEST, NOT_RUN, TABLE1_COLUMNS, StudyResult, report_rows,
                         table1_rows)
@@ -65,7 +64,8 @@ def findings(rows: Sequence[dict[str, Any]], experiments: Sequence[StudyResult],
             lines.append(f"- Study {result.name}: no COMPLETE trial yet.")
             continue
         accuracy = best.user_attrs.get("test_accuracy")
-        lines.append(f"- Best trial of study {result.name}: trial {best.number} ({_describe(trial_params(best))}), "
+        params = _describe(records.trial_params(best))
+        lines.append(f"- Best trial of study {result.name}: trial {best.number} ({params}), "
                      f"{result.definition.metric} {best.value:.4f}, test accuracy "
                      f"{'n/a' if accuracy is None else f'{accuracy:.4f}'}.")
     by_experiment: dict[int, list[dict[str, Any]]] = defaultdict(list)
@@ -118,38 +118,6 @@ def _data_findings(results: Sequence[StudyResult]) -> list[str]:
 
 # --- Writing -------------------------------------------------------------------------------------
 
-def safe_name(name: str) -> str:
-    """A file-name stem from a study name: letters, digits, '-' and '_' only."""
-    stem = re.sub(r"[^A-Za-z0-9_-]+", "_", name).strip("_-")
-    return stem[:80] or "study"
-
-
-class Output:
-    """The output folder: every path handed out is unique and inside it."""
-
-    def __init__(self, folder: Path) -> None:
-        if folder.exists() and not folder.is_dir():
-            raise ConfigError(f"{folder}: --output must be a folder, not a file")
-        folder.mkdir(parents=True, exist_ok=True)
-        self.folder = folder.resolve()
-        self.stems: dict[str, str] = {}
-
-    def path(self, name: str) -> Path:
-        path = (self.folder / name).resolve()
-        if not path.is_relative_to(self.folder) or path.parent != self.folder:
-            raise HpoError(f"refusing to write {name!r} outside {self.folder}")
-        return path
-
-    def stem(self, study_name: str) -> str:
-        """The study's file-name stem, the same on every call, and no other study's."""
-        if study_name not in self.stems:
-            stem, i = safe_name(study_name), 2
-            while stem in self.stems.values():
-                stem, i = f"{safe_name(study_name)}_{i}", i + 1
-            self.stems[study_name] = stem
-        return self.stems[study_name]
-
-
 def select(storage: optuna.storages.BaseStorage, names: Sequence[str]) -> tuple[list[StudyResult], list[StudyResult]]:
     """The experiment studies (in report order) and the other studies to report on (without
     ``rows`` yet: :func:`table1_rows` fills them)."""
@@ -171,17 +139,17 @@ def _reported(attrs: Mapping[str, Any]) -> bool:
 
 
 def write_report(storage: optuna.storages.BaseStorage, names: Sequence[str], output: Path, *,
-                 artifacts: Path | None, storage_url: str) -> Path:
+                 artifacts: Path | None, storage_url: StorageURL) -> Path:
     """Write report.md, table1.csv and the figures into ``output``; returns report.md's path.
 
     The studies are read (and a damaged database refused) before the folder is made."""
     experiments, others = select(storage, names)
     rows = table1_rows(experiments)
     md = ["# hpo report", "",
-          f"Storage `{display_url(storage_url)}`, "
+          f"Storage `{storage_url}`, "
           f"written {datetime.datetime.now().isoformat(timespec='seconds')}.", "",
           "## Findings", "", *findings(rows, experiments, others), ""]
-    out = Output(output)
+    out = paths.OutputFolder(output)
     md += _table1_section(out, experiments, rows, named=bool(names))
     for result in experiments:
         if result.definition.experiment == 3 and result.rows:
@@ -201,7 +169,7 @@ def write_report(storage: optuna.storages.BaseStorage, names: Sequence[str], out
     return path
 
 
-def _search_section(out: Output, storage: optuna.storages.BaseStorage, searches: Sequence[StudyResult],
+def _search_section(out: paths.OutputFolder, storage: optuna.storages.BaseStorage, searches: Sequence[StudyResult],
                     experiments: Sequence[StudyResult]) -> list[str]:
     """The searches' progress (best so far against epochs and wall time) and their confirmed
     configurations: the search's value beside the confirmed mean and spread of test accuracy."""
@@ -237,7 +205,7 @@ def _search_section(out: Output, storage: optuna.storages.BaseStorage, searches:
     return lines
 
 
-def _table1_section(out: Output, experiments: Sequence[StudyResult], rows: list[dict[str, Any]], *,
+def _table1_section(out: paths.OutputFolder, experiments: Sequence[StudyResult], rows: list[dict[str, Any]], *,
                     named: bool) -> list[str]:
     out.path("table1.csv").write_text(formats.render(rows, "csv", TABLE1_COLUMNS), encoding="utf-8")
     present = {r.definition.experiment for r in experiments}
@@ -254,14 +222,15 @@ def _table1_section(out: Output, experiments: Sequence[StudyResult], rows: list[
     return lines + [formats.render(rows, "md", TABLE1_COLUMNS)]
 
 
-def _listed(out: Output, name: str, title: str, rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> list[str]:
+def _listed(out: paths.OutputFolder, name: str, title: str, rows: Sequence[dict[str, Any]],
+            columns: Sequence[str]) -> list[str]:
     """The first rows of a table in Markdown, all of them in the CSV file ``name``."""
     out.path(name).write_text(formats.render(rows, "csv", columns), encoding="utf-8")
     return [f"{title}, {min(len(rows), OTHER_TABLE_ROWS)} of {len(rows)} (all in [{name}]({name})):", "",
             formats.render(rows[:OTHER_TABLE_ROWS], "md", columns)]
 
 
-def _study_section(out: Output, storage: optuna.storages.BaseStorage, result: StudyResult,
+def _study_section(out: paths.OutputFolder, storage: optuna.storages.BaseStorage, result: StudyResult,
                    artifacts: Path | None) -> list[str]:
     stem = out.stem(result.name)
     lines = [f"### {result.name}", "", result.definition.description, ""]
@@ -275,7 +244,7 @@ def _study_section(out: Output, storage: optuna.storages.BaseStorage, result: St
     best = result.best
     if best is None:
         return lines + ["No COMPLETE trial yet.", ""]
-    lines += [f"Best trial: {best.number} ({_describe(trial_params(best))}), "
+    lines += [f"Best trial: {best.number} ({_describe(records.trial_params(best))}), "
               f"{result.definition.metric} {best.value:.4f}.", ""]
     figures, problem = ({}, "no artifact folder") if artifacts is None else \
         plots.best_trial_figures(storage, best, artifacts, out.path, stem)

@@ -28,7 +28,8 @@ from optuna.trial import FrozenTrial, TrialState
 
 from hpo.study.definition import PARAMETERS, Range, Reference, StudyDefinition, check_value
 from hpo.errors import ConfigError
-from hpo.results.status import mean_std, trial_params
+from hpo.results.rows import mean_std
+from hpo.storage import records
 
 FILE = "table1.csv"
 # Its columns, in order, and the type of each (the same as the seed's table1.csv).
@@ -164,7 +165,7 @@ def table1_rows(experiments: Sequence[StudyResult]) -> list[dict[str, Any]]:
         studies = [r for r in experiments
                    if r.definition.experiment == wanted.experiment and in_space(r.definition, wanted.params)]
         for result in studies:
-            runs = [t for t in result.complete if same_params(wanted.params, trial_params(t))]
+            runs = [t for t in result.complete if same_params(wanted.params, records.trial_params(t))]
             result.rows.append(_measure(result.name, wanted, runs))
             table.append(result.rows[-1])
         if not studies:

@@ -22,10 +22,10 @@ from collections.abc import Iterator
 
 import optuna
 import sqlalchemy
-from sqlalchemy.engine import make_url
 
 from hpo.storage import records
 from hpo.errors import StorageError
+from hpo.storage.url import StorageURL
 
 LOCK_IDLE_LIMIT_S = 60
 
@@ -72,12 +72,11 @@ def study_lock(storage: optuna.storages.BaseStorage, study_name: str) -> Iterato
 
 
 @contextlib.contextmanager
-def schema_lock(url: str) -> Iterator[None]:
+def schema_lock(url: StorageURL) -> Iterator[None]:
     """Held while a database's tables are created or checked: processes starting together on a
     new database take turns, so one creates the tables and the others find them made."""
-    parsed = make_url(url)
-    if parsed.get_backend_name() == "postgresql":
-        engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
+    if url.backend == "postgresql":
+        engine = sqlalchemy.create_engine(url.secret, poolclass=sqlalchemy.pool.NullPool)
         try:
             with engine.connect() as conn, conn.begin():
                 conn.execute(sqlalchemy.text("SELECT pg_advisory_xact_lock(:key)"), {"key": lock_key("\0schema")})
@@ -85,7 +84,7 @@ def schema_lock(url: str) -> Iterator[None]:
         finally:
             engine.dispose()
         return
-    with _file_lock(parsed.database, "the database"):
+    with _file_lock(url.parsed.database, "the database"):
         yield
 
 

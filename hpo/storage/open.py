@@ -11,10 +11,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import re
 import sqlite3
 import time
-import urllib.parse
 from pathlib import Path
 from typing import TypeVar
 from collections.abc import Callable
@@ -22,18 +20,14 @@ from collections.abc import Callable
 import optuna
 import sqlalchemy
 import sqlalchemy.exc
-from sqlalchemy.engine import make_url
 
 from hpo.errors import StorageError, StudyNotFound
 from hpo.storage.lock import schema_lock
+from hpo.storage.url import StorageURL, shown
 
 log = logging.getLogger(__name__)
 
-DEFAULT_STORAGE = "sqlite:///hpo.db"
 SQLITE_BUSY_TIMEOUT_S = 60
-# The driver hpo installs, chosen for URLs that name none (postgres://, postgresql://).
-POSTGRES_DRIVER = "postgresql+psycopg"
-ACCEPTED = "sqlite:///PATH, postgresql://USER:PASSWORD@HOST:PORT/DB (or postgres://, postgresql+psycopg://)"
 
 T = TypeVar("T")
 
@@ -124,58 +118,7 @@ def _where(engine: sqlalchemy.engine.Engine | None) -> str:
         return "the database"
     if engine.url.get_backend_name() == "sqlite":
         return str(engine.url.database)
-    return display_url(engine.url)
-
-
-def resolve_url(url: str | None) -> str:
-    """The storage URL from the flag, then ``HPO_STORAGE``, then an SQLite file here.
-
-    ``postgres://`` and ``postgresql://`` get the PostgreSQL driver hpo installs (psycopg 3).
-    No error repeats the password.
-    """
-    url = url or os.environ.get("HPO_STORAGE") or DEFAULT_STORAGE
-    _check_userinfo(url)
-    try:
-        parsed = make_url(url)
-    except (sqlalchemy.exc.ArgumentError, ValueError):  # ValueError: a port that is not a number
-        raise StorageError(f"--storage {_hide_password(url)!r} is not a database URL; accepted: {ACCEPTED}") from None
-    if parsed.drivername in ("postgres", "postgresql"):
-        parsed = parsed.set(drivername=POSTGRES_DRIVER)
-    if parsed.get_backend_name() not in ("sqlite", "postgresql"):
-        raise StorageError(f"--storage {display_url(parsed)!r}: only SQLite and PostgreSQL are supported; "
-                           f"accepted: {ACCEPTED}")
-    try:  # a driver named in the URL (postgresql+psycopg2://, as Optuna's docs write it) must be installed
-        parsed.get_dialect().import_dbapi()
-    except (ImportError, sqlalchemy.exc.NoSuchModuleError) as exc:
-        raise StorageError(f"--storage {display_url(parsed)!r}: its driver {parsed.get_driver_name()!r} is not "
-                           f"installed ({exc}); accepted: {ACCEPTED}") from None
-    return parsed.render_as_string(hide_password=False)
-
-
-RESERVED = "@/:#?"  # characters a user name or password must percent-encode in a URL
-
-
-def _check_userinfo(url: str) -> None:
-    """Refuse a user name or password holding a raw ``@ / : # ?``, before anything connects.
-
-    Such a URL parses, but as something else: ``postgresql://u:Zq9@Secr/et@host/db`` has the
-    password ``Zq9``, the host ``Secr`` (looked up in DNS) and a database named from the rest, so
-    every error message would show a piece of the real password. The message here shows none.
-    """
-    scheme, sep, rest = url.partition("://")
-    if not sep or scheme.startswith("sqlite") or "@" not in rest:
-        return
-    userinfo, host = rest.rsplit("@", 1)
-    user, _, password = userinfo.partition(":")
-    raw = sorted({c for c in password if c in RESERVED}, key=RESERVED.index)
-    where = "password"
-    if any(c in RESERVED for c in user):
-        raw, where = sorted({c for c in user if c in RESERVED}, key=RESERVED.index), "user name"
-    if raw:
-        shown = f"{scheme}://{'***' if where == 'user name' else user}:***@{host}"
-        codes = ", ".join(f"{c} as {urllib.parse.quote(c, safe='')}" for c in raw)
-        raise StorageError(f"--storage {shown}: the {where} holds a raw {' '.join(raw)}, which a URL reads as "
-                           f"a separator; percent-encode it ({codes})")
+    return shown(engine.url)
 
 
 def postgres_connect_args(options: str = "", idle_in_transaction_s: int = 20) -> dict[str, str]:
@@ -197,40 +140,39 @@ def postgres_connect_args(options: str = "", idle_in_transaction_s: int = 20) ->
     return {"options": f"{options} {limit}".strip()}
 
 
-def open_storage(url: str | None = None, *, retry_for: float = 0.0,
+def open_storage(url: StorageURL | str | None = None, *, retry_for: float = 0.0,
                  create: bool = True) -> optuna.storages.RDBStorage:
-    """Open the storage behind ``url``, creating its tables if ``create``.
+    """Open the storage behind ``url`` (a string is resolved as ``--storage`` is), creating its
+    tables if ``create``.
 
     ``retry_for`` seconds of retries let workers start while the database is still coming up.
     Without ``create``, a storage that holds no studies raises :class:`StorageEmpty` and is
     left exactly as it was (no SQLite file, no tables).
     """
-    url = resolve_url(url)
-    parsed = make_url(url)
+    url = url if isinstance(url, StorageURL) else StorageURL.resolve(url)
     engine_kwargs: dict = {"pool_pre_ping": True}
-    if parsed.get_backend_name() == "sqlite":
-        _check_sqlite(parsed.database, create)
+    if url.backend == "sqlite":
+        _check_sqlite(url.sqlite_file, create)
         engine_kwargs["connect_args"] = {"timeout": SQLITE_BUSY_TIMEOUT_S}
-    elif not create:
-        _check_postgres(url)
-
-    if parsed.get_backend_name() == "postgresql":
-        engine_kwargs["connect_args"] = postgres_connect_args(str(parsed.query.get("options", "")))
+    else:
+        if not create:
+            _check_postgres(url)
+        engine_kwargs["connect_args"] = postgres_connect_args(str(url.parsed.query.get("options", "")))
 
     def connect() -> optuna.storages.RDBStorage:
-        # Processes starting together on a new database would race to create its formats.
+        # Processes starting together on a new database would race to create its tables.
         with schema_lock(url):
-            return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
+            return optuna.storages.RDBStorage(url.secret, engine_kwargs=engine_kwargs)
 
     try:
-        storage = retrying(connect, what=f"connect to {display_url(url)}", timeout=retry_for)
+        storage = retrying(connect, what=f"connect to {url}", timeout=retry_for)
     except RuntimeError as exc:  # Optuna: tables of a schema version it does not know
-        raise StorageUnusable(f"cannot use {display_url(url)}: {_first_line(exc)}") from None
+        raise StorageUnusable(f"cannot use {url}: {_first_line(exc)}") from None
     except TRANSIENT_ERRORS as exc:
-        raise StorageError(f"cannot connect to {display_url(url)}: {_first_line(exc)}") from None
+        raise StorageError(f"cannot connect to {url}: {_first_line(exc)}") from None
     except sqlalchemy.exc.DatabaseError as exc:  # not a database, read-only, ...
-        raise StorageError(f"cannot use {display_url(url)}: {_first_line(exc)}") from None
-    if parsed.get_backend_name() == "sqlite":
+        raise StorageError(f"cannot use {url}: {_first_line(exc)}") from None
+    if url.backend == "sqlite":
         _serialize_sqlite(storage.engine)
     return storage
 
@@ -265,11 +207,10 @@ def _use_wal(conn: sqlite3.Connection) -> None:
         log.info("SQLite journal mode left for another process to set: %s", exc)
 
 
-def _check_sqlite(database: str | None, create: bool) -> None:
+def _check_sqlite(path: Path | None, create: bool) -> None:
     """Refuse, in one line, an SQLite path that cannot be a study database; set up WAL mode."""
-    if not database or database == ":memory:":
+    if path is None:  # in memory
         return
-    path = Path(database)
     if path.is_dir():
         raise StorageError(f"{path} is a folder, not an SQLite database file")
     if path.exists() and not path.is_file():  # /dev/null, a FIFO: SQLite would read or write nothing there
@@ -295,18 +236,17 @@ def _check_sqlite(database: str | None, create: bool) -> None:
         raise StorageEmpty(f"{path} holds no studies yet")
 
 
-def _check_postgres(url: str) -> None:
+def _check_postgres(url: StorageURL) -> None:
     """Raise :class:`StorageEmpty` if the database has no study tables, creating nothing."""
-    engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
+    engine = sqlalchemy.create_engine(url.secret, poolclass=sqlalchemy.pool.NullPool)
     try:
-        has_tables = retrying(lambda: sqlalchemy.inspect(engine).has_table("studies"),
-                              what=f"read {display_url(url)}", timeout=0)
+        has_tables = retrying(lambda: sqlalchemy.inspect(engine).has_table("studies"), what=f"read {url}", timeout=0)
     except TRANSIENT_ERRORS as exc:
-        raise StorageError(f"cannot connect to {display_url(url)}: {_first_line(exc)}") from None
+        raise StorageError(f"cannot connect to {url}: {_first_line(exc)}") from None
     finally:
         engine.dispose()
     if not has_tables:
-        raise StorageEmpty(f"{display_url(url)} holds no studies yet")
+        raise StorageEmpty(f"{url} holds no studies yet")
 
 
 def _serialize_sqlite(engine: sqlalchemy.engine.Engine) -> None:
@@ -342,19 +282,6 @@ def retrying(fn: Callable[[], T], *, what: str, timeout: float = 120.0) -> T:
                         _first_line(exc), what, delay)
             time.sleep(delay)
             delay = min(delay * 2, 8.0)
-
-
-def display_url(url: str | sqlalchemy.engine.URL) -> str:
-    """The URL as it may be shown or logged: with its password hidden."""
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except (sqlalchemy.exc.ArgumentError, ValueError):
-        return _hide_password(str(url))
-
-
-def _hide_password(text: str) -> str:
-    """``scheme://user:secret@host`` -> ``scheme://user:***@host``, for text that is no valid URL."""
-    return re.sub(r"(://[^:/@\s]*:)[^@\s]*@", r"\1***@", text)
 
 
 def _first_line(exc: BaseException) -> str:

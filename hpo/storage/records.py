@@ -34,28 +34,38 @@ BEAT = "hpo:beat"                  # the claiming worker's heartbeat: a count th
 INTERRUPTED = "hpo:interrupted"    # set on a FAIL trial stopped by a signal: its retry is free
 REPEAT = "hpo:repeat"              # grid: which training of its point (0, 1, ...)
 GROUP = "hpo:group"                # grid with shared prefixes: slot of the longest point of the group
-RUN_SEED = "hpo:seed"              # grid: the training seed, fixed when queued (a group shares one)
+PLANNED_SEED = "hpo:seed"          # grid: the training seed, fixed when queued (a group shares one)
 EPOCHS = "hpo:epochs"              # grid: the point's epochs, so that workers claim the longest first
 POINT = "hpo:point"                # grid: the point's index (its grid id; a confirmation's configuration)
 
 # --- trial system attributes that Optuna itself reads ------------------------------------------
 FIXED_PARAMS = "fixed_params"      # optuna.Trial suggests these values as they are (a retry's params)
 GRID_ID = "grid_id"                # GridSampler: which grid point the trial runs
-GRID_SEARCH_SPACE = "search_space"  # GridSampler: the grid the id refers to (stored by hpo before 0.2 only)
+# (GridSampler also reads "search_space", the grid the id refers to; hpo no longer stores that copy
+# of the whole grid on every trial, as it did until issue 18: the id suffices.)
 
 ARTIFACT_PREFIX = "artifacts:"     # + artifact id: optuna.artifacts.ArtifactMeta as JSON (the dashboard reads it)
 
 # --- trial user attributes ---------------------------------------------------------------------
 ERROR = "error"                    # why a trial failed
 SEED = "seed"                      # the seed the trial's sampler and training ran with
-FIXED = "fixed"                    # the study's single-valued parameters (not Optuna parameters)
+SINGLE_VALUED = "fixed"            # the study's single-valued parameters (not Optuna parameters)
 PREFIX_RUN = "prefix_run"          # number of the trial whose training run completed this one
-REPEAT_ATTR = "repeat"             # the grid repeat, shown beside the parameters
+REPEAT_SHOWN = "repeat"            # the grid repeat (hpo:repeat), shown beside the parameters
 DATA = "data"                      # where the worker's data came from (hpo.training.data.Dataset.source)
 TRAIN_IMAGES = "train_images"      # training images the worker loaded (before a validation split)
 SUBSET = "subset"                  # the worker's --subset, or None
 WORKER_STARTUP = "worker_startup_seconds"  # the worker's imports, connection and data load
 # The rest are the trial's results: hpo.training.train.TrainResult.metrics() and hpo.workers.device.describe().
+
+
+def trial_params(trial: FrozenTrial) -> dict[str, Any]:
+    """A trial's parameters: the study's single-valued ones, those a retry carries but has not
+    suggested yet, and what the sampler drew."""
+    params = dict(trial.user_attrs.get(SINGLE_VALUED, {}))
+    params.update(trial.system_attrs.get(FIXED_PARAMS, {}))
+    params.update(trial.params)
+    return params
 
 
 # --- Optuna's private API ----------------------------------------------------------------------

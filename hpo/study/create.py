@@ -9,43 +9,20 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
 from typing import Any
 
 import optuna
 from optuna_dashboard import save_note
 
-from hpo.workers import queueing
+from hpo.study import plan
+from hpo.study import queueing
 
 from hpo.storage import records
-from hpo.workers.queueing import trial_seed
 from hpo.study.definition import StudyDefinition, definition_from_dict
 from hpo.errors import ConfigError, StudyNotFound
 from hpo.storage.lock import study_lock
 
 log = logging.getLogger(__name__)
-
-
-def make_sampler(definition: StudyDefinition, seed: int | None = None) -> optuna.samplers.BaseSampler:
-    """The study's sampler; workers make one per trial, seeded with :func:`trial_seed`.
-
-    TPE uses the constant liar, as Optuna recommends for parallel workers: a trial still
-    running counts as a poor result, so workers do not all crowd the same promising region.
-    """
-    if definition.sampler == "grid":
-        # The study's own seed, always: GridSampler shuffles its points by its seed, so the
-        # stored grid ids mean the same points only under the same seed.
-        return queueing.QueuedGridSampler(definition.grid, seed=definition.seed)
-    seed = definition.seed if seed is None else seed
-    if definition.sampler == "tpe":
-        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=10, constant_liar=True)
-    # "fixed" studies suggest single-valued parameters, which any sampler returns as they are.
-    return optuna.samplers.RandomSampler(seed=seed)
-
-
-def trial_sampler(definition: StudyDefinition) -> Callable[[int], optuna.samplers.BaseSampler]:
-    """For :func:`hpo.workers.queueing.claim`: trial number -> that trial's own seeded sampler."""
-    return lambda number: make_sampler(definition, trial_seed(definition, number))
 
 
 def make_pruner(definition: StudyDefinition) -> optuna.pruners.BasePruner:
@@ -76,7 +53,7 @@ def create_study(storage: optuna.storages.BaseStorage, definition: StudyDefiniti
                 storage=storage,
                 study_name=definition.name,
                 direction=optuna.study.StudyDirection[definition.direction.upper()],
-                sampler=make_sampler(definition),
+                sampler=plan.make_sampler(definition),
                 pruner=make_pruner(definition),
             )
             created = True
@@ -121,7 +98,7 @@ def _load(storage: optuna.storages.BaseStorage, definition: StudyDefinition) -> 
     return optuna.load_study(
         study_name=definition.name,
         storage=storage,
-        sampler=make_sampler(definition),
+        sampler=plan.make_sampler(definition),
         pruner=make_pruner(definition),
     )
 

@@ -9,13 +9,14 @@ through :func:`definition_from_dict`.
 
 from __future__ import annotations
 
+import glob
 import itertools
 import math
 import tomllib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from hpo.errors import ConfigError
 
@@ -76,6 +77,21 @@ class StudyDefinition:
     reduction_factor: int = 3     # hyperband: 1/reduction_factor of a rung's trials go on to the next
     points: tuple[Mapping[str, Any], ...] = ()  # grid: explicit points, in place of the axes' product
     trial_limit: int = 10_000     # the most trials the study may queue (every one is a database row)
+
+    @property
+    def maximize(self) -> bool:
+        return self.direction == "maximize"
+
+    def rank_key(self, value: float | None) -> float:
+        """Sorts values of the study's metric best first, in its direction; None (and NaN) last."""
+        if value is None or math.isnan(value):
+            return math.inf
+        return -value if self.maximize else value
+
+    @property
+    def worst(self) -> float:
+        """A value every other ranks above: a loss that blew up, say."""
+        return -math.inf if self.maximize else math.inf
 
     @property
     def grid(self) -> dict[str, list[Any]]:
@@ -154,6 +170,27 @@ def load_definition(path: str | Path) -> StudyDefinition:
     except RecursionError:  # arrays or tables nested thousands deep
         raise ConfigError(f"{path}: not a study file: nested too deeply") from None
     return _parse(raw, str(path))
+
+
+def load_definitions(patterns: Sequence[str]) -> list[StudyDefinition]:
+    """The study files named, a quoted glob (``'studies/exp*.toml'``) expanded and sorted; two
+    files may not name one study."""
+    files: list[str] = []
+    for pattern in patterns:
+        if not glob.has_magic(pattern) or Path(pattern).exists():
+            files.append(pattern)
+            continue
+        matches = sorted(glob.glob(pattern))
+        if not matches:
+            raise ConfigError(f"{pattern}: no study file matches")
+        files += matches
+    definitions: dict[str, StudyDefinition] = {}
+    for file in dict.fromkeys(files):
+        definition = load_definition(file)
+        if definition.name in definitions:
+            raise ConfigError(f"{file}: study {definition.name!r} is also named by another study file")
+        definitions[definition.name] = definition
+    return list(definitions.values())
 
 
 def definition_from_dict(data: Mapping[str, Any], origin: str = "stored definition") -> StudyDefinition:

@@ -28,12 +28,11 @@ from optuna.artifacts.exceptions import ArtifactNotFound
 
 from hpo.storage import records
 from hpo.training.data import CLASS_NAMES
-from hpo.results.status import trial_params
 
 if TYPE_CHECKING:
     import keras
 
-    from hpo.training.train import TrainResult
+    from hpo.training.events import TrainResult
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +82,7 @@ class TrialArtifacts:
                 self.store.remove(artifact_id)
 
     def write(self, folder: Path, trial: optuna.Trial, result: TrainResult) -> list[Path]:
-        params = trial_params(records.frozen(trial))
+        params = records.trial_params(records.frozen(trial))
         title = f"trial {trial.number}: " + ", ".join(f"{k}={v}" for k, v in params.items())
         paths = [
             learning_curves(result.history, folder / f"learning_curves_trial{trial.number}.png", title),

@@ -11,6 +11,7 @@ results and the loop alone writes trial states. Light on purpose: importing this
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -19,7 +20,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 import optuna
 
 if TYPE_CHECKING:
-    from hpo.training.train import TrainResult
+    import keras
+    import numpy as np
 
 
 @dataclass
@@ -38,6 +40,47 @@ class Run:
     @property
     def unfinished(self) -> list[optuna.Trial]:
         return [t for t in self.trials if t.number not in self.done]
+
+
+@dataclass
+class TrainResult:
+    history: dict[str, list[float]]
+    val_accuracy: float
+    val_loss: float
+    test_accuracy: float
+    test_loss: float
+    epochs_run: int
+    fit_seconds: float
+    build_seconds: float
+    images_per_second: float
+    steps: int  # optimizer steps taken
+    diverged: bool
+    xla: bool  # whether the training step ran XLA-compiled (Keras' "auto": off on a CPU)
+    model: keras.Model = field(repr=False)
+    confusion: np.ndarray = field(repr=False)  # counts[true class, predicted class] on the test set
+
+    def metrics(self) -> dict[str, Any]:
+        """The numbers a trial records: finite floats, or None where training blew up."""
+        return {
+            "val_accuracy": _finite(self.val_accuracy),
+            "val_loss": _finite(self.val_loss),
+            "test_accuracy": _finite(self.test_accuracy),
+            "test_loss": _finite(self.test_loss),
+            "epochs_run": self.epochs_run,
+            "fit_seconds": round(self.fit_seconds, 3),
+            "build_seconds": round(self.build_seconds, 3),
+            "images_per_second": round(self.images_per_second, 1),
+            "train_steps": self.steps,
+            "diverged": self.diverged,
+            # Op determinism would turn XLA off and slow the GPU; runs are seeded instead, and
+            # repeat exactly on one CPU machine (tests/test_objective.py; BENCHMARKS.md, c).
+            "xla": self.xla,
+            "deterministic_ops": False,
+        }
+
+
+def _finite(value: float) -> float | None:
+    return round(value, 6) if math.isfinite(value) else None
 
 
 @dataclass(frozen=True)

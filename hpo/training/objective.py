@@ -15,13 +15,13 @@ from typing import Any
 
 import optuna
 
+from hpo.study import plan
 from hpo.storage import records
 from hpo.study.definition import Range, StudyDefinition
 from hpo.training.data import Dataset
-from hpo.workers.queueing import trial_seed
-from hpo.training.events import Begun, EpochEnd, Event, Finished, Run
+from hpo.training.events import Begun, EpochEnd, Event, Finished, Run, TrainResult
 from hpo.storage.open import retrying
-from hpo.training.train import Params, Training, TrainResult
+from hpo.training.train import Params, Training
 
 log = logging.getLogger(__name__)
 
@@ -60,14 +60,14 @@ def run_trial(
     trial = run.trial
     params = {t.number: retrying(functools.partial(suggest, t, definition), what="suggest parameters")
               for t in run.trials}
-    seed = run_seed(trial, definition)
+    seed = plan.run_seed(records.frozen(trial), definition)
     shared = {records.PREFIX_RUN: trial.number} if run.shorter else {}
     described = {}
     for t in run.trials:
         repeat = records.frozen(t).system_attrs.get(records.REPEAT)
-        described[t.number] = {records.SEED: seed, records.FIXED: definition.fixed, records.DATA: data.source,
+        described[t.number] = {records.SEED: seed, records.SINGLE_VALUED: definition.fixed, records.DATA: data.source,
                                records.TRAIN_IMAGES: int(len(data.x_train)), **shared, **(environment or {}),
-                               **({records.REPEAT_ATTR: repeat} if repeat is not None else {})}
+                               **({records.REPEAT_SHOWN: repeat} if repeat is not None else {})}
     log.info("trial %d: %s (seed %d)%s", trial.number, params[trial.number], seed,
              "".join(f"; trial {t.number} at epoch {params[t.number].epochs}" for t in run.shorter))
     yield Begun(described)
@@ -89,9 +89,3 @@ def run_trial(
             if params[t.number].epochs == epoch and t.number not in run.done:  # else given up by the loop
                 yield finished(t, training.result())
     yield finished(trial, training.result())
-
-
-def run_seed(trial: optuna.Trial, definition: StudyDefinition) -> int:
-    """The seed a trial trains with (and its sampler drew with): fixed when a grid trial was
-    queued, shared by a prefix group; else the study's seed and the trial's number."""
-    return int(records.frozen(trial).system_attrs.get(records.RUN_SEED, trial_seed(definition, trial.number)))

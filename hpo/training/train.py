@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 from collections.abc import Iterator, Mapping, Sequence
 
@@ -19,7 +19,7 @@ import numpy as np
 
 from hpo.training.data import Dataset, validation_split
 from hpo.training.models import build_model, compile_model
-from hpo.training.events import STOP
+from hpo.training.events import STOP, TrainResult
 
 log = logging.getLogger(__name__)
 
@@ -46,43 +46,6 @@ class Params:
             batch_size=int(values["batch_size"]),
             epochs=int(values["epochs"]),
         )
-
-
-@dataclass
-class TrainResult:
-    history: dict[str, list[float]]
-    val_accuracy: float
-    val_loss: float
-    test_accuracy: float
-    test_loss: float
-    epochs_run: int
-    fit_seconds: float
-    build_seconds: float
-    images_per_second: float
-    steps: int  # optimizer steps taken
-    diverged: bool
-    xla: bool  # whether the training step ran XLA-compiled (Keras' "auto": off on a CPU)
-    model: keras.Model = field(repr=False)
-    confusion: np.ndarray = field(repr=False)  # counts[true class, predicted class] on the test set
-
-    def metrics(self) -> dict[str, Any]:
-        """The numbers a trial records: finite floats, or None where training blew up."""
-        return {
-            "val_accuracy": _finite(self.val_accuracy),
-            "val_loss": _finite(self.val_loss),
-            "test_accuracy": _finite(self.test_accuracy),
-            "test_loss": _finite(self.test_loss),
-            "epochs_run": self.epochs_run,
-            "fit_seconds": round(self.fit_seconds, 3),
-            "build_seconds": round(self.build_seconds, 3),
-            "images_per_second": round(self.images_per_second, 1),
-            "train_steps": self.steps,
-            "diverged": self.diverged,
-            # Op determinism would turn XLA off and slow the GPU; runs are seeded instead, and
-            # repeat exactly on one CPU machine (tests/test_objective.py; BENCHMARKS.md, c).
-            "xla": self.xla,
-            "deterministic_ops": False,
-        }
 
 
 Arrays = tuple[np.ndarray, np.ndarray]  # images, labels
@@ -231,7 +194,3 @@ def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -
     matrix = np.zeros((num_classes, num_classes), dtype=np.int64)
     np.add.at(matrix, (np.asarray(y_true, dtype=np.int64), np.asarray(y_pred, dtype=np.int64)), 1)
     return matrix
-
-
-def _finite(value: float) -> float | None:
-    return round(value, 6) if math.isfinite(value) else None

@@ -5,11 +5,12 @@ every ``interval`` seconds. When it claims a trial it records its own settings w
 (``hpo:liveness``: interval and grace period), so every observer judges the trial by the
 settings of the worker that holds it, never by its own.
 
-An observer (a worker looking for dead trials, see :func:`hpo.workers.queueing.recover`) declares a trial
-dead only when it has seen the same count for longer than the trial's grace period, measured
-on the observer's own monotonic clock. No two clocks are ever compared: a worker whose clock is
-ahead, behind, stepped by NTP or frozen beats like any other, and a process that looks once
-(``hpo status``) cannot judge at all, so it never recovers anything.
+An observer (a worker looking for dead trials, see :func:`hpo.study.queueing.recover`)
+declares a trial dead at once when its worker ran on this host and its process is gone, else
+only when it has seen the same count for longer than the trial's grace period, measured on the
+observer's own monotonic clock. No two clocks are ever compared: a worker whose clock is ahead,
+behind, stepped by NTP or frozen beats like any other, and a process that looks once (``hpo
+status``) cannot judge at all, so it never recovers anything.
 """
 
 from __future__ import annotations
@@ -23,10 +24,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import optuna
-from optuna.trial import FrozenTrial
+from optuna.trial import FrozenTrial, TrialState
 
-from hpo.storage import records
 from hpo.errors import ConfigError
+from hpo.storage import records
+from hpo.study import queueing
+from hpo.study.definition import StudyDefinition
 
 log = logging.getLogger(__name__)
 
@@ -61,11 +64,9 @@ class Settings:
         return cls(int(recorded.get("interval", DEFAULT_INTERVAL_S)), int(recorded.get("grace", DEFAULT_GRACE_S)))
 
     def claim_attrs(self) -> dict[str, Any]:
-        """What a worker records on a trial it claims: its settings and a first beat."""
+        """What a worker records on a trial it claims (beside who it is, hpo.study.queueing.holder):
+        its settings and a first beat."""
         return {records.LIVENESS: {"interval": self.interval, "grace": self.grace}, records.BEAT: 0}
-
-
-DEFAULT_SETTINGS = Settings()
 
 
 def _seconds(variable: str, default: int) -> int:
@@ -147,3 +148,50 @@ class Watch:
         running = {records.trial_id(t) for t in keep}
         for key in [k for k in self._seen if k not in running]:
             del self._seen[key]
+
+
+def alive(pid: int) -> bool:
+    """Whether process ``pid`` of this host and PID namespace still runs (a zombie does not)."""
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie (exited, not yet reaped by its parent) still answers kill(0).
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
+def recover(study: optuna.Study, definition: StudyDefinition, watch: Watch | None = None) -> int:
+    """Fail the RUNNING trials whose worker is gone, and queue their retries.
+
+    A worker is gone at once when it ran on this host and its process no longer exists, and,
+    with a ``watch`` (the observer's memory of the beats it has seen), when its beat has stood
+    still for the grace period it claimed the trial with. Returns how many trials were recovered.
+    """
+    storage = records.storage_of(study)
+    running = storage.get_all_trials(records.study_id(study), deepcopy=False, states=(TrialState.RUNNING,))
+    recovered = 0
+    for trial in running:
+        host, _, pid = str(trial.system_attrs.get(records.WORKER, "")).rpartition(":")
+        if host == queueing.HOST and pid.isdigit() and not alive(int(pid)):
+            reason = f"worker process {pid} on {host} died"
+        elif watch is not None and watch.silent(trial):
+            reason = (f"worker {host}:{pid} stopped sending heartbeats "
+                      f"(none for {watch.silent_for(trial):.0f} s, its grace period {Settings.of(trial).grace} s)")
+        else:
+            continue
+        if queueing.fail(study, records.trial_id(trial), reason):
+            log.warning("trial %d: %s; recovering it", trial.number, reason)
+            recovered += 1
+    if watch is not None:
+        watch.forget(running)
+    if recovered:
+        queueing.sync(study, definition)
+    return recovered

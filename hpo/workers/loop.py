@@ -26,14 +26,15 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from hpo.workers import queueing
+from hpo.study import queueing
 
 from hpo.storage import records
 from hpo.study.definition import StudyDefinition
+from hpo.study import plan
+from hpo.workers import liveness
 from hpo.workers.liveness import Heartbeat, Settings, Watch
 from hpo.training.events import STOP, Artifacts, Begun, EpochEnd, Finished, Objective, Run, Stopped
 from hpo.storage.open import StorageUnusable, retrying
-from hpo.study.create import trial_sampler
 
 log = logging.getLogger(__name__)
 
@@ -111,8 +112,9 @@ def run_worker(jobs: Sequence[Job], *, poll_interval: float = 2.0,
 
 def _claim(jobs: Sequence[Job], settings: Settings, watch: Watch) -> tuple[Job, optuna.Trial] | None:
     for job in jobs:
-        retrying(functools.partial(queueing.recover, job.study, job.definition, watch), what="recover stale trials")
-        trial = retrying(functools.partial(queueing.claim, job.study, trial_sampler(job.definition), settings),
+        retrying(functools.partial(liveness.recover, job.study, job.definition, watch), what="recover stale trials")
+        trial = retrying(functools.partial(queueing.claim, job.study, plan.trial_sampler(job.definition),
+                                           settings.claim_attrs()),
                          what="claim a trial")
         if trial is not None:
             return job, trial
@@ -127,8 +129,9 @@ def _running(study: optuna.Study) -> bool:
 def _shared_run(job: Job, trial: optuna.Trial, settings: Settings) -> Run:
     """The run for a claimed trial: with the rest of its prefix group, the longest point first
     (the run trains to its epochs, the others finish on the way)."""
-    group = retrying(functools.partial(queueing.claim_group, job.study, trial, settings), what="claim a trial's group")
-    trials = sorted([trial, *group], key=lambda t: -queueing.planned_epochs(records.frozen(t)))
+    group = retrying(functools.partial(queueing.claim_group, job.study, trial, settings.claim_attrs()),
+                     what="claim a trial's group")
+    trials = sorted([trial, *group], key=lambda t: -plan.planned_epochs(records.frozen(t)))
     return Run(trials[0], trials[1:])
 
 

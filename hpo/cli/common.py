@@ -1,0 +1,126 @@
+"""What every ``hpo`` command shares: logging, the options given before or after the
+subcommand, the storage URL resolved once, and studies looked up by name."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import click
+import optuna
+from optuna import Study
+from optuna.storages import RDBStorage
+
+from hpo.errors import ConfigError, HpoError
+from hpo.storage.open import StorageEmpty, open_storage
+from hpo.storage.url import StorageURL
+from hpo.study.create import load_study
+from hpo.study.definition import MAX_NAME_LENGTH, StudyDefinition
+
+
+def setup_logging(debug: bool) -> None:
+    logging.basicConfig(level=logging.DEBUG if debug else logging.INFO, stream=sys.stderr, force=True,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    for noisy in ("optuna", "absl", "tensorflow", "alembic"):
+        logging.getLogger(noisy).setLevel(logging.DEBUG if debug else logging.WARNING)
+    optuna.logging.set_verbosity(optuna.logging.DEBUG if debug else optuna.logging.WARNING)
+    # hpo relies on metric names on purpose; the notice helps no user.
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+
+
+def set_root(key: str) -> Callable[[click.Context, click.Parameter, Any], None]:
+    """A callback that keeps an option given after the subcommand (``hpo status --storage URL``)."""
+    def callback(ctx: click.Context, _param: click.Parameter, value: Any) -> None:
+        if value:
+            ctx.find_root().ensure_object(dict)[key] = value
+            if key == "debug":
+                setup_logging(True)
+
+    return callback
+
+
+def stacked(options: Sequence[Callable[..., Any]]) -> Callable[..., Any]:
+    """One decorator for several click options, in the order listed (as --help shows them)."""
+    def apply(fn: Callable[..., Any]) -> Callable[..., Any]:
+        for option in reversed(options):
+            fn = option(fn)
+        return fn
+
+    return apply
+
+
+STORAGE_HELP = "Study database [env HPO_STORAGE; default sqlite:///hpo.db]."
+common_options = stacked([  # --storage and --debug after the subcommand too, as in optuna and datasette
+    click.option("--storage", metavar="URL", expose_value=False, callback=set_root("storage"), help=STORAGE_HELP),
+    click.option("--debug", is_flag=True, expose_value=False, callback=set_root("debug"),
+                 help="Show tracebacks and debug logs."),
+])
+
+
+def artifacts_option(help_text: str = "Artifact folder (see hpo worker).") -> Callable[..., Any]:
+    return click.option("--artifacts", envvar="HPO_ARTIFACTS", metavar="DIR", help=help_text)
+
+
+data_options = [
+    click.option("--data", envvar="HPO_DATA", metavar="PATH",
+                 help="CIFAR-10 archive, folder or .npz [env HPO_DATA; default: download]."),
+    click.option("--subset", type=click.IntRange(min=10), metavar="N",
+                 help="Train on a stratified subset of N images (N/5 test images)."),
+    click.option("--threads", type=click.IntRange(min=1, max=1024), metavar="T", help="CPU threads per worker."),
+]
+pool_options = stacked([  # a command that runs a pool of workers here (launch, confirm)
+    click.option("-n", "--workers", type=click.IntRange(min=1), help="Worker processes [default: from the hardware]."),
+    click.option("--gpus", metavar="IDS", help="Comma-separated GPU ids, workers placed round-robin."),
+    *data_options,
+    artifacts_option(),
+    click.option("--logs", "log_dir", default="hpo-logs", show_default=True, help="Folder for worker logs."),
+])
+
+
+def url(ctx: click.Context) -> StorageURL:
+    """The storage URL (``--storage``, ``HPO_STORAGE``, or hpo.db here), checked once."""
+    obj = ctx.find_root().ensure_object(dict)
+    if not isinstance(obj.get("url"), StorageURL):
+        obj["url"] = StorageURL.resolve(obj.get("storage"))
+    return obj["url"]
+
+
+def open_storage_of(ctx: click.Context, *, retry_for: float = 0.0, create: bool = True) -> RDBStorage:
+    return open_storage(url(ctx), retry_for=retry_for, create=create)
+
+
+def is_study_file(ref: str) -> bool:
+    try:
+        return ref.endswith(".toml") or Path(ref).is_file()
+    except OSError:  # a name too long to be a path, say: then it is a study name (and is checked as one)
+        return False
+
+
+def checked_name(name: str) -> str:
+    """A study name given on the command line: no study can have a longer one than the study
+    files allow (its characters are not held to their rule: a study stored by other means may
+    have others, and every file hpo writes from a name makes it safe first)."""
+    if len(name) > MAX_NAME_LENGTH:
+        raise ConfigError(f"study name {name[:57]!r}... is {len(name)} characters long; at most {MAX_NAME_LENGTH}")
+    return name
+
+
+def existing_study(ctx: click.Context, name: str) -> tuple[RDBStorage, Study, StudyDefinition]:
+    """A study that must already exist; reading it writes nothing, not even an empty schema."""
+    checked_name(name)
+    try:
+        storage = open_storage_of(ctx, retry_for=60.0, create=False)
+    except StorageEmpty as exc:
+        raise HpoError(f"no study named {name!r}: {exc}") from None
+    study, definition = load_study(storage, name)
+    return storage, study, definition
+
+
+def storage_flag(ctx: click.Context) -> str:
+    """' --storage URL' for the commands printed after a run, password hidden; nothing where
+    HPO_STORAGE (or the default) named the storage: it still does."""
+    return f" --storage '{url(ctx)}'" if ctx.find_root().ensure_object(dict).get("storage") else ""

@@ -1,0 +1,214 @@
+"""The rows a study is shown as: the best-trial table, one row per configuration over its
+repeats, and a confirmation's confirmed configurations. :func:`export_rows` picks the table a
+study is exported as; ``hpo export``, ``hpo confirm`` and ``hpo report`` all show these rows, so
+they always agree with each other.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Iterable
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from hpo.results.status import point_state
+from hpo.storage import records
+from hpo.study import plan
+from hpo.study.confirm import configuration_key, confirmations_of
+from hpo.study.create import load_study
+from hpo.study.definition import PARAMETERS, StudyDefinition
+
+
+def export_rows(storage: optuna.storages.BaseStorage, study: optuna.Study, definition: StudyDefinition,
+                by: str | None = None) -> tuple[list[dict[str, Any]], tuple[str, ...]]:
+    """A study's table, as rows and columns: one row per trial (``by="trial"``) or per
+    configuration (the default for a confirmation study, whose rows set the search's value beside
+    the confirmed mean). A search that has been confirmed gets its confirmed mean and spread
+    beside each confirmed configuration."""
+    confirms = records.CONFIRMS in study.user_attrs
+    by = by or ("configuration" if confirms else "trial")
+    rows: list[dict[str, Any]]
+    columns: tuple[str, ...]
+    if by == "configuration" and confirms:
+        rows, columns = confirmed_rows(study, definition), CONFIRMED_COLUMNS
+    elif by == "configuration":
+        rows, columns = configuration_rows(study, definition), configuration_columns(definition.metric)
+    else:
+        rows, columns = best_trial_rows(study, definition), EXPORT_COLUMNS
+    confirmed = confirmed_by_configuration(storage, study.study_name)
+    if confirmed:
+        rows = [{**row, **confirmed_columns(row, confirmed)} for row in rows]
+        columns = (*columns, *CONFIRMED_EXTRA)
+    return rows, columns
+
+
+def best_trial_rows(study: optuna.Study, definition: StudyDefinition) -> list[dict[str, Any]]:
+    """The best-trial table, best first: one row per finished trial that tells something.
+
+    COMPLETE trials are ranked by the study's metric; PRUNED trials follow; a FAIL trial is
+    listed only when its point failed for good (a failure later retried successfully is not a
+    result). WAITING and RUNNING trials are not results yet.
+    """
+    trials = study.get_trials(deepcopy=False)
+    by_slot = plan.by_slot(trials)
+    final_failures = {slot for slot, attempts in by_slot.items() if point_state(attempts) == "failed"}
+
+    def key(trial: FrozenTrial) -> tuple[int, float, int]:
+        order = {TrialState.COMPLETE: 0, TrialState.PRUNED: 1}.get(trial.state, 2)
+        return order, definition.rank_key(trial.value) if order < 2 else 0.0, trial.number
+
+    chosen = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)
+              or (t.state == TrialState.FAIL and t.system_attrs.get(records.SLOT) in final_failures
+                  and t is max(by_slot[t.system_attrs[records.SLOT]], key=lambda x: x.number))]
+    rows = []
+    rank = 0
+    for trial in sorted(chosen, key=key):
+        if trial.state == TrialState.COMPLETE:
+            rank += 1
+        rows.append(trial_row(trial, rank if trial.state == TrialState.COMPLETE else None))
+    return rows
+
+
+# The best-trial table's columns, in order: what trial_row gives, as hpo export and report show it.
+EXPORT_COLUMNS = ("rank", "trial", "architecture", "augmentation", "learning_rate", "batch_size", "epochs",
+                  "val_accuracy", "test_accuracy", "test_loss", "duration_s", "state", "note")
+
+
+def trial_row(trial: FrozenTrial, rank: int | None) -> dict[str, Any]:
+    params = records.trial_params(trial)
+    attrs = trial.user_attrs
+    duration = trial.duration.total_seconds() if trial.duration else None
+    note = "diverged" if attrs.get("diverged") else attrs.get(records.ERROR, "")
+    return {
+        "rank": rank,
+        "trial": trial.number,
+        **{name: params.get(name) for name in PARAMETERS},
+        "val_accuracy": attrs.get("val_accuracy"),
+        "test_accuracy": attrs.get("test_accuracy"),
+        "test_loss": attrs.get("test_loss"),
+        "epochs": attrs.get("epochs_run", len(trial.intermediate_values) or None),
+        "duration_s": round(duration, 1) if duration is not None else None,
+        "state": trial.state.name,
+        "note": note,
+    }
+
+
+# --- one row per configuration -------------------------------------------------------------------
+
+# The per-configuration table's columns, in order; "{metric}" stands for the study's metric
+# (configuration_columns fills it in).
+CONFIGURATION_COLUMNS = ("rank", *PARAMETERS, "n", "mean_{metric}", "std_{metric}", "mean_test_accuracy",
+                         "std_test_accuracy", "mean_test_loss", "std_test_loss", "trials")
+
+
+def configuration_columns(metric: str) -> tuple[str, ...]:
+    """CONFIGURATION_COLUMNS for a study scored on ``metric``; a test metric is not listed twice."""
+    return tuple(dict.fromkeys(column.format(metric=metric) for column in CONFIGURATION_COLUMNS))
+
+
+def mean_std(values: Iterable[float | None]) -> tuple[float | None, float | None]:
+    """Mean and sample standard deviation of the finite values: None for the mean of none, and
+    for the spread of fewer than two."""
+    finite = [float(v) for v in values if v is not None and math.isfinite(v)]
+    return (statistics.fmean(finite) if finite else None,
+            statistics.stdev(finite) if len(finite) > 1 else None)
+
+
+def configuration_rows(study: optuna.Study, definition: StudyDefinition) -> list[dict[str, Any]]:
+    """The best-trial table by configuration: one row per distinct set of PARAMETERS over its
+    COMPLETE trials, ranked by the mean of the study's metric in the study's direction.
+
+    Repeats of a configuration (seeds, grid repeats) give n, mean and standard deviation of the
+    metric, of test accuracy and of test loss, and the trial numbers. A value that is not finite
+    (a loss that blew up) is left out of the means; a configuration with no finite metric ranks last.
+    """
+    groups: dict[tuple[Any, ...], list[FrozenTrial]] = {}
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        params = records.trial_params(trial)
+        groups.setdefault(tuple(params.get(name) for name in PARAMETERS), []).append(trial)
+    rows = [_configuration_row(dict(zip(PARAMETERS, key, strict=True)), trials, definition.metric)
+            for key, trials in groups.items()]
+    mean = f"mean_{definition.metric}"
+    rows.sort(key=lambda row: (definition.rank_key(row[mean]), row["trials"][0]))
+    return [{"rank": rank, **row} for rank, row in enumerate(rows, 1)]
+
+
+def _configuration_row(params: dict[str, Any], trials: list[FrozenTrial], metric: str) -> dict[str, Any]:
+    row = {**params, "n": len(trials), "trials": sorted(t.number for t in trials)}
+    columns = {metric: [t.value for t in trials]}
+    columns.update({name: [t.user_attrs.get(name) for t in trials] for name in ("test_accuracy", "test_loss")})
+    for name, values in columns.items():
+        row[f"mean_{name}"], row[f"std_{name}"] = mean_std(values)
+    return row
+
+
+# --- a confirmation's rows -----------------------------------------------------------------------
+
+# The confirmed table's columns: the search's number beside the confirmation's mean and spread.
+CONFIRMED_COLUMNS = ("rank", *PARAMETERS, "search_trial", "search_value", "n", "mean_test_accuracy",
+                     "std_test_accuracy", "mean_test_loss", "trials")
+
+
+def confirmed_rows(study: optuna.Study, definition: StudyDefinition) -> list[dict[str, Any]]:
+    """Per confirmed configuration: the search trial and value it was chosen by, and the mean and
+    standard deviation of test accuracy (and mean test loss) over its COMPLETE confirmation
+    trials; ranked by mean test accuracy."""
+    linked = study.user_attrs.get(records.CONFIRMS) or {}
+    by_point: dict[int, list[FrozenTrial]] = {}
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        point = trial.system_attrs.get(records.POINT)
+        if point is not None:
+            by_point.setdefault(int(point), []).append(trial)
+    rows = []
+    for index, point in enumerate(definition.points):
+        trials = by_point.get(index, [])
+        accuracy = mean_std(t.user_attrs.get("test_accuracy") for t in trials)
+        rows.append({
+            **{key: point.get(key) for key in PARAMETERS},
+            "search_trial": _at(linked.get("trials"), index),
+            "search_value": _at(linked.get("values"), index),
+            "n": len(trials),
+            "mean_test_accuracy": accuracy[0],
+            "std_test_accuracy": accuracy[1],
+            "mean_test_loss": mean_std(t.user_attrs.get("test_loss") for t in trials)[0],
+            "trials": sorted(t.number for t in trials),
+        })
+    rows.sort(key=lambda row: definition.rank_key(row["mean_test_accuracy"]))  # its metric: test accuracy
+    return [{"rank": rank, **row} for rank, row in enumerate(rows, 1)]
+
+
+def _at(values: Any, index: int) -> Any:
+    return values[index] if isinstance(values, list) and index < len(values) else None
+
+
+Confirmed = dict[tuple[Any, ...], dict[str, Any]]  # configuration -> its confirmed row
+
+
+def confirmed_rows_of(storage: optuna.storages.BaseStorage, search_name: str) -> list[dict[str, Any]]:
+    """:func:`confirmed_rows` of every study that confirms ``search_name``, oldest first, each
+    row naming its ``confirmation``."""
+    rows = []
+    for name in confirmations_of(storage, search_name):
+        study, definition = load_study(storage, name)
+        rows += [{"confirmation": name, **row} for row in confirmed_rows(study, definition)]
+    return rows
+
+
+def confirmed_by_configuration(storage: optuna.storages.BaseStorage, search_name: str) -> Confirmed:
+    """For a search: its confirmed configurations -> the newest confirmation's row."""
+    return {configuration_key(row): row for row in confirmed_rows_of(storage, search_name)}
+
+
+# What a search's exported rows gain once it has been confirmed.
+CONFIRMED_EXTRA = ("confirmed_n", "confirmed_test_accuracy", "confirmed_std")
+
+
+def confirmed_columns(row: dict[str, Any], confirmed: Confirmed) -> dict[str, Any]:
+    """CONFIRMED_EXTRA for one of a search's exported rows (None where its configuration was not)."""
+    match = confirmed.get(configuration_key(row))
+    return {"confirmed_n": match["n"] if match else None,
+            "confirmed_test_accuracy": match["mean_test_accuracy"] if match else None,
+            "confirmed_std": match["std_test_accuracy"] if match else None}
