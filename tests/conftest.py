@@ -6,14 +6,16 @@ a database of its own that is dropped afterwards.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import subprocess
 import sys
 import time
 import uuid
 from pathlib import Path
-from typing import TypeVar
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, NoReturn, TypeVar
 
 import pytest
 
@@ -27,6 +29,14 @@ ROOT = Path(__file__).resolve().parents[1]
 STUDIES = ROOT / "studies"
 POSTGRES_ADMIN = os.environ.get("HPO_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
 DEFAULT_DATA = ROOT.parent / "shared" / "datasets" / "cifar10-jpeg.tar.gz"
+
+
+def missing(what: str) -> NoReturn:
+    """Something a test needs is not here: in CI (``CI`` set) that is a failure, for CI must
+    provide it; elsewhere the test is skipped, with the reason."""
+    if os.environ.get("CI"):
+        pytest.fail(f"{what} (CI must provide it)")
+    pytest.skip(what)
 
 
 def _postgres_available() -> str | None:
@@ -43,9 +53,7 @@ def _postgres_available() -> str | None:
 def postgres_admin() -> str:
     problem = _postgres_available()
     if problem is not None:
-        if os.environ.get("CI"):
-            pytest.fail(f"PostgreSQL at {POSTGRES_ADMIN} is down in CI: {problem}")
-        pytest.skip(f"PostgreSQL not reachable: {problem}")
+        missing(f"PostgreSQL at {POSTGRES_ADMIN} is not reachable: {problem}")
     return POSTGRES_ADMIN
 
 
@@ -78,13 +86,27 @@ def postgres_url(postgres_admin: str) -> Iterator[str]:
     yield from fresh_postgres_database(postgres_admin)
 
 
+@contextlib.contextmanager
+def small_file_system(folder: Path, size: str) -> Iterator[Path]:
+    """A tmpfs of ``size`` (``200k``, ``1m``) mounted on ``folder`` (made): a disk that fills (root)."""
+    folder.mkdir(exist_ok=True)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        missing(f"cannot mount a small tmpfs here (needs root): {mounted.stderr.strip()}")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
 @pytest.fixture(scope="session")
 def data_path() -> str:
     """The real CIFAR-10 archive (HPO_DATA, or the shared copy beside the project)."""
     # Absolute: tests run hpo in other working directories.
     path = Path(os.environ.get("HPO_DATA") or DEFAULT_DATA).resolve()
     if not path.exists():
-        pytest.skip(f"no CIFAR-10 archive at {path}; set HPO_DATA")
+        missing(f"no CIFAR-10 archive at {path}; set HPO_DATA")
     os.environ["HPO_DATA"] = str(path)
     return str(path)
 
@@ -95,6 +117,19 @@ def small_data(data_path: str):
     from hpo.training.data import load_dataset
 
     return load_dataset(data_path, subset=400)
+
+
+def created_study(storage_url: str, folder: Path, body: str | None = None, name: str = "grid") -> tuple[Any, Any]:
+    """(study, definition) of a study created now from ``body`` (default :data:`SMALL_GRID`) in
+    the storage at ``storage_url``."""
+    from hpo.storage.open import open_storage
+    from hpo.study.create import create_study
+    from hpo.study.definition import load_definition
+
+    definition = load_definition(write_study(folder, name, body or SMALL_GRID))
+    study, created = create_study(open_storage(storage_url), definition)
+    assert created
+    return study, definition
 
 
 def write_study(folder: Path, name: str, body: str) -> Path:
@@ -145,20 +180,44 @@ def wait_for(predicate: Callable[[], T], timeout: float, what: str, interval: fl
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
-# --- study bodies shared by test modules (what write_study takes) --------------------------------
-# A module puts its own [study] lines (description, experiment, trials) before one of these and
-# its [[reference]] rows after it.
+# --- study files -------------------------------------------------------------------------------
 
-TWO_LR_GRID = """
-[sampler]
-type = "grid"
-[data]
-protocol = "validation_split"
-validation_split = 0.2
-[space]
-architecture = "base"
-augmentation = "none"
-learning_rate = [0.01, 0.001]
-batch_size = [64]
-epochs = [1]
-"""
+SpaceValue = Any  # one value, a list or tuple (a grid axis, a categorical choice), or {low, high, log}
+
+
+def _toml(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    if isinstance(value, Mapping):
+        return "{ " + ", ".join(f"{k} = {_toml(v)}" for k, v in value.items()) + " }"
+    return repr(value)
+
+
+def study_body(sampler: str = "grid", *, seed: int | None = None, pruner: str | None = None,
+               study: Mapping[str, Any] | None = None, data: Mapping[str, Any] | None = None,
+               architecture: SpaceValue = "base", augmentation: SpaceValue = "none",
+               learning_rate: SpaceValue = (0.001,), batch_size: SpaceValue = (64,),
+               epochs: SpaceValue = (1,)) -> str:
+    """A study file's TOML but for its name (what :func:`write_study` takes): by default a
+    one-point grid of the base model, one epoch; ``study`` and ``data`` are keys of their tables."""
+    lines = [f"{key} = {_toml(value)}" for key, value in (study or {}).items()]
+    lines += ["[sampler]", f"type = {_toml(sampler)}", *([f"seed = {seed}"] if seed is not None else [])]
+    if pruner is not None:
+        lines += ["[pruner]", f"type = {_toml(pruner)}"]
+    if data is not None:
+        lines += ["[data]", *(f"{key} = {_toml(value)}" for key, value in data.items())]
+    space = {"architecture": architecture, "augmentation": augmentation, "learning_rate": learning_rate,
+             "batch_size": batch_size, "epochs": epochs}
+    lines += ["[space]", *(f"{key} = {_toml(value)}" for key, value in space.items())]
+    return "\n" + "\n".join(lines) + "\n"
+
+
+# Six points of one epoch (three learning rates x two batch sizes), one retry each.
+SMALL_GRID = study_body(study={"max_retries": 1}, learning_rate=[0.01, 0.001, 0.0001], batch_size=[32, 64])
+
+# Two learning rates, one epoch, validated on a held-out 20% (what several modules train).
+TWO_LR_GRID = study_body(data={"protocol": "validation_split", "validation_split": 0.2}, learning_rate=[0.01, 0.001])

@@ -6,7 +6,6 @@ A worker that comes back late links nothing either: tests/test_liveness.py.
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 from collections.abc import Iterator
 
@@ -16,39 +15,22 @@ from optuna.artifacts import get_all_artifact_meta
 from optuna.trial import TrialState
 
 
-from conftest import ok, run_hpo, write_study
+from conftest import ok, run_hpo, small_file_system, study_body, write_study
 
-ONE_POINT = """
-[sampler]
-type = "grid"
-[space]
-architecture = "base"
-augmentation = "none"
-learning_rate = [0.001]
-batch_size = [64]
-epochs = [{epochs}]
-"""
+
 
 
 @pytest.fixture
 def tiny_disk(tmp_path: Path) -> Iterator[Path]:
     """A 200 KiB file system: room for a plot or two, not for a trial's model (about 3.7 MB)."""
-    folder = tmp_path / "full"
-    folder.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=200k", "tmpfs", str(folder)],
-                             capture_output=True, text=True)
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs here (needs root): {mounted.stderr.strip()}")
-    try:
+    with small_file_system(tmp_path / "full", "200k") as folder:
         yield folder
-    finally:
-        subprocess.run(["umount", "-l", str(folder)], check=False)
 
 
 def test_a_full_artifact_disk_keeps_the_trial_and_registers_no_file(tiny_disk: Path, data_path: str,
                                                                      tmp_path: Path) -> None:
     db = f"sqlite:///{tmp_path / 'hpo.db'}"
-    study = write_study(tmp_path, "full", ONE_POINT.format(epochs=1))
+    study = write_study(tmp_path, "full", study_body())
     result = run_hpo("worker", str(study), "--data", data_path, "--subset", "100", "--threads", "1",
                      "--artifacts", str(tiny_disk), storage=db, cwd=tmp_path)
     ok(result)

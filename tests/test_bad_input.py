@@ -19,18 +19,9 @@ from collections.abc import Iterator
 import pytest
 import sqlalchemy
 
-from conftest import STUDIES, ok, run_hpo, user_error, write_study
+from conftest import STUDIES, missing, ok, run_hpo, study_body, user_error, write_study
 
-GRID = """
-[sampler]
-type = "grid"
-[space]
-architecture = "base"
-augmentation = "none"
-learning_rate = [0.001]
-batch_size = [64]
-epochs = [1]
-"""
+GRID = study_body()  # one point, one epoch
 
 
 def _snapshot(url: str) -> object:
@@ -134,7 +125,7 @@ def test_sqlite_on_a_read_only_file_system(tmp_path: Path) -> None:
     # Bind the folder read-only over itself (root, as in CI).
     mounted = subprocess.run(["mount", "--bind", "-o", "ro", str(folder), str(folder)], capture_output=True, text=True)
     if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a read-only folder here (needs root): {mounted.stderr.strip()}")
+        missing(f"cannot mount a read-only folder here (needs root): {mounted.stderr.strip()}")
     try:
         subprocess.run(["mount", "-o", "remount,bind,ro", str(folder)], check=True)
         user_error(run_hpo("create", str(STUDIES / "exp2.toml"), storage=db), "hpo.db")

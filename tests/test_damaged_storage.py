@@ -19,18 +19,12 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from conftest import ok, run_hpo, user_error, write_study
+from conftest import ok, run_hpo, small_file_system, study_body, user_error, write_study
 
-GRID = """
-[sampler]
-type = "grid"
-[space]
-architecture = "base"
-augmentation = "none"
-learning_rate = [0.01, 0.001, 0.0005, 0.0001]
-batch_size = [32]
-epochs = [{epochs}]
-"""
+def _grid(epochs: int) -> str:
+    """Four learning rates, ``epochs`` each."""
+    return study_body(learning_rate=[0.01, 0.001, 0.0005, 0.0001], batch_size=[32], epochs=[epochs])
+
 
 # Commands that must refuse quickly: a retry loop (two minutes, before) is the bug.
 QUICK_S = 60
@@ -50,7 +44,7 @@ def _integrity(db: Path) -> str:
 
 def _trained_study(tmp_path: Path, data_path: str, db: Path) -> None:
     """A study with its four trials trained (one epoch on 100 images)."""
-    ok(run_hpo("launch", str(write_study(tmp_path, "grid", GRID.format(epochs=1))), "-n", "1", "--data", data_path,
+    ok(run_hpo("launch", str(write_study(tmp_path, "grid", _grid(1))), "-n", "1", "--data", data_path,
                "--subset", "100", "--logs", str(tmp_path / "logs"), storage=f"sqlite:///{db}", cwd=tmp_path))
 
 
@@ -87,7 +81,7 @@ def test_a_database_of_another_application_is_refused_and_left_as_it_was(tmp_pat
         conn.execute("INSERT INTO notes VALUES ('mine')")
         conn.commit()
     before = db.read_bytes()
-    study = write_study(tmp_path, "grid", GRID.format(epochs=1))
+    study = write_study(tmp_path, "grid", _grid(1))
     for args in (["create", str(study)], ["status"], ["launch", str(study)]):
         user_error(_timed(*args, storage=f"sqlite:///{db}", cwd=tmp_path), "notes.db", "another application")
     assert db.read_bytes() == before
@@ -95,18 +89,8 @@ def test_a_database_of_another_application_is_refused_and_left_as_it_was(tmp_pat
 
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
-    folder = tmp_path / "disk"
-    folder.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(folder)],
-                             capture_output=True, text=True)
-    if mounted.returncode != 0:
-        if os.environ.get("CI"):
-            pytest.fail(f"cannot mount a small tmpfs in CI: {mounted.stderr.strip()}")
-        pytest.skip(f"cannot mount a small tmpfs here (needs root): {mounted.stderr.strip()}")
-    try:
+    with small_file_system(tmp_path / "disk", "1m") as folder:
         yield folder
-    finally:
-        subprocess.run(["umount", "-l", str(folder)], check=False)
 
 
 def _fill(folder: Path, leave: int) -> Path:
@@ -122,7 +106,7 @@ def test_a_full_disk_under_the_database_is_one_line_and_loses_nothing(small_disk
                                                                       tmp_path: Path) -> None:
     db = small_disk / "hpo.db"
     url = f"sqlite:///{db}"
-    study = write_study(tmp_path, "grid", GRID.format(epochs=3))
+    study = write_study(tmp_path, "grid", _grid(3))
     ok(run_hpo("create", str(study), storage=url))
     filler = _fill(small_disk, leave=0)
     launch = ["launch", str(study), "-n", "2", "--data", data_path, "--subset", "100",
@@ -143,7 +127,7 @@ def test_a_full_disk_under_the_database_is_one_line_and_loses_nothing(small_disk
 
 def test_a_disk_too_small_for_a_new_database_is_one_line(small_disk: Path, tmp_path: Path) -> None:
     _fill(small_disk, leave=300 * 1024)
-    study = write_study(tmp_path, "grid", GRID.format(epochs=1))
+    study = write_study(tmp_path, "grid", _grid(1))
     url = f"sqlite:///{small_disk / 'hpo.db'}"
     user_error(_timed("create", str(study), storage=url, cwd=tmp_path), "hpo.db", "disk is full")
     (small_disk / "filler").unlink()

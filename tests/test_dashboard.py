@@ -24,7 +24,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from conftest import ROOT, TWO_LR_GRID, ok, run_hpo, write_study
+from conftest import ROOT, TWO_LR_GRID, missing, ok, run_hpo, write_study
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
@@ -130,10 +130,7 @@ def start_dashboard(tmp_path: Path) -> Iterator[Callable[..., Dashboard]]:
 @pytest.fixture
 def browser(tmp_path: Path) -> Iterator[Any]:
     if not (Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()):
-        message = f"needs Debian's chromium and chromium-driver ({CHROMIUM}, {CHROMEDRIVER})"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+        missing(f"needs Debian's chromium and chromium-driver ({CHROMIUM}, {CHROMEDRIVER})")
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
@@ -185,8 +182,8 @@ def _wait_for_images(driver: Any, *names: str, timeout: float = 30.0) -> None:
     try:
         WebDriverWait(driver, timeout).until(all_loaded)
     except TimeoutException:
-        missing = [name for name in names if name not in loaded]
-        pytest.fail(f"images {missing} did not load in {timeout:.0f}s on {driver.current_url}; loaded: {loaded}")
+        absent = [name for name in names if name not in loaded]
+        pytest.fail(f"images {absent} did not load in {timeout:.0f}s on {driver.current_url}; loaded: {loaded}")
 
 
 def _screenshot(driver: Any, name: str, scroll_to: str | None = None) -> None:
@@ -263,10 +260,7 @@ def outward_namespace() -> Iterator[tuple[str, str]]:
     try:
         _ip("netns", "add", name)
     except (OSError, subprocess.CalledProcessError) as e:
-        message = f"cannot make a network namespace (needs root and iproute2): {getattr(e, 'stderr', '') or e}"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+        missing(f"cannot make a network namespace (needs root and iproute2): {getattr(e, 'stderr', '') or e}")
     try:
         _ip("-n", name, "link", "set", "lo", "up")
         _ip("-n", name, "link", "add", "out0", "type", "veth", "peer", "name", "out1")

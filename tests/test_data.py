@@ -23,6 +23,8 @@ from PIL import Image
 from hpo.training.data import CLASS_NAMES, Dataset, load_dataset, validation_split
 from hpo.errors import DataError
 
+from conftest import missing
+
 REAL_DATA = os.environ.get("HPO_DATA")  # read before the autouse fixture clears it
 REPO = Path(__file__).resolve().parents[1]
 Arrays = dict[str, np.ndarray]
@@ -602,7 +604,7 @@ def test_hpo_data_is_the_default_source(monkeypatch: pytest.MonkeyPatch, tmp_pat
 @pytest.fixture(scope="module")
 def real(tmp_path_factory: pytest.TempPathFactory) -> tuple[Dataset, Path]:
     if not REAL_DATA:
-        pytest.skip("set HPO_DATA to a CIFAR-10 copy to test the real archive")
+        missing("set HPO_DATA to a CIFAR-10 copy to test the real archive")
     cache = tmp_path_factory.mktemp("real-cache")
     return load_dataset(REAL_DATA, cache_dir=cache), cache  # decodes 60,000 images once
 

@@ -24,7 +24,7 @@ from hpo.storage.open import open_storage
 from hpo.study.create import create_study, load_study
 from hpo.study.plan import trial_sampler
 
-from conftest import STUDIES, ok, run_hpo, write_study
+from conftest import STUDIES, ok, run_hpo, study_body, write_study
 
 N_PROCESSES = 5
 
@@ -84,17 +84,7 @@ def _recover_at_barrier(url: str, name: str, barrier: multiprocessing.synchroniz
     out.put(liveness.recover(study, definition))
 
 
-GRID = """
-max_retries = 2
-[sampler]
-type = "grid"
-[space]
-architecture = "base"
-augmentation = "none"
-learning_rate = [0.01, 0.001, 0.0001]
-batch_size = [32, 64]
-epochs = [1]
-"""
+GRID = study_body(study={"max_retries": 2}, learning_rate=[0.01, 0.001, 0.0001], batch_size=[32, 64])
 
 
 def test_processes_recovering_the_same_dead_trial_queue_one_retry(storage_url: str, tmp_path: Path) -> None:
@@ -128,16 +118,7 @@ def test_a_retry_lost_to_a_crash_is_queued_by_the_next_worker(storage_url: str, 
     assert retry.system_attrs[records.ATTEMPT] == 1
 
 
-TINY_GRID = """
-[sampler]
-type = "grid"
-[space]
-architecture = "base"
-augmentation = "none"
-learning_rate = [0.001, 0.0001]
-batch_size = [64, 128]
-epochs = [1]
-"""
+TINY_GRID = study_body(learning_rate=[0.001, 0.0001], batch_size=[64, 128])
 
 
 def test_three_launchers_of_one_study_train_every_point_once(storage_url: str, data_path: str,
@@ -155,18 +136,11 @@ def test_three_launchers_of_one_study_train_every_point_once(storage_url: str, d
     assert sorted(t.system_attrs[records.SLOT] for t in trials) == [0, 1, 2, 3]
 
 
-CONTINUOUS = """
-trials = {trials}
-[sampler]
-type = "{sampler}"
-seed = 7
-[space]
-architecture = "base"
-augmentation = "none"
-learning_rate = {{ low = 1e-4, high = 1e-2, log = true }}
-batch_size = [32, 64, 128]
-epochs = {{ low = 1, high = 3 }}
-"""
+def _continuous(sampler: str, trials: int) -> str:
+    """A search of ``trials`` trials over a log learning rate, batch sizes and epochs."""
+    return study_body(sampler, seed=7, study={"trials": trials}, learning_rate={"low": 1e-4, "high": 1e-2, "log": True},
+                      batch_size=[32, 64, 128], epochs={"low": 1, "high": 3})
+
 
 
 def _sample_at_barrier(url: str, name: str, barrier: multiprocessing.synchronize.Barrier,
@@ -185,7 +159,7 @@ def _sample_at_barrier(url: str, name: str, barrier: multiprocessing.synchronize
 
 
 def _parallel_draws(url: str, tmp_path: Path, sampler: str, trials: int) -> list[tuple]:
-    definition = load_definition(write_study(tmp_path, "cont", CONTINUOUS.format(sampler=sampler, trials=trials)))
+    definition = load_definition(write_study(tmp_path, "cont", _continuous(sampler, trials)))
     create_study(open_storage(url), definition)
     draws = _run_together(_sample_at_barrier, lambda i: (url, "cont"), n=3)
     return [d for worker in draws for d in worker]
@@ -203,19 +177,10 @@ def test_parallel_random_workers_never_repeat_a_configuration(storage_url: str, 
     assert len({lr for lr, _, _ in drawn}) == 12, drawn
 
 
-def test_seeds_are_recorded_distinct_and_the_same_on_a_rerun(tmp_path: Path) -> None:
-    """Random search is fully reproducible from the recorded seeds, however many workers ran it."""
-    runs = []
-    for run in ("a", "b"):
-        folder = tmp_path / run
-        folder.mkdir()
-        drawn = sorted(_parallel_draws(f"sqlite:///{folder / 'hpo.db'}", folder, "random", 6))
-        runs.append(drawn)
-    assert runs[0] == runs[1]
 
 
 def test_launch_of_parallel_tpe_trains_eight_different_configurations(data_path: str, tmp_path: Path) -> None:
-    study_file = write_study(tmp_path, "tpe8", CONTINUOUS.format(sampler="tpe", trials=8).replace(
+    study_file = write_study(tmp_path, "tpe8", _continuous("tpe", 8).replace(
         "{ low = 1, high = 3 }", "[1]"))
     db = f"sqlite:///{tmp_path / 'hpo.db'}"
     ok(run_hpo("launch", str(study_file), "-n", "2", "--threads", "1", "--data", data_path, "--subset", "100",
@@ -227,3 +192,14 @@ def test_launch_of_parallel_tpe_trains_eight_different_configurations(data_path:
     assert len(configurations) == 8
     assert len({t.user_attrs[records.SEED] for t in trials}) == 8
     assert len({t.system_attrs[records.WORKER] for t in trials}) == 2  # both workers drew and trained
+
+
+def test_seeds_are_recorded_distinct_and_the_same_on_a_rerun(tmp_path: Path) -> None:
+    """Random search is fully reproducible from the recorded seeds, however many workers ran it."""
+    runs = []
+    for run in ("a", "b"):
+        folder = tmp_path / run
+        folder.mkdir()
+        drawn = sorted(_parallel_draws(f"sqlite:///{folder / 'hpo.db'}", folder, "random", 6))
+        runs.append(drawn)
+    assert runs[0] == runs[1]

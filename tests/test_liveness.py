@@ -24,24 +24,20 @@ import pytest
 from optuna.artifacts import get_all_artifact_meta
 from optuna.trial import FrozenTrial, TrialState
 
+from hpo.results.status import study_status
 from hpo.storage import records
+from hpo.study import queueing
+from hpo.study.plan import trial_sampler
+from hpo.workers import liveness
 from hpo.workers.liveness import Settings, Watch
 
-from conftest import ok, run_hpo, wait_for, write_study
+from conftest import created_study, missing, ok, run_hpo, study_body, wait_for, write_study
 
 # Points of several epochs each: two workers train side by side for a while, and each looks at
 # the other's running trial between its own (a worker recovers dead trials before each claim,
 # and at every poll while it waits for the last running ones).
-POINTS = """
-[sampler]
-type = "grid"
-[space]
-architecture = "base"
-augmentation = "none"
-learning_rate = [0.01, 0.001, 0.0005, 0.0001]
-batch_size = [32]
-epochs = [{epochs}]
-"""
+def _points(learning_rates: list[float], epochs: list[int]) -> str:
+    return study_body(learning_rate=learning_rates, batch_size=[32], epochs=epochs)
 
 
 def _worker(storage: str, study: str | Path, data_path: str, log: Path, *, env: dict[str, str] | None = None,
@@ -94,8 +90,7 @@ def test_a_bystander_with_a_short_grace_period_never_fails_a_healthy_trial(
     30 s), not by those of whoever looks: `hpo status` and another worker set to 1 s / 2 s."""
     # A long point, claimed first by the healthy worker, and a short one the bystander finishes
     # at once: then it waits, looking at the long one every poll, until that one is done.
-    study = write_study(tmp_path, "calm", "share_prefixes = false\n" + POINTS.format(epochs="60, 1").replace(
-        "[0.01, 0.001, 0.0005, 0.0001]", "[0.001]"))
+    study = write_study(tmp_path, "calm", "share_prefixes = false\n" + _points([0.001], [60, 1]))
     ok(run_hpo("create", str(study), storage=storage_url))
     slow = {"HPO_HEARTBEAT_INTERVAL": "5", "HPO_GRACE_PERIOD": "30"}
     eager = {"HPO_HEARTBEAT_INTERVAL": "1", "HPO_GRACE_PERIOD": "2"}
@@ -121,9 +116,7 @@ def test_a_bystander_with_a_short_grace_period_never_fails_a_healthy_trial(
 def _faketime() -> str:
     path = shutil.which("faketime")
     if path is None:
-        if os.environ.get("CI"):
-            pytest.fail("faketime is not installed (apt-get install faketime); .ci/run installs it")
-        pytest.skip("faketime is not installed (apt-get install faketime)")
+        missing("faketime is not installed (apt-get install faketime)")
     return path
 
 
@@ -133,7 +126,7 @@ def test_workers_whose_clocks_differ_never_fail_each_other(offset: str, storage_
     """One worker's clock 90 s off (three grace periods of these tests): on SQLite every process
     writes its own clock into the database, and comparing two clocks killed healthy trials."""
     faketime = _faketime()
-    study = write_study(tmp_path, "clocks", POINTS.format(epochs=12))
+    study = write_study(tmp_path, "clocks", _points([0.01, 0.001, 0.0005, 0.0001], [12]))
     ok(run_hpo("create", str(study), storage=storage_url))
     settings = {"HPO_HEARTBEAT_INTERVAL": "1", "HPO_GRACE_PERIOD": "20"}
     workers = [_worker(storage_url, "clocks", data_path, tmp_path / "normal.log", env=settings),
@@ -170,8 +163,7 @@ def test_a_worker_frozen_past_the_grace_period_comes_back_calmly(data_path: str,
     test's), it is found dead by another worker, which retries the point; resumed, it learns at
     its next write that the trial is no longer its own, drops it and writes nothing to it."""
     db = f"sqlite:///{tmp_path / 'hpo.db'}"
-    study = write_study(tmp_path, "frozen", POINTS.format(epochs=5000).replace(
-        "[0.01, 0.001, 0.0005, 0.0001]", "[0.001]"))
+    study = write_study(tmp_path, "frozen", _points([0.001], [5000]))
     ok(run_hpo("create", str(study), storage=db))
     frozen_log, other_log = tmp_path / "frozen.log", tmp_path / "other.log"
     worker = _worker(db, "frozen", data_path, frozen_log, env={"HPO_HEARTBEAT_INTERVAL": "1",
@@ -211,3 +203,27 @@ def test_a_worker_frozen_past_the_grace_period_comes_back_calmly(data_path: str,
     assert "test_accuracy" not in after.user_attrs and after.value is None
     assert after.intermediate_values == before.intermediate_values  # no late epoch reached the database
     assert get_all_artifact_meta(after, storage=optuna.storages.get_storage(db)) == []
+
+
+def test_trial_of_a_dead_worker_is_failed_and_queued_again(storage_url: str, tmp_path: Path) -> None:
+    study, definition = created_study(storage_url, tmp_path)
+    trial = queueing.claim(study, trial_sampler(definition))
+    assert trial is not None
+    # Pretend a worker process on this host claimed it and died: a pid that no longer exists.
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    study._storage.set_trial_system_attr(trial._trial_id, records.WORKER, f"{queueing.HOST}:{dead.pid}")
+    assert liveness.recover(study, definition) == 1
+    frozen = study._storage.get_trial(trial._trial_id)
+    assert frozen.state == TrialState.FAIL and "died" in frozen.user_attrs["error"]
+    retries = [t for t in study.get_trials() if t.system_attrs.get(records.RETRY_OF) == trial.number]
+    assert len(retries) == 1 and retries[0].state == TrialState.WAITING
+    assert retries[0].system_attrs["grid_id"] == frozen.system_attrs["grid_id"]
+    assert study_status(study, definition).points["pending"] == 6
+
+
+def test_own_live_trial_is_not_recovered(storage_url: str, tmp_path: Path) -> None:
+    study, definition = created_study(storage_url, tmp_path)
+    trial = queueing.claim(study, trial_sampler(definition))
+    assert trial is not None and liveness.recover(study, definition) == 0
+    assert study._storage.get_trial(trial._trial_id).system_attrs[records.WORKER].endswith(f":{os.getpid()}")

@@ -21,24 +21,12 @@ from hpo.study.create import create_study, load_study
 from hpo.training.train import JUDGE_AFTER_STEPS, Params, _diverged, train
 from hpo.workers.loop import Job, WorkerSummary, run_worker
 
-from conftest import write_study
+from conftest import study_body, write_study
 
-SEARCH = """
-trials = 4
-[sampler]
-type = "tpe"
-seed = 7
-[pruner]
-type = "median"
-[data]
-protocol = "validation_split"
-[space]
-architecture = ["base", "deeper_dropout", "batchnorm"]
-augmentation = ["none", "standard"]
-learning_rate = { low = 1e-4, high = 1e-2, log = true }
-batch_size = [32, 64]
-epochs = { low = 1, high = 3 }
-"""
+SEARCH = study_body("tpe", seed=7, pruner="median", study={"trials": 4}, data={"protocol": "validation_split"},
+                    architecture=["base", "deeper_dropout", "batchnorm"], augmentation=["none", "standard"],
+                    learning_rate={"low": 1e-4, "high": 1e-2, "log": True}, batch_size=[32, 64],
+                    epochs={"low": 1, "high": 3})
 
 LN10 = math.log(10)
 
@@ -113,18 +101,7 @@ def test_seeds_differ_between_trials_and_a_study_run_again_repeats_them(tmp_path
 
 def test_a_blown_up_run_is_complete_and_flagged_diverged(tmp_path: Path, small_data) -> None:
     # 400 images in batches of 32 are 13 steps an epoch: 8 epochs are past JUDGE_AFTER_STEPS.
-    body = """
-[sampler]
-type = "grid"
-[data]
-protocol = "test"
-[space]
-architecture = "base"
-augmentation = "none"
-learning_rate = [5.0]
-batch_size = [32]
-epochs = [8]
-"""
+    body = study_body(data={"protocol": "test"}, learning_rate=[5.0], batch_size=[32], epochs=[8])
     (trial,), _, _ = _run(tmp_path, small_data, body, "diverge")
     assert trial.state == TrialState.COMPLETE
     assert trial.user_attrs["train_steps"] >= JUDGE_AFTER_STEPS
@@ -172,16 +149,7 @@ def test_test_columns_match_keras_evaluate(small_data) -> None:
     assert result.confusion.trace() == round(accuracy * len(small_data.y_test))
 
 
-FIXED_AND_VARIED = """
-[sampler]
-type = "grid"
-[space]
-architecture = "base"
-augmentation = "none"
-learning_rate = [0.01, 0.001]
-batch_size = [128]
-epochs = [1]
-"""
+FIXED_AND_VARIED = study_body(learning_rate=[0.01, 0.001], batch_size=[128])
 
 
 def test_fixed_parameters_are_recorded_but_not_searched(tmp_path: Path, small_data) -> None:

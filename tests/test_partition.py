@@ -33,7 +33,7 @@ from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy.engine import make_url
 
 import netns
-from conftest import ROOT, STUDIES, ok, run_hpo, wait_for
+from conftest import ROOT, STUDIES, missing, ok, run_hpo, wait_for
 from hpo.storage import records
 
 ARTIFACTS = ROOT / "test-artifacts"
@@ -44,7 +44,7 @@ GRACE_PERIOD = float(os.environ["HPO_GRACE_PERIOD"])  # set by conftest for ever
 def three_hosts() -> Iterator[list[netns.Host]]:
     problem = netns.unavailable()
     if problem is not None:
-        pytest.skip(f"cannot simulate hosts in network namespaces here: {problem}")
+        missing(f"cannot simulate hosts in network namespaces here: {problem}")
     with netns.hosts(3) as made:
         yield made
 

@@ -13,7 +13,6 @@ import multiprocessing
 import signal
 import subprocess
 import sys
-import threading
 from collections import Counter
 from pathlib import Path
 
@@ -23,34 +22,21 @@ import optuna
 import pytest
 from optuna.trial import FrozenTrial, TrialState
 
-from hpo.study import queueing
 
 from hpo.storage import records
 from hpo.study.definition import load_definition
 from hpo.training.objective import run_trial
 from hpo.storage.open import open_storage
 from hpo.study.create import create_study
-from hpo.study.plan import trial_sampler
 from hpo.training.data import validation_split
 from hpo.training.models import build_model, compile_model
 from hpo.training.train import Params, Training, train
 from hpo.workers.loop import Job, run_worker
 
-from conftest import ok, run_hpo, user_error, wait_for, write_study
+from conftest import ok, run_hpo, study_body, user_error, wait_for, write_study
 
 # 2 learning rates x 2 epoch counts, twice: 8 trials, 4 training runs (2 groups x 2 repeats).
-PREFIX_GRID = """
-repeats = 2
-[sampler]
-type = "grid"
-seed = 5
-[space]
-architecture = "base"
-augmentation = "none"
-learning_rate = [0.001, 0.0001]
-batch_size = [32]
-epochs = [1, 2]
-"""
+PREFIX_GRID = study_body(seed=5, study={"repeats": 2}, learning_rate=[0.001, 0.0001], batch_size=[32], epochs=[1, 2])
 
 
 def _trials(url: str, name: str) -> list[FrozenTrial]:
@@ -244,49 +230,5 @@ def test_repeats_need_a_grid(tmp_path: Path) -> None:
     assert not (tmp_path / "hpo.db").exists()
 
 
-def test_workers_take_a_repeat_at_a_time_longest_points_first(tmp_path: Path) -> None:
-    """So that a study stopped early holds whole repeats, and its last runs are short ones."""
-    body = PREFIX_GRID.replace("repeats = 2", "repeats = 2\nshare_prefixes = false").replace("[1, 2]", "[1, 3]")
-    definition = load_definition(write_study(tmp_path, "order", body))
-    study, _ = create_study(open_storage(f"sqlite:///{tmp_path / 'hpo.db'}"), definition)
-    taken = []
-    while (trial := queueing.claim(study, trial_sampler(definition))) is not None:
-        attrs = records.frozen(trial).system_attrs
-        taken.append((attrs[records.REPEAT], attrs[records.EPOCHS]))
-    assert taken == [(0, 3), (0, 3), (0, 1), (0, 1), (1, 3), (1, 3), (1, 1), (1, 1)]
 
 
-def test_a_shorter_point_taken_over_by_another_worker_is_dropped_and_the_run_goes_on(
-        storage_url: str, tmp_path: Path, small_data, caplog: pytest.LogCaptureFixture) -> None:
-    """Mid-run, another process finds the 2-epoch point dead (as when its heartbeats stop
-    arriving) and fails it: its retry stands, this run writes nothing more to it and still
-    completes its own 3-epoch point."""
-    body = PREFIX_GRID.replace("repeats = 2", "").replace("learning_rate = [0.001, 0.0001]", "learning_rate = [0.001]")
-    definition = load_definition(write_study(tmp_path, "taken", body.replace("[1, 2]", "[2, 3]")))
-    study, _ = create_study(open_storage(storage_url), definition)
-    taken: list[int] = []
-
-    def take_over(run) -> None:
-        """Another process: once epoch 1 is reported, fail the shorter trial, before epoch 2 ends."""
-        other = optuna.load_study(study_name="taken", storage=storage_url)
-        wait_for(lambda: other._storage.get_trial(run.trial._trial_id).intermediate_values, 60, "epoch 1",
-                 interval=0.02)
-        queueing.fail(other, records.trial_id(run.shorter[0]), "worker stopped sending heartbeats")
-        queueing.sync(other, definition)
-
-    def objective(run):
-        if not taken:
-            taken.append(run.shorter[0].number)
-            threading.Thread(target=take_over, args=(run,)).start()
-        return run_trial(run, definition, small_data)
-
-    with caplog.at_level("WARNING"):
-        summary = run_worker([Job(study, definition, objective)])
-    trials = _trials(storage_url, "taken")
-    lost = next(t for t in trials if t.number == taken[0])
-    assert lost.state == TrialState.FAIL and "test_accuracy" not in lost.user_attrs
-    assert f"trial {lost.number} was recovered by another worker" in caplog.text
-    # The run's own 3-epoch point completed; the 2-epoch point's retry completed in a run of its own.
-    assert sorted((t.system_attrs[records.EPOCHS], t.state.name) for t in trials) == [
-        (2, "COMPLETE"), (2, "FAIL"), (3, "COMPLETE")]
-    assert (summary.complete, summary.dropped, summary.failed) == (2, 1, 0)

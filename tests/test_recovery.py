@@ -21,7 +21,7 @@ from optuna.trial import TrialState
 
 from hpo.storage import records
 
-from conftest import ROOT, STUDIES, run_hpo, wait_for, write_study
+from conftest import ROOT, STUDIES, run_hpo, study_body, wait_for, write_study
 
 ARTIFACTS = ROOT / "test-artifacts"
 
@@ -118,18 +118,7 @@ def test_four_workers_finish_the_grid_on_sqlite_without_lock_errors(data_path: s
 # Long enough that a signal sent after the first epoch always finds the trial training: on
 # 200 images an epoch is 7 steps, a fraction of a second, and CI once saw a 200-epoch trial
 # finish before the test's signal arrived.
-INTERRUPTIBLE = """
-[sampler]
-type = "grid"
-[data]
-protocol = "validation_split"
-[space]
-architecture = "base"
-augmentation = "none"
-learning_rate = [0.001]
-batch_size = [32]
-epochs = [5000]
-"""
+INTERRUPTIBLE = study_body(data={"protocol": "validation_split"}, batch_size=[32], epochs=[5000])
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])

@@ -17,7 +17,7 @@ from optuna.distributions import CategoricalDistribution
 from optuna.trial import TrialState
 
 from hpo.storage import records
-from conftest import ROOT, STUDIES, TWO_LR_GRID, ok, run_hpo, user_error, write_study
+from conftest import ROOT, STUDIES, missing, ok, run_hpo, study_body, user_error, write_study
 from hpo.study.definition import load_definition
 from hpo.errors import ConfigError, HpoError
 from hpo.paths import OutputFolder, safe_name
@@ -30,42 +30,16 @@ PNG = b"\x89PNG\r\n\x1a\n"
 AUGMENTATION_IN_TABLE1 = {"none": "none", "standard": "rotation15_shift0.1_hflip"}
 
 # A three-point slice of experiment 3's grid: three of Table 1's rows (5 epochs, batch 64).
-GRID3 = """
-description = "A three-point slice of experiment 3."
-experiment = 3
-""" + TWO_LR_GRID.replace("[0.01, 0.001]", "[0.01, 0.001, 0.0001]").replace("epochs = [1]", "epochs = [5]")
+GRID3 = study_body(study={"description": "A three-point slice of experiment 3.", "experiment": 3},
+                   data={"protocol": "validation_split", "validation_split": 0.2}, learning_rate=[0.01, 0.001, 0.0001],
+                   epochs=[5])
 
 # Experiment 1's configuration, twice: its row of Table 1 over two runs.
-FIXED1 = """
-description = "Experiment 1, two seeds."
-experiment = 1
-trials = 2
-[sampler]
-type = "fixed"
-[data]
-protocol = "test"
-[space]
-architecture = "base"
-augmentation = "none"
-learning_rate = 0.001
-batch_size = 32
-epochs = 10
-"""
+FIXED1 = study_body("fixed", study={"description": "Experiment 1, two seeds.", "experiment": 1, "trials": 2},
+                    data={"protocol": "test"}, learning_rate=0.001, batch_size=32, epochs=10)
 
-OTHER = """
-description = "Not one of the report's experiments."
-trials = 1
-[sampler]
-type = "fixed"
-[data]
-protocol = "validation_split"
-[space]
-architecture = "base"
-augmentation = "none"
-learning_rate = 0.001
-batch_size = 128
-epochs = 1
-"""
+OTHER = study_body("fixed", study={"description": "Not one of the report's experiments.", "trials": 1},
+                   data={"protocol": "validation_split"}, learning_rate=0.001, batch_size=128, epochs=1)
 
 
 def _csv(path: Path) -> list[dict[str, str]]:
@@ -88,7 +62,7 @@ def test_packaged_table1_is_the_study_files_references() -> None:
 
 def test_packaged_table1_is_the_reports() -> None:
     if not TABLE1.exists():
-        pytest.skip(f"no {TABLE1}")
+        missing(f"no {TABLE1}, the seed's Table 1")
     theirs = [(int(r["experiment"]), r["architecture"], float(r["learning_rate"]), int(r["batch_size"]),
                int(r["epochs"]), r["augmentation"], float(r["test_accuracy"]), float(r["test_loss"]))
               for r in _csv(TABLE1)]

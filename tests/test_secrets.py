@@ -19,20 +19,11 @@ import optuna
 import pytest
 from optuna_dashboard import get_note  # the dashboard's own reader of a study's note
 
-from conftest import ok, run_hpo, user_error, write_study
+from conftest import ok, run_hpo, study_body, user_error, write_study
 
 SECRET = "S3cretPassw0rdXyZ"
 
-GRID = """
-[sampler]
-type = "grid"
-[space]
-architecture = "base"
-augmentation = "none"
-learning_rate = [0.001, 0.0001]
-batch_size = [128]
-epochs = [1]
-"""
+GRID = study_body(learning_rate=[0.001, 0.0001], batch_size=[128])
 
 
 def _with_password(url: str, scheme: str = "postgresql+psycopg") -> str:
@@ -107,19 +98,5 @@ def test_launch_never_shows_the_password(via: str, postgres_url: str, data_path:
     assert "best trials: hpo" in stderr and "export secret" in stderr
 
 
-@pytest.mark.postgres
-@pytest.mark.parametrize("scheme", ["postgres", "postgresql"])
-def test_plain_postgres_urls_get_a_driver(scheme: str, postgres_url: str, tmp_path: Path) -> None:
-    url = _with_password(postgres_url, scheme)
-    ok(run_hpo("create", str(write_study(tmp_path, "plain", GRID)), storage=url))
-    status = run_hpo("status", "plain", "--format", "json", storage=url)
-    ok(status)
-    assert '"plain"' in status.stdout
 
 
-@pytest.mark.parametrize("driver", ["psycopg2", "nosuchdriver"])
-def test_a_driver_that_is_not_installed_is_one_line_without_the_password(driver: str, tmp_path: Path) -> None:
-    # Optuna's docs write postgresql+psycopg2://; hpo installs psycopg 3.
-    url = f"postgresql+{driver}://postgres:{SECRET}@127.0.0.1:5432/postgres"
-    line = user_error(run_hpo("status", storage=url, cwd=tmp_path), f"driver {driver!r} is not installed", "***")
-    assert SECRET not in line and "postgresql://" in line

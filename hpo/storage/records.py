@@ -32,6 +32,7 @@ WORKER = "hpo:worker"              # "host/pid-namespace:pid" of the worker that
 LIVENESS = "hpo:liveness"          # the claiming worker's {"interval": s, "grace": s} (hpo.workers.liveness)
 BEAT = "hpo:beat"                  # the claiming worker's heartbeat: a count that grows while it lives
 INTERRUPTED = "hpo:interrupted"    # set on a FAIL trial stopped by a signal: its retry is free
+FATAL = "hpo:fatal"                # set on a FAIL trial that no retry could mend: its point fails for good
 REPEAT = "hpo:repeat"              # grid: which training of its point (0, 1, ...)
 GROUP = "hpo:group"                # grid with shared prefixes: slot of the longest point of the group
 PLANNED_SEED = "hpo:seed"          # grid: the training seed, fixed when queued (a group shares one)

@@ -59,7 +59,8 @@ def add_missing(study: optuna.Study, definition: StudyDefinition, still_held: St
     """:func:`sync`'s work, for a caller that already holds the study's lock.
 
     A slot with no trial yet gets its first (a study being created, or a create that died
-    half-way). A slot whose trials all failed gets a retry, until its ``max_retries`` are used.
+    half-way). A slot whose trials all failed gets a retry, until its ``max_retries`` are used,
+    unless its last failure was fatal (a configuration no retry can mend).
     A slot holding a WAITING, RUNNING, COMPLETE or PRUNED trial needs nothing.
     """
     slots = plan.by_slot(study.get_trials(deepcopy=False))
@@ -73,7 +74,9 @@ def add_missing(study: optuna.Study, definition: StudyDefinition, still_held: St
             missing.append(planned.first_try(slot))
             continue
         attempt = counted_attempts(attempts)
-        if attempt <= definition.max_retries:  # else failed for good; hpo status and export show it
+        # Else failed for good (its retries used up, or a failure no retry mends, hpo:fatal);
+        # hpo status and export show it.
+        if attempt <= definition.max_retries and not attempts[-1].system_attrs.get(records.FATAL):
             missing.append(_retry_attrs(attempts[-1], attempt))
     storage = records.storage_of(study)
     for start in range(0, len(missing), QUEUE_BATCH):
@@ -150,13 +153,14 @@ def claim_group(study: optuna.Study, trial: optuna.Trial, attrs: Mapping[str, An
             if frozen.system_attrs.get(records.GROUP) == group and _take(storage, frozen, attrs)]
 
 
-def fail(study: optuna.Study, trial_id: int, message: str, *, interrupted: bool = False) -> bool:
-    """Mark a RUNNING trial FAIL with ``message``; False if it had already finished.
+def fail(study: optuna.Study, trial_id: int, message: str, *, interrupted: bool = False, fatal: bool = False) -> bool:
+    """Mark a RUNNING trial FAIL with ``message``; False if it had already finished. An
+    ``interrupted`` trial's retry is free; a ``fatal`` one is not retried at all.
 
     One transaction under the trial's row lock, so of several processes failing the same trial
     (its worker, and others that found it dead) exactly one succeeds, and a result its worker
     was writing at that moment is either complete or not there at all.
     """
-    system_attrs = {records.INTERRUPTED: True} if interrupted else {}
+    system_attrs = {**({records.INTERRUPTED: True} if interrupted else {}), **({records.FATAL: True} if fatal else {})}
     return records.finish_trial(records.storage_of(study), trial_id, TrialState.FAIL,
                                 user_attrs={records.ERROR: message[:2000]}, system_attrs=system_attrs)

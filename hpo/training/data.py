@@ -43,7 +43,7 @@ _ARRAYS = ("x_train", "y_train", "x_test", "y_test")
 _BATCHES = ("data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5")
 _CACHE_LAYOUT = "data-v1"  # bump when decoding changes, so stale caches are never read
 
-Arrays = dict[str, np.ndarray]
+DecodedArrays = dict[str, np.ndarray]
 
 
 @dataclass(frozen=True, eq=False)
@@ -179,14 +179,14 @@ def _cache_key(path: Path) -> str:
     return f"file-{content.hexdigest()}"
 
 
-def _read_cache(entry: Path) -> Arrays | None:
+def _read_cache(entry: Path) -> DecodedArrays | None:
     try:
         return {name: np.load(entry / f"{name}.npy", mmap_mode="r") for name in _ARRAYS}
     except (OSError, ValueError):
         return None
 
 
-def _cached(entry: Path, decode: Callable[[], Arrays], what: str) -> Arrays:
+def _cached(entry: Path, decode: Callable[[], DecodedArrays], what: str) -> DecodedArrays:
     """Read ``entry``, or decode and write it; one process decodes while the others wait."""
     if (arrays := _read_cache(entry)) is not None:
         return arrays
@@ -208,7 +208,7 @@ def _cached(entry: Path, decode: Callable[[], Arrays], what: str) -> Arrays:
     return arrays
 
 
-def _write_cache(entry: Path, arrays: Arrays) -> None:
+def _write_cache(entry: Path, arrays: DecodedArrays) -> None:
     # Write aside, then rename: a reader sees the whole entry or none of it.
     try:
         shutil.rmtree(entry, ignore_errors=True)  # a damaged entry from an interrupted run
@@ -227,7 +227,7 @@ def _write_cache(entry: Path, arrays: Arrays) -> None:
 # --- decoding ----------------------------------------------------------------------------------
 
 
-def _load_keras() -> Arrays:
+def _load_keras() -> DecodedArrays:
     try:
         import keras  # noqa: PLC0415  (slow: it imports a backend; only this download path needs it)
 
@@ -256,7 +256,7 @@ def _format(path: Path) -> str:
     )
 
 
-def _decode(path: Path) -> Arrays:
+def _decode(path: Path) -> DecodedArrays:
     kind = _format(path)
     if kind == "folder":
         try:
@@ -314,7 +314,7 @@ def _tar_members(
     _check_end_of_archive(path, stream, tar)
 
 
-def _from_members(path: Path, members: Iterator[tuple[str, Callable[[], bytes]]]) -> Arrays:
+def _from_members(path: Path, members: Iterator[tuple[str, Callable[[], bytes]]]) -> DecodedArrays:
     """Recognise an official-batches or image-folder layout, allowing one leading top folder."""
     batches: dict[str, Callable[[], bytes]] = {}
     images: list[tuple[int, int, str, Callable[[], bytes]]] = []  # (split, label, name, read)
@@ -355,7 +355,7 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
         raise pickle.UnpicklingError(f"forbidden global {module}.{name}")
 
 
-def _from_batches(path: Path, batches: dict[str, Callable[[], bytes]]) -> Arrays:
+def _from_batches(path: Path, batches: dict[str, Callable[[], bytes]]) -> DecodedArrays:
     xs, ys = [], []
     for name in (*_BATCHES, "test_batch"):
         if name not in batches:
@@ -373,7 +373,7 @@ def _from_batches(path: Path, batches: dict[str, Callable[[], bytes]]) -> Arrays
     return _validate(str(path), np.concatenate(xs[:-1]), np.concatenate(ys[:-1]), xs[-1], ys[-1])
 
 
-def _from_images(path: Path, images: list[tuple[int, int, str, Callable[[], bytes]]]) -> Arrays:
+def _from_images(path: Path, images: list[tuple[int, int, str, Callable[[], bytes]]]) -> DecodedArrays:
     images.sort(key=lambda item: item[:3])  # split, class, file name: independent of tar order
     x = np.empty((len(images), *IMAGE_SHAPE), dtype=np.uint8)
     for i, (_, _, name, read) in enumerate(images):
@@ -392,7 +392,7 @@ def _from_images(path: Path, images: list[tuple[int, int, str, Callable[[], byte
     return _validate(str(path), x[split == 0], y[split == 0], x[split == 1], y[split == 1])
 
 
-def _from_npz(path: Path) -> Arrays:
+def _from_npz(path: Path) -> DecodedArrays:
     try:
         with np.load(path, allow_pickle=False) as npz:
             missing = [name for name in _ARRAYS if name not in npz.files]
@@ -407,9 +407,9 @@ def _from_npz(path: Path) -> Arrays:
 
 def _validate(
     where: str, x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_test: np.ndarray
-) -> Arrays:
+) -> DecodedArrays:
     """Check shapes, dtypes and labels; return uint8 images and flat int64 labels."""
-    arrays: Arrays = {}
+    arrays: DecodedArrays = {}
     for split, x, y in (("train", x_train, y_train), ("test", x_test, y_test)):
         x, y = np.asarray(x), np.asarray(y)
         if y.ndim == 2 and y.shape[1] == 1:

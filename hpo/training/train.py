@@ -48,10 +48,10 @@ class Params:
         )
 
 
-Arrays = tuple[np.ndarray, np.ndarray]  # images, labels
+ImagesLabels = tuple[np.ndarray, np.ndarray]  # images, labels
 
 
-def split(data: Dataset, protocol: str, fraction: float) -> tuple[Arrays, Arrays]:
+def split(data: Dataset, protocol: str, fraction: float) -> tuple[ImagesLabels, ImagesLabels]:
     """(training, validation) arrays for a data protocol."""
     if protocol == "test":
         return (data.x_train, data.y_train), (data.x_test, data.y_test)

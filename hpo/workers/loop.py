@@ -28,6 +28,7 @@ from optuna.trial import TrialState
 
 from hpo.study import queueing
 
+from hpo.errors import ConfigError, DataError, TrialError
 from hpo.storage import records
 from hpo.study.definition import StudyDefinition
 from hpo.study import plan
@@ -37,6 +38,11 @@ from hpo.training.events import STOP, Artifacts, Begun, EpochEnd, Finished, Obje
 from hpo.storage.open import StorageUnusable, retrying
 
 log = logging.getLogger(__name__)
+
+# A trial that raises one of these fails once, without retries: the study's own configuration,
+# its data or its model cannot serve it (keras-tuner's FailedTrialError). Anything else (a lost
+# connection, a crash, memory) may go well on another try, and is retried up to max_retries.
+FATAL_IN_A_TRIAL = (TrialError, ConfigError, DataError)
 
 
 @dataclass
@@ -227,6 +233,11 @@ def _run_one(job: Job, run: Run, settings: Settings, summary: WorkerSummary) -> 
             with contextlib.suppress(StorageUnusable):
                 _fail_run(job, record, f"stopped: {exc}", interrupted=True)
             raise
+        except FATAL_IN_A_TRIAL as exc:
+            # The same configuration, data or model fails the same way every time: once is enough.
+            log.error("trial %d failed, and will not be retried: %s", trial.number, exc)
+            _fail_run(job, record, f"{type(exc).__name__}: {exc}", fatal=True)
+            return
         except Exception as exc:  # noqa: BLE001  (a trial's failure is recorded, not fatal)
             if not _lost(job, record):  # else its writes were refused: UpdateFinishedTrialError
                 log.error("trial %d failed: %s\n%s", trial.number, exc, traceback.format_exc())
@@ -263,11 +274,12 @@ def _dropped(trial: optuna.Trial) -> None:
                 "reached the database in time); its retry stands and this result is dropped", trial.number)
 
 
-def _fail_run(job: Job, record: _Recorder, message: str, *, interrupted: bool = False) -> None:
+def _fail_run(job: Job, record: _Recorder, message: str, *, interrupted: bool = False, fatal: bool = False) -> None:
     """Fail the run's trials still RUNNING (a group's shorter points already passed stay
     COMPLETE; one another process failed first is its to retry), then queue their retries."""
     for trial in record.run.unfinished:
-        fail = functools.partial(queueing.fail, job.study, records.trial_id(trial), message, interrupted=interrupted)
+        fail = functools.partial(queueing.fail, job.study, records.trial_id(trial), message, interrupted=interrupted,
+                                 fatal=fatal)
         if retrying(fail, what="record a failed trial"):
             record.summary.failed += 1
     retrying(lambda: queueing.sync(job.study, job.definition), what="queue a retry")

@@ -20,7 +20,7 @@ from hpo.workers.placement import Placement, check_workers, default_workers, des
 from hpo.workers.progress import Progress
 from hpo.results.status import StudyStatus
 
-from conftest import ok, run_hpo, user_error, wait_for, write_study
+from conftest import ok, run_hpo, study_body, user_error, wait_for, write_study
 
 
 def test_cpu_workers_split_the_cores_between_them() -> None:
@@ -91,24 +91,16 @@ def test_progress_line_counts_every_study_of_a_launch() -> None:
         "2 studies: 4/30 done, 2 running, 0 failed (exp3 3/27 best 0.5000, exp1 1/3 best -), 0m00s elapsed, ETA -"]
 
 
-TINY = """
-[sampler]
-type = "{sampler}"
-seed = 1
-[space]
-architecture = "base"
-augmentation = "none"
-learning_rate = [0.001]
-batch_size = [64]
-epochs = {epochs}
-"""
+def _tiny(sampler: str, epochs: object) -> str:
+    return study_body(sampler, seed=1, epochs=epochs)
+
 
 
 def test_one_launch_runs_several_studies_through_one_pool(storage_url: str, data_path: str, tmp_path: Path) -> None:
     folder = tmp_path / "studies"
     folder.mkdir()
-    write_study(folder, "grid", TINY.format(sampler="grid", epochs="[1, 2]"))
-    write_study(folder, "seeds", "trials = 3\n" + TINY.format(sampler="fixed", epochs="1"))
+    write_study(folder, "grid", _tiny("grid", [1, 2]))
+    write_study(folder, "seeds", "trials = 3\n" + _tiny("fixed", 1))
     # A quoted glob, as a user may pass it; the launcher expands it (sorted: grid, then seeds).
     result = run_hpo("launch", str(folder / "*.toml"), "-n", "2", "--threads", "1", "--data", data_path,
                      "--subset", "100", "--logs", str(tmp_path / "logs"), storage=storage_url, cwd=tmp_path)
@@ -125,7 +117,7 @@ def test_one_launch_runs_several_studies_through_one_pool(storage_url: str, data
 
 
 def test_two_study_files_may_not_name_one_study(tmp_path: Path) -> None:
-    a = write_study(tmp_path, "same", TINY.format(sampler="grid", epochs="[1]"))
+    a = write_study(tmp_path, "same", _tiny("grid", [1]))
     b = tmp_path / "copy.toml"
     b.write_text(a.read_text())
     result = run_hpo("launch", str(a), str(b), storage=f"sqlite:///{tmp_path / 'hpo.db'}")
@@ -147,16 +139,7 @@ def test_max_workers_follow_memory() -> None:
 
 # --- a launch and its workers live and end together ---------------------------------------------
 
-LONG = """
-[sampler]
-type = "grid"
-[space]
-architecture = "base"
-augmentation = "none"
-learning_rate = [0.001, 0.0001]
-batch_size = [32]
-epochs = [5000]
-"""
+LONG = study_body(learning_rate=[0.001, 0.0001], batch_size=[32], epochs=[5000])
 
 
 def _launcher(db: str, study: Path, data_path: str, tmp_path: Path) -> subprocess.Popen[str]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from pathlib import Path
 
 import pytest
@@ -10,18 +12,9 @@ from hpo.study.definition import (ARCHITECTURE_NAMES, AUGMENTATION_NAMES, Range,
                         load_definition)
 from hpo.errors import ConfigError
 
-from conftest import STUDIES, write_study
+from conftest import STUDIES, study_body, write_study
 
-GOOD_BODY = """
-[sampler]
-type = "grid"
-[space]
-architecture = "base"
-augmentation = "none"
-learning_rate = [0.01, 0.001]
-batch_size = [32]
-epochs = [1, 2]
-"""
+GOOD_BODY = study_body(learning_rate=[0.01, 0.001], batch_size=[32], epochs=[1, 2])
 
 
 def test_exp3_is_the_reports_27_point_grid() -> None:
@@ -107,3 +100,17 @@ def test_missing_and_malformed_files(tmp_path: Path) -> None:
 def test_good_file_loads(tmp_path: Path) -> None:
     d = load_definition(write_study(tmp_path, "ok", GOOD_BODY))
     assert d.n_trials == 4 and d.max_retries == 2 and d.direction == "maximize"
+
+
+@pytest.mark.parametrize(("pruner", "problem"), [
+    ('type = "median"\nmin_resource = 2', "pruner.min_resource = 2 is a hyperband setting"),
+    ('type = "hyperband"\nmin_resource = 3', "must be less than the most epochs a trial trains (3)"),
+    ('type = "hyperband"\nreduction_factor = 1', "pruner.reduction_factor = 1 must be at least 2"),
+    ('type = "hyperband"\nmin_resource = 0', "must be at least 1 epoch"),
+])
+def test_bad_hyperband_settings_are_refused_in_one_line(tmp_path: Path, pruner: str, problem: str) -> None:
+    hyperband = study_body("tpe", pruner="hyperband", learning_rate={"low": 1e-3, "high": 1e-2},
+                           epochs={"low": 1, "high": 3})
+    path = write_study(tmp_path, "bad", hyperband.replace('type = "hyperband"', pruner))
+    with pytest.raises(ConfigError, match=re.escape(problem)):
+        load_definition(path)
