@@ -203,7 +203,7 @@ def create_study(folder: Path, epochs: int) -> str:
 
     import optuna
 
-    from hpo.study.definition import load_definition
+    from hpo.study.files import load_definition
     from hpo.storage.open import open_storage
     from hpo.study.create import create_study as create
 

@@ -126,7 +126,7 @@ def create_grid_study(url: str, name: str, epochs: list[int]) -> None:
 
     import optuna
 
-    from hpo.study.definition import load_definition
+    from hpo.study.files import load_definition
     from hpo.storage.open import open_storage
     from hpo.study.create import create_study
 

@@ -39,7 +39,8 @@ import optuna
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import describe_machine
 
-from hpo.study.definition import PARAMETERS, load_definition
+from hpo.study.definition import PARAMETERS
+from hpo.study.files import load_definition
 from hpo.results.curves import epochs_trained, search_curve
 from hpo.results.rows import confirmed_rows
 from hpo.study.create import load_study

@@ -9,7 +9,8 @@ The public names below import nothing heavy; Keras is loaded only by the modules
 
 from __future__ import annotations
 
-from hpo.study.definition import StudyDefinition, load_definition
+from hpo.study.definition import StudyDefinition
+from hpo.study.files import load_definition
 from hpo.errors import ConfigError, DataError, HpoError, StorageError, StudyNotFound
 from hpo.storage.open import open_storage
 from hpo.study.create import create_study, load_study

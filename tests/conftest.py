@@ -124,7 +124,7 @@ def created_study(storage_url: str, folder: Path, body: str | None = None, name:
     the storage at ``storage_url``."""
     from hpo.storage.open import open_storage
     from hpo.study.create import create_study
-    from hpo.study.definition import load_definition
+    from hpo.study.files import load_definition
 
     definition = load_definition(write_study(folder, name, body or SMALL_GRID))
     study, created = create_study(open_storage(storage_url), definition)

@@ -13,7 +13,7 @@ from hpo.errors import ConfigError, StudyNotFound
 from hpo.results.status import study_status
 from hpo.storage.open import open_storage
 from hpo.study.create import create_study, load_study, make_pruner
-from hpo.study.definition import load_definition
+from hpo.study.files import load_definition
 
 from conftest import SMALL_GRID, STUDIES, created_study, study_body, write_study
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from hpo.study.definition import (ARCHITECTURE_NAMES, AUGMENTATION_NAMES, Range, definition_from_dict,
-                        load_definition)
+from hpo.study.definition import ARCHITECTURE_NAMES, AUGMENTATION_NAMES, Range, definition_from_dict
+from hpo.study.files import load_definition
 from hpo.errors import ConfigError
 
 from conftest import STUDIES, study_body, write_study

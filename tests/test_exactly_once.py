@@ -19,7 +19,7 @@ from hpo.study import queueing
 
 from hpo.storage import records
 from hpo.workers import liveness
-from hpo.study.definition import load_definition
+from hpo.study.files import load_definition
 from hpo.storage.open import open_storage
 from hpo.study.create import create_study, load_study
 from hpo.study.plan import trial_sampler

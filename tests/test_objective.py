@@ -11,7 +11,8 @@ import pytest
 from optuna.trial import FrozenTrial, TrialState
 
 from hpo.storage import records
-from hpo.study.definition import StudyDefinition, load_definition
+from hpo.study.definition import StudyDefinition
+from hpo.study.files import load_definition
 from hpo.training.data import load_dataset
 from hpo.training.objective import run_trial
 from hpo.results.curves import search_curve

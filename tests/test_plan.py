@@ -12,7 +12,7 @@ from hpo.storage import records
 from hpo.storage.open import open_storage
 from hpo.study import plan, queueing
 from hpo.study.create import create_study
-from hpo.study.definition import load_definition
+from hpo.study.files import load_definition
 
 from conftest import study_body, write_study
 

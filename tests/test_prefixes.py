@@ -24,7 +24,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 
 from hpo.storage import records
-from hpo.study.definition import load_definition
+from hpo.study.files import load_definition
 from hpo.training.objective import run_trial
 from hpo.storage.open import open_storage
 from hpo.study.create import create_study

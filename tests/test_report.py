@@ -18,7 +18,7 @@ from optuna.trial import TrialState
 
 from hpo.storage import records
 from conftest import ROOT, STUDIES, missing, ok, run_hpo, study_body, user_error, write_study
-from hpo.study.definition import load_definition
+from hpo.study.files import load_definition
 from hpo.errors import ConfigError, HpoError
 from hpo.paths import OutputFolder, safe_name
 from hpo.results.table1 import COLUMNS, parse, reference_params, report_rows, tolerance

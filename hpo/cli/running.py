@@ -18,7 +18,7 @@ from hpo.results.rows import CONFIRMED_COLUMNS, confirmed_rows
 from hpo.storage import records
 from hpo.study import confirm as confirmation
 from hpo.study.create import create_study
-from hpo.study.definition import load_definition, load_definitions
+from hpo.study.files import load_definition, load_definitions
 from hpo.training.data import load_dataset
 from hpo.workers import device
 from hpo.workers.liveness import Settings

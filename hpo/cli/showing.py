@@ -19,7 +19,7 @@ from hpo.results.status import study_status
 from hpo.storage import records
 from hpo.storage.open import StorageEmpty, check_whole
 from hpo.study.create import load_study
-from hpo.study.definition import load_definition
+from hpo.study.files import load_definition
 
 
 @click.command()

@@ -9,14 +9,11 @@ through :func:`definition_from_dict`.
 
 from __future__ import annotations
 
-import glob
 import itertools
 import math
-import tomllib
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 
 from hpo.errors import ConfigError
 
@@ -146,53 +143,6 @@ class StudyDefinition:
         return data
 
 
-MAX_STUDY_FILE_BYTES = 1 << 20  # the report's studies are under 2 KB; a 10,000-point grid under 100 KB
-
-
-def load_definition(path: str | Path) -> StudyDefinition:
-    """Read and validate a study file. A pipe (``<(...)``) is read like a file, up to the size
-    limit: ``/dev/zero`` or a runaway generator is refused, not read until memory runs out."""
-    path = Path(path)
-    try:
-        if path.is_dir():
-            raise ConfigError(f"{path}: is a folder, not a study file")
-        with path.open("rb") as file:
-            data = file.read(MAX_STUDY_FILE_BYTES + 1)
-        if len(data) > MAX_STUDY_FILE_BYTES:
-            raise ConfigError(f"{path}: larger than {MAX_STUDY_FILE_BYTES >> 20} MiB; not a study file")
-        raw = tomllib.loads(data.decode("utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no such study file") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot read study file: {exc}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
-    except RecursionError:  # arrays or tables nested thousands deep
-        raise ConfigError(f"{path}: not a study file: nested too deeply") from None
-    return _parse(raw, str(path))
-
-
-def load_definitions(patterns: Sequence[str]) -> list[StudyDefinition]:
-    """The study files named, a quoted glob (``'studies/exp*.toml'``) expanded and sorted; two
-    files may not name one study."""
-    files: list[str] = []
-    for pattern in patterns:
-        if not glob.has_magic(pattern) or Path(pattern).exists():
-            files.append(pattern)
-            continue
-        matches = sorted(glob.glob(pattern))
-        if not matches:
-            raise ConfigError(f"{pattern}: no study file matches")
-        files += matches
-    definitions: dict[str, StudyDefinition] = {}
-    for file in dict.fromkeys(files):
-        definition = load_definition(file)
-        if definition.name in definitions:
-            raise ConfigError(f"{file}: study {definition.name!r} is also named by another study file")
-        definitions[definition.name] = definition
-    return list(definitions.values())
-
-
 def definition_from_dict(data: Mapping[str, Any], origin: str = "stored definition") -> StudyDefinition:
     """Rebuild a definition from :meth:`StudyDefinition.to_dict` output."""
     space = {
@@ -205,7 +155,7 @@ def definition_from_dict(data: Mapping[str, Any], origin: str = "stored definiti
     definition = StudyDefinition(**fields, space=space, references=refs, points=points)
     # The name is not checked again here: a study stored by an older hpo may carry a name the
     # study files no longer accept, and whatever writes files from it makes the name safe.
-    _validate_space(definition.space, definition.sampler, origin)
+    validate_space(definition.space, definition.sampler, origin)
     return definition
 
 
@@ -228,162 +178,7 @@ def name_problem(name: str) -> str | None:
     return None
 
 
-# --- parsing -----------------------------------------------------------------------------------
-
-_SECTIONS = {
-    "study": {"name", "description", "direction", "metric", "trials", "max_retries", "experiment", "repeats",
-              "share_prefixes", "trial_limit"},
-    "sampler": {"type", "seed"},
-    "pruner": {"type", "min_resource", "reduction_factor"},
-    "data": {"protocol", "validation_split"},
-    "space": set(PARAMETERS),
-    "reference": {"test_accuracy", "test_loss", *PARAMETERS},
-}
-
-
-class _Reader:
-    """Reads keys out of one TOML table and names file and key in every error."""
-
-    def __init__(self, origin: str, section: str, table: Any) -> None:
-        self.origin, self.section = origin, section
-        if not isinstance(table, dict):
-            self.fail(section, table, "must be a table")
-        unknown = sorted(set(table) - _SECTIONS[section.split("[")[0]])
-        if unknown:
-            self.fail(f"{section}.{unknown[0]}", table[unknown[0]], "is not a known key")
-        self.table = table
-
-    def fail(self, key: str, value: Any, problem: str) -> None:
-        raise ConfigError(f"{self.origin}: {key} = {value!r} {problem}")
-
-    def get(self, key: str, kind: type | tuple[type, ...], default: Any = ...) -> Any:
-        if key not in self.table:
-            if default is ...:
-                raise ConfigError(f"{self.origin}: {self.section}.{key} is missing")
-            return default
-        value = self.table[key]
-        if isinstance(value, bool) and bool not in (kind if isinstance(kind, tuple) else (kind,)):
-            self.fail(f"{self.section}.{key}", value, f"must be {_kind_name(kind)}")
-        if not isinstance(value, kind):
-            self.fail(f"{self.section}.{key}", value, f"must be {_kind_name(kind)}")
-        return value
-
-    def integer(self, key: str, default: int, minimum: int, problem: str | None = None) -> int:
-        """An integer key, refused below ``minimum`` ("must be at least N", or ``problem``)."""
-        value = self.get(key, int, default)
-        if value < minimum:
-            self.fail(f"{self.section}.{key}", value, problem or f"must be at least {minimum}")
-        return value
-
-    def choice(self, key: str, choices: tuple[str, ...], default: Any = ...) -> str:
-        value = self.get(key, str, default)
-        if value not in choices:
-            self.fail(f"{self.section}.{key}", value, f"must be one of {', '.join(choices)}")
-        return value
-
-
-def _kind_name(kind: type | tuple[type, ...]) -> str:
-    kinds = kind if isinstance(kind, tuple) else (kind,)
-    names = {str: "a string", int: "an integer", float: "a number", bool: "true or false",
-             dict: "a table", list: "a list"}
-    return " or ".join(names.get(k, k.__name__) for k in kinds)
-
-
-def _parse(raw: dict[str, Any], origin: str) -> StudyDefinition:
-    unknown = sorted(set(raw) - set(_SECTIONS))
-    if unknown:
-        raise ConfigError(f"{origin}: [{unknown[0]}] is not a known section")
-    study = _Reader(origin, "study", raw.get("study", {}))
-    sampler = _Reader(origin, "sampler", raw.get("sampler", {}))
-    pruner = _Reader(origin, "pruner", raw.get("pruner", {}))
-    data = _Reader(origin, "data", raw.get("data", {}))
-    space_reader = _Reader(origin, "space", raw.get("space", {}))
-
-    name = study.get("name", str)
-    problem = name_problem(name)
-    if problem:
-        study.fail("study.name", name, problem)
-    sampler_type = sampler.choice("type", SAMPLERS)
-    protocol = data.choice("protocol", PROTOCOLS, "validation_split")
-    split = float(data.get("validation_split", (int, float), 0.2 if protocol == "validation_split" else 0.0))
-    if protocol == "validation_split" and not 0.0 < split < 1.0:
-        data.fail("data.validation_split", split, "must be between 0 and 1 (exclusive)")
-    metric = study.choice("metric", METRICS, "val_accuracy")
-    direction = study.choice("direction", DIRECTIONS, "minimize" if metric.endswith("loss") else "maximize")
-
-    trials = study.integer("trials", 1, minimum=1)
-    max_retries = study.integer("max_retries", 2, minimum=0, problem="must be 0 or more")
-    experiment = study.get("experiment", int, None)
-    repeats = study.integer("repeats", 1, minimum=1)
-    if repeats > 1 and sampler_type != "grid":
-        study.fail("study.repeats", repeats, f"needs the grid sampler; a {sampler_type} study sets study.trials")
-    share_prefixes = study.get("share_prefixes", bool, True)
-    pruner_type = pruner.choice("type", PRUNERS, "none")
-    for key in ("min_resource", "reduction_factor"):
-        if key in pruner.table and pruner_type != "hyperband":
-            pruner.fail(f"pruner.{key}", pruner.table[key], "is a hyperband setting; pruner.type is not hyperband")
-    min_resource = pruner.integer("min_resource", 1, minimum=1, problem="must be at least 1 epoch")
-    reduction_factor = pruner.integer("reduction_factor", 3, minimum=2)
-
-    space = {key: _parse_spec(space_reader, key) for key in PARAMETERS if key in space_reader.table}
-    missing = [key for key in PARAMETERS if key not in space]
-    if missing:
-        raise ConfigError(f"{origin}: space.{missing[0]} is missing")
-    _validate_space(space, sampler_type, origin)
-
-    definition = StudyDefinition(
-        name=name,
-        description=study.get("description", str, ""),
-        direction=direction,
-        metric=metric,
-        sampler=sampler_type,
-        seed=sampler.get("seed", int, 0),
-        pruner=pruner_type,
-        protocol=protocol,
-        validation_split=split if protocol == "validation_split" else 0.0,
-        trials=trials,
-        max_retries=max_retries,
-        space=space,
-        experiment=experiment,
-        references=tuple(_parse_references(raw.get("reference", []), origin)),
-        repeats=repeats,
-        share_prefixes=share_prefixes,
-        min_resource=min_resource,
-        reduction_factor=reduction_factor,
-        trial_limit=study.integer("trial_limit", StudyDefinition.trial_limit, minimum=1),
-    )
-    if definition.n_trials > definition.trial_limit:
-        size = (f"the grid has {definition.n_points:,} points x {repeats} repeat(s) = {definition.n_trials:,} trials"
-                if sampler_type == "grid" else f"study.trials = {trials:,}")
-        raise ConfigError(f"{origin}: {size}, more than study.trial_limit = {definition.trial_limit:,}; every trial "
-                          "is queued as a database row up front: raise study.trial_limit to queue them all")
-    if sampler_type in ("grid", "fixed") and definition.pruner != "none":
-        pruner.fail("pruner.type", definition.pruner, f"cannot be used with the {sampler_type} sampler")
-    if definition.pruner == "hyperband" and min_resource >= definition.max_epochs:
-        pruner.fail("pruner.min_resource", min_resource,
-                    f"must be less than the most epochs a trial trains ({definition.max_epochs})")
-    return definition
-
-
-def _parse_spec(reader: _Reader, key: str) -> Spec:
-    value = reader.table[key]
-    where = f"space.{key}"
-    if isinstance(value, dict):
-        unknown = sorted(set(value) - {"low", "high", "log"})
-        if unknown or "low" not in value or "high" not in value:
-            reader.fail(where, value, "must be a list of values or a table {low, high, log}")
-        if not all(isinstance(value[k], (int, float)) and not isinstance(value[k], bool) for k in ("low", "high")):
-            reader.fail(where, value, "must have numeric low and high")
-        if not isinstance(value.get("log", False), bool):
-            reader.fail(f"{where}.log", value["log"], "must be true or false")
-        return Range(value["low"], value["high"], value.get("log", False))
-    values = tuple(value) if isinstance(value, list) else (value,)
-    if not values:
-        reader.fail(where, value, "must not be an empty list")
-    return values
-
-
-def _validate_space(space: Mapping[str, Spec], sampler: str, origin: str) -> None:
+def validate_space(space: Mapping[str, Spec], sampler: str, origin: str) -> None:
     for key, spec in space.items():
         where = f"{origin}: space.{key}"
         if isinstance(spec, Range):
@@ -416,20 +211,3 @@ def check_value(key: str, value: Any, where: str) -> None:
     if key in ("batch_size", "epochs") and (
             isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value) or value < 1):
         raise ConfigError(f"{where}: {key.replace('_', ' ')} {value!r} must be an integer >= 1")
-
-
-def _parse_references(rows: Any, origin: str) -> list[Reference]:
-    if not isinstance(rows, list):
-        raise ConfigError(f"{origin}: reference must be an array of tables ([[reference]])")
-    refs = []
-    for i, row in enumerate(rows):
-        reader = _Reader(origin, f"reference[{i}]", row)
-        acc = float(reader.get("test_accuracy", (int, float)))
-        loss = float(reader.get("test_loss", (int, float)))
-        if not 0.0 <= acc <= 1.0:
-            reader.fail(f"reference[{i}].test_accuracy", acc, "must be between 0 and 1")
-        params = {k: v for k, v in row.items() if k in PARAMETERS}
-        for key, value in params.items():
-            check_value(key, value, f"{origin}: reference[{i}].{key}")
-        refs.append(Reference(params=params, test_accuracy=acc, test_loss=loss))
-    return refs
