@@ -125,6 +125,7 @@ def child_hpo(args: argparse.Namespace) -> dict[str, Any]:
     import hpo.training.objective
     import hpo.training.events
     import hpo.workers.loop
+    import hpo.cli.running
     from hpo.cli import main
 
     marks["imported"] = time.time()
@@ -160,7 +161,7 @@ def child_hpo(args: argparse.Namespace) -> dict[str, Any]:
         return links
 
     hpo.training.artifacts.TrialArtifacts.save = timed_save  # type: ignore[method-assign]
-    hpo.training.data.load_dataset = timed_load
+    hpo.cli.running.load_dataset = timed_load  # the name `hpo worker` calls it by
     hpo.training.objective.run_trial = timed_run_trial
 
     argv = ["--storage", args.storage, "worker", "overhead", "--subset", str(args.subset),
