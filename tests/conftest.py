@@ -9,6 +9,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -164,6 +166,23 @@ def user_error(result: subprocess.CompletedProcess[str], *fragments: str) -> str
     for fragment in fragments:
         assert fragment in lines[0], (fragment, lines[0])
     return lines[0]
+
+
+def freeze_outside_a_transaction(worker: subprocess.Popen[bytes], db: Path) -> None:
+    """SIGSTOP the worker (alive, but no heartbeat, no progress) at a moment it holds no write
+    lock on the SQLite file: one frozen inside a write transaction blocks every process until it
+    resumes (README: where exactly-once stops), and nobody could recover its trial meanwhile."""
+    for _ in range(100):
+        worker.send_signal(signal.SIGSTOP)
+        try:
+            with sqlite3.connect(db, timeout=0.5, isolation_level=None) as probe:
+                probe.execute("BEGIN IMMEDIATE")
+                probe.execute("ROLLBACK")
+            return
+        except sqlite3.OperationalError:  # frozen holding the lock: let it finish, try again
+            worker.send_signal(signal.SIGCONT)
+            time.sleep(0.1)
+    raise AssertionError("the worker held the database's write lock at every try")
 
 
 T = TypeVar("T")

@@ -12,7 +12,6 @@ import os
 import re
 import shutil
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -31,7 +30,8 @@ from hpo.study.plan import trial_sampler
 from hpo.workers import liveness
 from hpo.workers.liveness import Settings, Watch
 
-from conftest import created_study, missing, ok, run_hpo, study_body, wait_for, write_study
+from conftest import (created_study, freeze_outside_a_transaction, missing, ok, run_hpo, study_body, wait_for,
+                      write_study)
 
 # Points of several epochs each: two workers train side by side for a while, and each looks at
 # the other's running trial between its own (a worker recovers dead trials before each claim,
@@ -141,23 +141,6 @@ def test_workers_whose_clocks_differ_never_fail_each_other(offset: str, storage_
     assert len(hosts) == 2, hosts
 
 
-def _freeze_outside_a_transaction(worker: subprocess.Popen[bytes], db: Path) -> None:
-    """SIGSTOP the worker (alive, but no heartbeat, no progress) at a moment it holds no write
-    lock on the SQLite file: one frozen inside a write transaction blocks every process until it
-    resumes (README: where exactly-once stops), and nobody could recover its trial meanwhile."""
-    for _ in range(100):
-        worker.send_signal(signal.SIGSTOP)
-        try:
-            with sqlite3.connect(db, timeout=0.5, isolation_level=None) as probe:
-                probe.execute("BEGIN IMMEDIATE")
-                probe.execute("ROLLBACK")
-            return
-        except sqlite3.OperationalError:  # frozen holding the lock: let it finish, try again
-            worker.send_signal(signal.SIGCONT)
-            time.sleep(0.1)
-    raise AssertionError("the worker held the database's write lock at every try")
-
-
 def test_a_worker_frozen_past_the_grace_period_comes_back_calmly(data_path: str, tmp_path: Path) -> None:
     """Frozen in the middle of training (its trial has 5,000 epochs to go, so the moment is the
     test's), it is found dead by another worker, which retries the point; resumed, it learns at
@@ -172,7 +155,7 @@ def test_a_worker_frozen_past_the_grace_period_comes_back_calmly(data_path: str,
     try:
         wait_for(lambda: any(t.state == TrialState.RUNNING and t.intermediate_values
                              for t in _trials(db, "frozen")), 180, "the first epoch")
-        _freeze_outside_a_transaction(worker, tmp_path / "hpo.db")
+        freeze_outside_a_transaction(worker, tmp_path / "hpo.db")
         (before,) = _trials(db, "frozen")
         # Another worker finds the trial silent for its grace period (4 s, as claimed), fails it
         # and queues its retry, which it then trains itself.

@@ -90,10 +90,24 @@ def test_a_trial_that_no_retry_can_mend_fails_once(error: Exception, storage_url
     """keras-tuner's FailedTrialError: the same configuration fails the same way every time, so
     its point fails for good at once instead of using up max_retries (here 1) on a certainty."""
     study, definition = created_study(storage_url, tmp_path)
-    summary = run_worker([Job(study, definition, _failing(definition, error))], poll_interval=0.1)
+    discarded = _Discarded()
+    summary = run_worker([Job(study, definition, _failing(definition, error), checkpoints=discarded)],
+                         poll_interval=0.1)
     assert summary.complete == 4 and summary.failed == 2  # 2 points x 1 try, no retry
     failed = [t for t in study.get_trials() if t.state == TrialState.FAIL]
     assert len(failed) == 2 and all(t.system_attrs[records.FATAL] for t in failed)
     assert all(str(error) in t.user_attrs[records.ERROR] for t in failed)
     assert study_status(study, definition).points == {"pending": 0, "running": 0, "complete": 4, "pruned": 0,
                                                       "failed": 2}
+    # Failed for good: nothing will go on from their checkpoints, which are deleted.
+    assert sorted(discarded.slots) == sorted(t.system_attrs[records.SLOT] for t in failed)
+
+
+class _Discarded:
+    """A checkpoint store that keeps only which slots the loop told it to discard."""
+
+    def __init__(self) -> None:
+        self.slots: list[int] = []
+
+    def discard(self, slot: int) -> None:
+        self.slots.append(slot)

@@ -3,6 +3,8 @@ and what counts as a diverged run."""
 
 from __future__ import annotations
 
+import functools
+
 import math
 from pathlib import Path
 
@@ -14,6 +16,7 @@ from hpo.storage import records
 from hpo.study.definition import StudyDefinition
 from hpo.study.files import load_definition
 from hpo.training.data import load_dataset
+from hpo.training.checkpoints import Checkpoints
 from hpo.training.objective import run_trial
 from hpo.results.curves import search_curve
 from hpo.results.rows import trial_row
@@ -39,8 +42,11 @@ def _run(tmp_path: Path, data, body: str, name: str = "study", db: str = "hpo.db
     study, _ = create_study(open_storage(f"sqlite:///{tmp_path / db}"), definition)
     if pruner is not None:
         study.pruner = pruner
-    summary = run_worker([Job(study, definition, lambda run: run_trial(run, definition, data,
-                                                                         environment={"host": "test"}))])
+    checkpoints = Checkpoints(tmp_path / "store", name)  # every epoch, as a worker keeps them
+    objective = functools.partial(run_trial, definition=definition, data=data, environment={"host": "test"},
+                                  checkpoints=checkpoints)
+    summary = run_worker([Job(study, definition, objective, None, checkpoints)])
+    assert not list(checkpoints.folder.glob("*.npz"))  # every trial ended (completed, pruned): none is left
     return sorted(study.get_trials(), key=lambda t: t.number), summary, definition
 
 

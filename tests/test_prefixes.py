@@ -16,7 +16,6 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-import keras
 import numpy as np
 import optuna
 import pytest
@@ -28,8 +27,6 @@ from hpo.study.files import load_definition
 from hpo.training.objective import run_trial
 from hpo.storage.open import open_storage
 from hpo.study.create import create_study
-from hpo.training.data import validation_split
-from hpo.training.models import build_model, compile_model
 from hpo.training.train import Params, Training, train
 from hpo.workers.loop import Job, run_worker
 
@@ -140,20 +137,6 @@ def test_a_milestone_holds_the_weights_of_an_independent_run(architecture: str, 
     assert np.array_equal(predictions, alone.model.predict(small_data.x_test, verbose=0))
 
 
-@ARCHITECTURES
-def test_training_an_epoch_at_a_time_gives_the_weights_of_one_fit(architecture: str, augmentation: str,
-                                                                  small_data) -> None:
-    """hpo trains an epoch per ``fit`` call; that is the report's single ``fit`` over all epochs,
-    weight for weight (Keras' shuffles and layer randomness carry over between calls)."""
-    params = Params(architecture, augmentation, 0.001, 64, 3)
-    ours = train(params, small_data, seed=11)
-    keras.backend.clear_session()
-    keras.utils.set_random_seed(11)
-    model = compile_model(build_model(architecture, augmentation=augmentation, seed=11), 0.001)
-    (x, y), validation = validation_split(small_data.x_train, small_data.y_train, 0.2)
-    history = model.fit(x, y, batch_size=64, epochs=3, validation_data=validation, verbose=0).history
-    assert all(np.array_equal(a, b) for a, b in zip(ours.model.get_weights(), model.get_weights(), strict=True))
-    assert ours.history["val_accuracy"] == [float(v) for v in history["val_accuracy"]]
 
 
 def test_a_crash_part_way_keeps_the_points_passed_and_retries_the_rest(storage_url: str, data_path: str,

@@ -71,6 +71,10 @@ data_options = [
     click.option("--subset", type=click.IntRange(min=10), metavar="N",
                  help="Train on a stratified subset of N images (N/5 test images)."),
     click.option("--threads", type=click.IntRange(min=1, max=1024), metavar="T", help="CPU threads per worker."),
+    click.option("--checkpoint-every", envvar="HPO_CHECKPOINT_EVERY", type=click.IntRange(min=0), default=1,
+                 show_default=True, metavar="E",
+                 help="Save a running trial's state every E epochs (and when stopped), for a retry to go on "
+                      "from; 0: never [env HPO_CHECKPOINT_EVERY]."),
 ]
 pool_options = stacked([  # a command that runs a pool of workers here (launch, confirm)
     click.option("-n", "--workers", type=click.IntRange(min=1), help="Worker processes [default: from the hardware]."),

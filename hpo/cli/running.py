@@ -46,7 +46,7 @@ def create(ctx: click.Context, study_file: str) -> None:
 @common_options
 @click.pass_context
 def worker(ctx: click.Context, studies: tuple[str, ...], data: str | None, subset: int | None,
-           threads: int | None, artifacts: str | None, max_trials: int | None) -> None:
+           threads: int | None, checkpoint_every: int, artifacts: str | None, max_trials: int | None) -> None:
     """Run trials of each STUDY (a name or a .toml file), in order, until all are done."""
     started = time.perf_counter()
     device.apply(threads)
@@ -61,15 +61,20 @@ def worker(ctx: click.Context, studies: tuple[str, ...], data: str | None, subse
     folder = paths.artifact_dir(url(ctx), artifacts)
 
     from hpo.training.artifacts import TrialArtifacts  # noqa: PLC0415  (matplotlib; after device.apply)
+    from hpo.training.checkpoints import Checkpoints  # noqa: PLC0415  (Keras, as the objective)
     from hpo.training.objective import run_trial  # noqa: PLC0415  (Keras, after device.apply set its threads)
 
     files_of_trials = TrialArtifacts(folder)
     # Paid once per worker, not per trial: imports, connecting, loading the data.
     environment = {**device.describe(), records.SUBSET: subset,
                    records.WORKER_STARTUP: round(time.perf_counter() - started, 2)}
-    summary = run_worker([Job(study, definition, functools.partial(run_trial, definition=definition, data=dataset,
-                                                                   environment=environment), files_of_trials)
-                          for study, definition in chosen], max_trials=max_trials)
+    jobs = []
+    for study, definition in chosen:
+        checkpoints = Checkpoints(folder, definition.name) if checkpoint_every else None
+        objective = functools.partial(run_trial, definition=definition, data=dataset, environment=environment,
+                                      checkpoints=checkpoints, checkpoint_every=checkpoint_every)
+        jobs.append(Job(study, definition, objective, files_of_trials, checkpoints))
+    summary = run_worker(jobs, max_trials=max_trials)
     dropped = f", {summary.dropped} dropped (recovered by another worker)" if summary.dropped else ""
     click.echo(f"worker done: {summary.complete} complete, {summary.pruned} pruned, {summary.failed} failed{dropped}",
                err=True)

@@ -29,7 +29,8 @@ def epochs_trained(trial: FrozenTrial) -> int:
     run = trial.user_attrs.get(records.PREFIX_RUN)
     if run is not None and run != trial.number:
         return 0
-    return len(trial.intermediate_values)
+    # A retry that went on from a checkpoint handed back the epochs before it; it trained the rest.
+    return len(trial.intermediate_values) - int(trial.user_attrs.get(records.RESUMED_FROM, 0))
 
 
 def search_curve(study: optuna.Study, definition: StudyDefinition) -> list[CurvePoint]:
@@ -60,7 +61,7 @@ def _epochs_added(trials: list[FrozenTrial]) -> dict[int, int]:
         if run is not None:
             runs.setdefault(int(run), []).append(trial)
     for members in runs.values():
-        done = 0
+        done = int(members[0].user_attrs.get(records.RESUMED_FROM, 0))  # a resumed run's earlier epochs
         for trial in sorted(members, key=lambda t: len(t.intermediate_values)):
             added[trial.number] = max(0, len(trial.intermediate_values) - done)
             done = max(done, len(trial.intermediate_values))

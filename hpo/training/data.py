@@ -41,6 +41,9 @@ class Dataset:
     x_test: np.ndarray = field(repr=False)
     y_test: np.ndarray = field(repr=False)
     source: str
+    # What the arrays are: the content of the source (its cache key) and the selection made from
+    # it (subset, seed). Two workers with the same fingerprint hold the same images in the same order.
+    fingerprint: str = ""
 
     @property
     def num_classes(self) -> int:
@@ -68,16 +71,16 @@ def load_dataset(
     source = source if source is not None else os.environ.get("HPO_DATA") or None
     root = Path(cache_dir or os.environ.get("HPO_CACHE") or Path.home() / ".cache" / "hpo")
     if source is None:
-        description = "keras.datasets.cifar10"
-        arrays = _cached(root / _CACHE_LAYOUT / "keras-cifar10", decode.load_keras_cifar10, description)
+        description, key = "keras.datasets.cifar10", "keras-cifar10"
+        arrays = _cached(root / _CACHE_LAYOUT / key, decode.load_keras_cifar10, description)
     else:
         path = Path(source).expanduser().resolve()
         if not path.exists():
             raise DataError(f"{path}: no such file or directory")
         if not (path.is_file() or path.is_dir()):  # a FIFO or a device would be read without end
             raise DataError(f"{path}: not a regular file or folder")
-        entry = root / _CACHE_LAYOUT / _cache_key(path)
-        arrays = _cached(entry, lambda: decode.decode(path), str(path))
+        key = _cache_key(path)
+        arrays = _cached(root / _CACHE_LAYOUT / key, lambda: decode.decode(path), str(path))
         description = str(path)
 
     rng = np.random.default_rng(seed)
@@ -97,6 +100,7 @@ def load_dataset(
         x_test=arrays["x_test"][test],
         y_test=np.asarray(arrays["y_test"][test], dtype=np.int64),
         source=description,
+        fingerprint=f"{key}/subset={subset}/seed={seed}",
     )
 
 

@@ -113,6 +113,13 @@ Event = Begun | EpochEnd | Finished
 Objective = Callable[[Run], Iterator[Event]]
 
 
+class CheckpointStore(Protocol):
+    """Where runs save their state (hpo.training.checkpoints.Checkpoints)."""
+
+    def discard(self, slot: int) -> None:
+        """Delete the slot's checkpoint: its trial has ended for good."""
+
+
 class Artifacts(Protocol):
     """Files a finished trial leaves behind (hpo.training.artifacts.TrialArtifacts)."""
 

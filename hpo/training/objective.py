@@ -8,12 +8,14 @@ them. The worker loop (:mod:`hpo.workers.loop`) reports and records them.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 from collections.abc import Iterator, Mapping
 from typing import Any
 
 import optuna
+from optuna.trial import FrozenTrial
 
 from hpo.study import plan
 from hpo.storage import records
@@ -21,7 +23,8 @@ from hpo.study.definition import Range, StudyDefinition
 from hpo.training.data import Dataset
 from hpo.training.events import Begun, EpochEnd, Event, Finished, Run, TrainResult
 from hpo.storage.open import retrying
-from hpo.training.train import Params, Training
+from hpo.training.checkpoints import Checkpoints, Identity, model_code_version
+from hpo.training.train import Params, Training, TrainingState
 
 log = logging.getLogger(__name__)
 
@@ -48,44 +51,105 @@ def run_trial(
     data: Dataset,
     *,
     environment: Mapping[str, Any] | None = None,
+    checkpoints: Checkpoints | None = None,
+    checkpoint_every: int = 1,
 ) -> Iterator[Event]:
     """Train ``run.trial``, an epoch at a time, and hand back what the worker loop records.
 
     Yields a :class:`Begun` with what each trial runs with, an :class:`EpochEnd` after every
     epoch, and a :class:`Finished` for each of ``run.shorter`` when the run passes its epoch
     count (its own result, as a run of that many epochs gives it), then for ``run.trial`` at the
-    end. Writes nothing to the trials but the
-    parameters the sampler draws for them.
+    end. Writes nothing to the trials but the parameters the sampler draws for them.
+
+    With ``checkpoints``, the run saves its state every ``checkpoint_every`` epochs and when it
+    is stopped, and a retry of its slot goes on from there: its earlier epochs are handed back
+    again (so the trial's curve is whole), and the trial records where it resumed.
     """
     trial = run.trial
     params = {t.number: retrying(functools.partial(suggest, t, definition), what="suggest parameters")
               for t in run.trials}
-    seed = plan.run_seed(records.frozen(trial), definition)
+    frozen = records.frozen(trial)
+    seed = plan.run_seed(frozen, definition)
+    training = Training(params[trial.number], data, protocol=definition.protocol,
+                        fraction=definition.validation_split, seed=seed)
+    identity = Identity(definition.name, int(frozen.system_attrs.get(records.SLOT, -trial.number - 1)),
+                        dataclasses.asdict(params[trial.number]), seed, data.fingerprint, model_code_version())
+    before = _epochs_of_earlier_attempts(trial, frozen)  # trained by this slot's failed attempts
+    loaded = checkpoints.load(identity) if checkpoints is not None else None
+    if loaded is not None and any(_passed(params[t.number].epochs, loaded[0]) for t in run.shorter):
+        # A point of the group that the checkpoint has passed without its result: only a run from
+        # the start can give it (never expected: a run saves only after its points on the way).
+        log.warning("checkpoint of slot %d is past a point of this run; training from scratch", identity.slot)
+        loaded = None
+    if loaded is not None:
+        training.restore(loaded[0])
+    resumed = {records.RESUMED_FROM: training.epochs_run, records.RESUMED_BATCHES: training.batches_done} \
+        if loaded is not None else {}
     shared = {records.PREFIX_RUN: trial.number} if run.shorter else {}
     described = {}
     for t in run.trials:
         repeat = records.frozen(t).system_attrs.get(records.REPEAT)
         described[t.number] = {records.SEED: seed, records.SINGLE_VALUED: definition.fixed, records.DATA: data.source,
-                               records.TRAIN_IMAGES: int(len(data.x_train)), **shared, **(environment or {}),
-                               **({records.REPEAT_SHOWN: repeat} if repeat is not None else {})}
-    log.info("trial %d: %s (seed %d)%s", trial.number, params[trial.number], seed,
-             "".join(f"; trial {t.number} at epoch {params[t.number].epochs}" for t in run.shorter))
+                               records.TRAIN_IMAGES: int(len(data.x_train)), **shared, **resumed,
+                               **(environment or {}), **({records.REPEAT_SHOWN: repeat} if repeat is not None else {})}
+    log.info("trial %d: %s (seed %d)%s%s", trial.number, params[trial.number], seed,
+             "".join(f"; trial {t.number} at epoch {params[t.number].epochs}" for t in run.shorter),
+             f"; resumed after epoch {training.epochs_run} (+{training.batches_done} batches)" if resumed else "")
     yield Begun(described)
+    for epoch, value in enumerate(training.history.get("val_accuracy", []), 1):  # the curve before the resume
+        yield EpochEnd(epoch, value)
+
+    first = training.epochs_run
+
+    def trained() -> int:
+        """Whole epochs every attempt of this slot has trained, this one's so far included."""
+        return before + training.epochs_run - first
 
     def finished(t: optuna.Trial, result: TrainResult) -> Finished:
         metrics = result.metrics()
         value = metrics[definition.metric]
         if value is None:  # a loss that blew up to inf/nan still ranks, last
-            value = float("-inf") if definition.direction == "maximize" else float("inf")
+            value = definition.worst
         log.info("trial %d: %s = %.4f, test accuracy %s%s", t.number, definition.metric, value,
                  metrics["test_accuracy"], " (diverged)" if result.diverged else "")
-        return Finished(t, float(value), metrics, result)
+        return Finished(t, float(value), {**metrics, records.EPOCHS_ALL_ATTEMPTS: trained()}, result)
 
-    training = Training(params[trial.number], data, protocol=definition.protocol,
-                        fraction=definition.validation_split, seed=seed)
-    for epoch in training.epochs():
-        yield EpochEnd(epoch, training.history["val_accuracy"][-1])
-        for t in run.shorter:
-            if params[t.number].epochs == epoch and t.number not in run.done:  # else given up by the loop
+    if checkpoints is not None:
+        training.on_stop = lambda state: checkpoints.save(identity, state, trained())
+    try:
+        for t in run.shorter:  # a point that ends where the checkpoint does: its result is the state restored
+            if loaded is not None and params[t.number].epochs == training.epochs_run and t.number not in run.done:
                 yield finished(t, training.result())
-    yield finished(trial, training.result())
+        for epoch in training.epochs():
+            yield EpochEnd(epoch, training.history["val_accuracy"][-1])
+            for t in run.shorter:
+                if params[t.number].epochs == epoch and t.number not in run.done:  # else given up by the loop
+                    yield finished(t, training.result())
+            # Saved once the epoch is reported and its points recorded: a retry never goes on from
+            # an epoch no attempt reported, nor past a point it would then never complete.
+            if checkpoints is not None and checkpoint_every and epoch % checkpoint_every == 0 \
+                    and epoch < params[trial.number].epochs:
+                checkpoints.save(identity, training.state(), trained())
+        yield finished(trial, training.result())
+    except GeneratorExit:  # the loop stopped the run: pruned, never to be retried
+        if checkpoints is not None:
+            checkpoints.discard(identity.slot)
+        raise
+    if checkpoints is not None:  # recorded: the loop asked for more after the last result
+        checkpoints.discard(identity.slot)
+
+
+def _passed(epochs: int, state: TrainingState) -> bool:
+    """Whether a state saved after ``state.epochs_done`` epochs (and some batches) is past ``epochs``."""
+    return epochs < state.epochs_done or (epochs == state.epochs_done and state.batches_done > 0)
+
+
+def _epochs_of_earlier_attempts(trial: optuna.Trial, frozen: FrozenTrial) -> int:
+    """Whole epochs the failed attempts before this trial trained (each reported them; a resumed
+    one also handed back the epochs it resumed after, which it did not train)."""
+    if records.RETRY_OF not in frozen.system_attrs:
+        return 0
+    slot = frozen.system_attrs.get(records.SLOT)
+    earlier = [t for t in trial.study.get_trials(deepcopy=False)
+               if t.system_attrs.get(records.SLOT) == slot and t.number < trial.number]
+    return sum(len(t.intermediate_values) - int(t.user_attrs.get(records.RESUMED_FROM, 0)) for t in earlier)

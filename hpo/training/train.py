@@ -12,7 +12,7 @@ import math
 import time
 from dataclasses import dataclass
 from typing import Any
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import keras
 import numpy as np
@@ -58,15 +58,31 @@ def split(data: Dataset, protocol: str, fraction: float) -> tuple[ImagesLabels, 
     return validation_split(data.x_train, data.y_train, fraction)
 
 
+@dataclass
+class TrainingState:
+    """What makes the rest of a run what it would have been had it never stopped: the model's
+    variables (its weights, and the random state of its dropout and augmentation layers), the
+    optimizer's (its step count and moments), the epochs done and, for a run stopped in the middle
+    of an epoch, the batches done of that epoch. Each epoch's data order follows from the seed and
+    the epoch's number alone, so it needs no state."""
+
+    model_variables: list[np.ndarray]
+    optimizer_variables: list[np.ndarray]
+    epochs_done: int
+    batches_done: int
+    history: dict[str, list[float]]
+    fit_seconds: float
+
+
 class Training:
     """One configuration in training: built and compiled when made, then trained an epoch at a
     time (:meth:`epochs`), and scored on the test set whenever asked (:meth:`result`).
 
-    Each epoch is a ``model.fit`` call of its own (``initial_epoch``), which gives, on one CPU,
-    exactly the weights one call over all epochs gives (tests/test_prefixes.py): Keras draws
-    each epoch's shuffle and every layer's randomness from state that lives on across calls.
-    Nothing here depends on the total epoch count, so the result after k epochs is the model a
-    k-epoch run of the same seed trains.
+    Each epoch is a ``model.fit`` call of its own, on the training images in an order drawn from
+    the seed and the epoch's number (``np.random.default_rng([seed, epoch])``), so that a run can
+    stop after any batch, save its :class:`TrainingState`, and go on in another process exactly
+    as it would have (tests/test_checkpoints.py). Nothing depends on the total epoch count, so
+    the model after k epochs is the one a k-epoch run of the same seed trains.
     """
 
     def __init__(self, params: Params, data: Dataset, *, protocol: str = "validation_split", fraction: float = 0.2,
@@ -77,33 +93,69 @@ class Training:
         self.model = compile_model(build_model(params.architecture, augmentation=params.augmentation, seed=seed),
                                    params.learning_rate)
         self.build_seconds = time.perf_counter() - started
-        self.params, self.data, self.callbacks = params, data, list(callbacks)
+        self.params, self.data, self.seed, self.callbacks = params, data, seed, list(callbacks)
         (self.x_fit, self.y_fit), self.validation = split(data, protocol, fraction)
         self.history: dict[str, list[float]] = {}
         self.fit_seconds = 0.0
+        self.batches_done = 0  # of the epoch in progress, when the run resumes in the middle of one
+        # Called, at a stop, with the state the run stopped in (a checkpoint), before Stopped is raised.
+        self.on_stop: Callable[[TrainingState], None] | None = None
 
     @property
     def epochs_run(self) -> int:
         return len(self.history.get("loss", []))
 
+    def order(self, epoch: int) -> np.ndarray:
+        """The order of the training images in epoch ``epoch`` (from 0): the seed's and the epoch's."""
+        return np.random.default_rng([self.seed, epoch]).permutation(len(self.x_fit))
+
     def epochs(self) -> Iterator[int]:
         """Train the epochs left, one per step; yields the number of the epoch just ended (from 1).
 
         A stop asked for (:data:`hpo.training.events.STOP`, a worker's signal) raises
-        :class:`hpo.training.events.Stopped` at the next batch boundary: the epoch cut short
-        leaves no trace in the history.
+        :class:`hpo.training.events.Stopped` at the next batch boundary, after :attr:`on_stop`
+        has been handed the state to go on from.
         """
         while self.epochs_run < self.params.epochs:
-            STOP.check()
+            if STOP.reason is not None:
+                self._stop(self.batches_done)
             epoch = self.epochs_run
+            rest = self.order(epoch)[self.batches_done * self.params.batch_size:]
             started = time.perf_counter()
-            logs = self.model.fit(self.x_fit, self.y_fit, batch_size=self.params.batch_size, epochs=epoch + 1,
-                                  initial_epoch=epoch, validation_data=self.validation,
-                                  callbacks=[*self.callbacks, _StopAtBatchEnd()], verbose=0).history
+            logs = self.model.fit(self.x_fit[rest], self.y_fit[rest], batch_size=self.params.batch_size,
+                                  epochs=epoch + 1, initial_epoch=epoch, shuffle=False,
+                                  validation_data=self.validation, verbose=0,
+                                  callbacks=[*self.callbacks, _StopAtBatchEnd(self, self.batches_done)]).history
             self.fit_seconds += time.perf_counter() - started
+            self.batches_done = 0
             for key, values in logs.items():
                 self.history.setdefault(key, []).extend(float(v) for v in values)
             yield epoch + 1
+
+    def state(self, batches_done: int = 0) -> TrainingState:
+        """The run as it stands, to go on from later (after ``batches_done`` of the next epoch)."""
+        numpy = keras.ops.convert_to_numpy
+        return TrainingState(model_variables=[numpy(v) for v in self.model.variables],
+                             optimizer_variables=[numpy(v) for v in self.model.optimizer.variables],
+                             epochs_done=self.epochs_run, batches_done=batches_done,
+                             history={k: list(v) for k, v in self.history.items()}, fit_seconds=self.fit_seconds)
+
+    def restore(self, state: TrainingState) -> None:
+        """Go on from ``state`` (saved by a run of the same configuration, seed and data)."""
+        self.model.optimizer.build(self.model.trainable_variables)
+        for variables, values in ((self.model.variables, state.model_variables),
+                                  (self.model.optimizer.variables, state.optimizer_variables)):
+            if len(variables) != len(values):
+                raise ValueError(f"the state holds {len(values)} variables where the model has {len(variables)}")
+            for variable, value in zip(variables, values, strict=True):
+                variable.assign(value)
+        self.history = {k: list(v) for k, v in state.history.items()}
+        self.batches_done, self.fit_seconds = state.batches_done, state.fit_seconds
+
+    def _stop(self, batches_done: int) -> None:
+        if self.on_stop is not None:
+            self.on_stop(self.state(batches_done))
+        STOP.check()
 
     def result(self) -> TrainResult:
         """The epochs trained so far: the model as it is now, scored on the test set."""
@@ -113,11 +165,19 @@ class Training:
 
 
 class _StopAtBatchEnd(keras.callbacks.Callback):
-    """Raises :class:`hpo.training.events.Stopped` at the first batch boundary after a stop was asked for: a
-    point Keras expects callbacks to raise at, where a signal handler's raise is not."""
+    """At the first batch boundary after a stop was asked for, hands the training's state to its
+    ``on_stop`` and raises :class:`hpo.training.events.Stopped`: a point Keras expects callbacks
+    to raise at, where a signal handler's raise is not."""
+
+    def __init__(self, training: Training, first_batch: int) -> None:
+        super().__init__()
+        self.training, self.first_batch = training, first_batch
 
     def on_train_batch_end(self, batch: int, logs: Mapping[str, float] | None = None) -> None:
-        STOP.check()
+        # After an epoch's last batch the epoch ends first (its validation, its history), and the
+        # stop comes at the next epoch's start: a state is never one of no batches left.
+        if STOP.reason is not None and batch + 1 < (self.params or {}).get("steps", batch + 2):
+            self.training._stop(self.first_batch + batch + 1)
 
 
 def train(params: Params, data: Dataset, *, protocol: str = "validation_split", fraction: float = 0.2, seed: int = 0,

@@ -34,7 +34,7 @@ from hpo.study.definition import StudyDefinition
 from hpo.study import plan
 from hpo.workers import liveness
 from hpo.workers.liveness import Heartbeat, Settings, Watch
-from hpo.training.events import STOP, Artifacts, Begun, EpochEnd, Finished, Objective, Run, Stopped
+from hpo.training.events import STOP, Artifacts, Begun, CheckpointStore, EpochEnd, Finished, Objective, Run, Stopped
 from hpo.storage.open import StorageUnusable, retrying
 
 log = logging.getLogger(__name__)
@@ -77,13 +77,14 @@ class _Signals:
 
 @dataclass
 class Job:
-    """A study a worker runs trials of, with the objective that trains them and the store for
-    its trials' files (none: the trials keep their numbers only)."""
+    """A study a worker runs trials of, with the objective that trains them, the store for its
+    trials' files (none: the trials keep their numbers only) and for its runs' checkpoints."""
 
     study: optuna.Study
     definition: StudyDefinition
     objective: Objective
     artifacts: Artifacts | None = None
+    checkpoints: CheckpointStore | None = None
 
 
 def run_worker(jobs: Sequence[Job], *, poll_interval: float = 2.0,
@@ -283,3 +284,12 @@ def _fail_run(job: Job, record: _Recorder, message: str, *, interrupted: bool = 
         if retrying(fail, what="record a failed trial"):
             record.summary.failed += 1
     retrying(lambda: queueing.sync(job.study, job.definition), what="queue a retry")
+    slot = records.frozen(record.run.trial).system_attrs.get(records.SLOT)
+    if job.checkpoints is not None and slot is not None and _over(job.study, int(slot)):
+        job.checkpoints.discard(int(slot))  # failed for good: no retry will go on from it
+
+
+def _over(study: optuna.Study, slot: int) -> bool:
+    """Whether a slot has no trial left that could still run (its retries used up, or fatal)."""
+    attempts = plan.by_slot(retrying(lambda: study.get_trials(deepcopy=False), what="read trials")).get(slot, [])
+    return not any(t.state in (TrialState.WAITING, TrialState.RUNNING) for t in attempts)

@@ -206,8 +206,8 @@ class Pool:
     data decoded (once, for all workers) when it is made, before anything is written; then run."""
 
     def __init__(self, url: StorageURL, names: Sequence[str], *, workers: int | None, gpus: str | None,
-                 data: str | None, subset: int | None, threads: int | None, artifacts: str | None,
-                 log_dir: str) -> None:
+                 data: str | None, subset: int | None, threads: int | None, checkpoint_every: int = 1,
+                 artifacts: str | None, log_dir: str) -> None:
         self.url = url
         Settings.from_environment()
         self.logs = paths.folder(Path(log_dir) / log_folder_name(names), "--logs", make=False)
@@ -217,7 +217,8 @@ class Pool:
                                threads=threads)
         load_dataset(data, subset=subset)  # decoded into the cache once, for every worker
         self.args: list[str] = []
-        for flag, value in (("--data", data), ("--subset", subset), ("--artifacts", artifacts)):
+        for flag, value in (("--data", data), ("--subset", subset), ("--artifacts", artifacts),
+                            ("--checkpoint-every", checkpoint_every)):
             if value is not None:
                 self.args += [flag, str(value)]
 
