@@ -116,26 +116,23 @@ def run_trial(
 
     if checkpoints is not None:
         training.on_stop = lambda state: checkpoints.save(identity, state, trained())
-    try:
-        for t in run.shorter:  # a point that ends where the checkpoint does: its result is the state restored
-            if loaded is not None and params[t.number].epochs == training.epochs_run and t.number not in run.done:
+    for t in run.shorter:  # a point that ends where the checkpoint does: its result is the state restored
+        if loaded is not None and params[t.number].epochs == training.epochs_run and t.number not in run.done:
+            yield finished(t, training.result())
+    for epoch in training.epochs():
+        yield EpochEnd(epoch, training.history["val_accuracy"][-1])
+        for t in run.shorter:
+            if params[t.number].epochs == epoch and t.number not in run.done:  # else given up by the loop
                 yield finished(t, training.result())
-        for epoch in training.epochs():
-            yield EpochEnd(epoch, training.history["val_accuracy"][-1])
-            for t in run.shorter:
-                if params[t.number].epochs == epoch and t.number not in run.done:  # else given up by the loop
-                    yield finished(t, training.result())
-            # Saved once the epoch is reported and its points recorded: a retry never goes on from
-            # an epoch no attempt reported, nor past a point it would then never complete.
-            if checkpoints is not None and checkpoint_every and epoch % checkpoint_every == 0 \
-                    and epoch < params[trial.number].epochs:
-                checkpoints.save(identity, training.state(), trained())
-        yield finished(trial, training.result())
-    except GeneratorExit:  # the loop stopped the run: pruned, never to be retried
-        if checkpoints is not None:
-            checkpoints.discard(identity.slot)
-        raise
-    if checkpoints is not None:  # recorded: the loop asked for more after the last result
+        # Saved once the epoch is reported and its points recorded: a retry never goes on from
+        # an epoch no attempt reported, nor past a point it would then never complete.
+        if checkpoints is not None and checkpoint_every and epoch % checkpoint_every == 0 \
+                and epoch < params[trial.number].epochs:
+            checkpoints.save(identity, training.state(), trained())
+    yield finished(trial, training.result())
+    # Reached only when the loop asks for more after the last result. A loop that lets go of the
+    # run earlier (pruned, or stopped between two events) says itself what becomes of the checkpoint.
+    if checkpoints is not None:
         checkpoints.discard(identity.slot)
 
 

@@ -220,6 +220,7 @@ def _run_one(job: Job, run: Run, settings: Settings, summary: WorkerSummary) -> 
                         log.info("trial %d pruned after epoch %d (val_accuracy %.4f)", trial.number,
                                  event.epoch, event.value)
                         record.finish(trial, TrialState.PRUNED)
+                        _discard_checkpoint(job, record)  # never to be retried
                         return
                 else:
                     record.finished(event)
@@ -285,8 +286,14 @@ def _fail_run(job: Job, record: _Recorder, message: str, *, interrupted: bool = 
             record.summary.failed += 1
     retrying(lambda: queueing.sync(job.study, job.definition), what="queue a retry")
     slot = records.frozen(record.run.trial).system_attrs.get(records.SLOT)
-    if job.checkpoints is not None and slot is not None and _over(job.study, int(slot)):
-        job.checkpoints.discard(int(slot))  # failed for good: no retry will go on from it
+    if slot is not None and _over(job.study, int(slot)):
+        _discard_checkpoint(job, record)  # failed for good: no retry will go on from it
+
+
+def _discard_checkpoint(job: Job, record: _Recorder) -> None:
+    slot = records.frozen(record.run.trial).system_attrs.get(records.SLOT)
+    if job.checkpoints is not None and slot is not None:
+        job.checkpoints.discard(int(slot))
 
 
 def _over(study: optuna.Study, slot: int) -> bool:
