@@ -1,8 +1,13 @@
-"""Tests for hpo.training.data: every source format, bad inputs, shuffling, subsets and the decode cache."""
+"""Tests for hpo.training.data: every source format, bad inputs, shuffling, subsets and the decode cache.
+
+Data sets other than CIFAR-10 (any class names, sizes, grayscale, keras names) and the content
+digest are tested in test_data_formats.py.
+"""
 
 from __future__ import annotations
 
 import gzip
+import hashlib
 import io
 import logging
 import os
@@ -23,10 +28,10 @@ from PIL import Image
 from hpo.training.data import CLASS_NAMES, Dataset, load_dataset, validation_split
 from hpo.errors import DataError
 
-from conftest import missing
+from conftest import DEFAULT_DATA
 
-REAL_DATA = os.environ.get("HPO_DATA")  # read before the autouse fixture clears it
 REPO = Path(__file__).resolve().parents[1]
+LAYOUT = "data-v2"  # hpo.training.data._CACHE_LAYOUT
 Arrays = dict[str, np.ndarray]
 
 
@@ -53,12 +58,13 @@ def _write_npz(path: Path, arrays: Arrays) -> Path:
     return path
 
 
-def _write_image_folder(root: Path, arrays: Arrays, ext: str = "png") -> Path:
+def _write_image_folder(root: Path, arrays: Arrays, ext: str = "png", names: tuple[str, ...] = CLASS_NAMES) -> Path:
+    """``train/<name>/NNNN.png`` + ``test/...``: label i goes to the folder ``names[i]``."""
     for split in ("train", "test"):
         for i, (x, y) in enumerate(zip(arrays[f"x_{split}"], arrays[f"y_{split}"], strict=True)):
-            folder = root / split / CLASS_NAMES[y]
+            folder = root / split / names[y]
             folder.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(x).save(folder / f"{i:04d}.{ext}")
+            Image.fromarray(x.squeeze(-1) if x.shape[-1] == 1 else x).save(folder / f"{i:04d}.{ext}")
     return root
 
 
@@ -93,7 +99,7 @@ def _shuffled(arrays: Arrays, seed: int = 0) -> Arrays:
 
 
 FORMATS: dict[str, Callable[[Path, Arrays], Path]] = {
-    "npz": lambda d, a: _write_npz(d / "cifar.npz", a),
+    "npz": lambda d, a: _write_npz(d / "cifar.npz", {**a, "class_names": np.array(CLASS_NAMES)}),
     "image folder": lambda d, a: _write_image_folder(d / "images", a),
     "image tar.gz with top folder": lambda d, a: _write_tar(
         _write_image_folder(d / "images", a), d / "images.tar.gz", top="cifar10"
@@ -120,6 +126,15 @@ def test_every_format_gives_the_same_shuffled_arrays(fmt: str, tmp_path: Path) -
         np.testing.assert_array_equal(getattr(data, name), want, err_msg=name)
     assert data.source == str(source.resolve())
     assert data.num_classes == 10 and data.input_shape == (32, 32, 3)
+    assert data.class_names == CLASS_NAMES
+
+
+def test_every_format_of_the_same_images_has_the_same_content_digest(tmp_path: Path) -> None:
+    arrays = _arrays()
+    contents = {fmt: load_dataset(build(tmp_path / fmt, arrays), cache_dir=tmp_path / "cache").content
+                for fmt, build in FORMATS.items() if (tmp_path / fmt).mkdir() is None}
+    assert len(set(contents.values())) == 1, contents
+    assert len(_entries(tmp_path / "cache")) == len(FORMATS)  # six sources, six cache entries
 
 
 def test_jpeg_folder_decodes_close_to_the_original(tmp_path: Path) -> None:
@@ -199,6 +214,18 @@ def _unknown_class(d: Path) -> Path:
     return root
 
 
+def _empty_class(d: Path) -> Path:
+    root = _write_image_folder(d / "images", _arrays(1, 1))
+    (root / "train" / "deer" / "0004.png").unlink()  # the folder stays, empty
+    return root
+
+
+def _npy_named_npz(d: Path) -> Path:
+    with (d / "x.npz").open("wb") as f:
+        np.save(f, np.zeros(3))
+    return d / "x.npz"
+
+
 class _Evil:
     def __reduce__(self) -> tuple[object, ...]:
         return (os.mkdir, ("/tmp/hpo-test-pwned",))
@@ -221,40 +248,95 @@ BAD: dict[str, tuple[Callable[[Path], Path], str]] = {
         lambda d: _write_npz(d / "bad.npz", {k: v for k, v in _arrays().items() if k != "x_test"}),
         "missing array(s) x_test",
     ),
-    "npz wrong image shape": (
+    "npz images of shape (N, 5)": (
+        _npz_with(x_train=np.zeros((40, 5), np.uint8)),
+        "x_train has shape (40, 5), expected (N, H, W), (N, H, W, 1) or (N, H, W, 3)",
+    ),
+    "npz images of 4 channels": (
+        _npz_with(x_test=np.zeros((20, 32, 32, 4), np.uint8)),
+        "x_test has shape (20, 32, 32, 4), expected (N, H, W), (N, H, W, 1) or (N, H, W, 3)",
+    ),
+    "npz images of 0 pixels": (
+        _npz_with(x_test=np.zeros((20, 0, 32, 3), np.uint8)),
+        "x_test has shape (20, 0, 32, 3)",
+    ),
+    "npz grayscale train, colour test": (
         _npz_with(x_train=np.zeros((40, 32, 32), np.uint8)),
-        "x_train has shape (40, 32, 32), expected (N, 32, 32, 3)",
+        "train and test images differ in shape (H, W, C): (32, 32, 1) and (32, 32, 3)",
+    ),
+    "npz train and test of other sizes": (
+        _npz_with(x_test=np.zeros((20, 28, 28, 3), np.uint8)),
+        "train and test images differ in shape (H, W, C): (32, 32, 3) and (28, 28, 3)",
     ),
     "npz float images": (
-        _npz_with(x_test=np.zeros((20, 32, 32, 3), np.float32)),
-        "x_test has dtype float32, expected uint8",
+        _npz_with(x_test=np.zeros((20, 32, 32, 3), np.float64)),
+        "x_test has dtype float64, expected uint8 pixels 0..255: multiply and convert with .astype('uint8')",
+    ),
+    "npz float labels": (
+        _npz_with(y_train=np.zeros(40, np.float32)),
+        "y_train has shape (40,) and dtype float32, expected (N,) integers",
     ),
     "npz length mismatch": (
         _npz_with(y_train=np.zeros(39, np.int64)),
         "40 images in x_train but 39 labels in y_train",
     ),
     "npz label 12": (
-        _npz_with(y_test=np.full(20, 12)),
-        "y_test labels out of range 0..9 (found 12)",
+        _npz_with(y_test=np.full(20, 12), class_names=np.array(CLASS_NAMES)),
+        "y_test label 12 out of range 0..9 (class_names has 10 names)",
     ),
-    "npz label -1": (_npz_with(y_train=np.full(40, -1)), "labels out of range 0..9 (found -1)"),
+    "npz label -1": (_npz_with(y_train=np.r_[-1, np.arange(39) % 10]), "y_train label -1 out of range 0..9"),
+    "npz class without training images": (
+        _npz_with(y_train=np.arange(40) % 9, class_names=np.array(CLASS_NAMES)),
+        "class 'truck' has no training images",
+    ),
+    "npz label 12 without class_names": (_npz_with(y_test=np.full(20, 12)), "class '10' has no training images"),
+    "npz duplicate class names": (
+        _npz_with(class_names=np.array([*CLASS_NAMES[:9], "cat"])),
+        "class_names holds 'cat' twice",
+    ),
+    "npz empty class name": (_npz_with(class_names=np.array([*CLASS_NAMES[:9], " "])), "class_names[9] is empty"),
+    "npz class names not strings": (
+        _npz_with(class_names=np.arange(10)),
+        "class_names has shape (10,) and dtype int64, expected a 1-D array of strings",
+    ),
+    "npz class names as objects": (
+        _npz_with(class_names=np.array(CLASS_NAMES, dtype=object)),
+        "class_names must be an array of strings (Object arrays cannot be loaded when allow_pickle=False)",
+    ),
+    "npy named .npz": (_npy_named_npz, "not an .npz archive"),
     "npz empty train": (
         _npz_with(x_train=np.zeros((0, 32, 32, 3), np.uint8), y_train=np.zeros(0, np.int64)),
         "the train set is empty",
     ),
     "folder without test images": (_only_train, "the test set is empty"),
-    "unknown class folder": (_unknown_class, "unknown class folder 'train/unicorn'"),
+    "train and test name different classes": (
+        _unknown_class,
+        "train/ and test/ name different classes (only in train/: 'unicorn'; only in test/: 'airplane')",
+    ),
+    "empty class folder": (_empty_class, "class 'deer' has no training images"),
     "undecodable image": (
         _folder_with_image("train/cat/bad.png", b"not a png"),
         "train/cat/bad.png: undecodable image",
     ),
     "16x16 image": (
         _folder_with_image("test/dog/small.png", Image.new("RGB", (16, 16))),
-        "test/dog/small.png: image is RGB 16x16, expected RGB 32x32",
+        "test/dog/small.png: image is RGB 16x16, the others are RGB 32x32",
     ),
-    "grayscale image": (
+    "grayscale image among colour ones": (
         _folder_with_image("train/cat/grey.png", Image.new("L", (32, 32))),
-        "image is L 32x32, expected RGB 32x32",
+        "train/cat/grey.png: image is L 32x32, the others are RGB 32x32",
+    ),
+    "RGBA image": (
+        _folder_with_image("train/cat/alpha.png", Image.new("RGBA", (32, 32))),
+        "train/cat/alpha.png: image is RGBA; convert it to RGB or L (grayscale)",
+    ),
+    "palette image": (
+        _folder_with_image("test/cat/palette.png", Image.new("P", (32, 32))),
+        "test/cat/palette.png: image is P; convert it to RGB or L (grayscale)",
+    ),
+    "two image trees": (
+        _folder_with_image("copy/train/cat/0000.png", Image.new("RGB", (32, 32))),
+        "train/ and test/ folders both in 'the top' and in 'copy'; expected one tree",
     ),
     "batches without test_batch": (
         lambda d: _write_batches(d, _arrays()).joinpath("test_batch").unlink() or d,
@@ -263,7 +345,7 @@ BAD: dict[str, tuple[Callable[[Path], Path], str]] = {
     "garbage batch": (_batches_with("data_batch_3", b"garbage"), "corrupt CIFAR-10 batch"),
     "batch label 10": (
         _batches_with("test_batch", _batch(np.zeros((2, 3072), np.uint8), [0, 10])),
-        "y_test labels out of range 0..9 (found 10)",
+        "y_test label 10 out of range 0..9 (CIFAR-10 has 10 classes)",
     ),
     "batch of 3000 values": (
         _batches_with("data_batch_1", _batch(np.zeros((2, 3000), np.uint8), [0, 1])),
@@ -415,7 +497,7 @@ def test_validation_split_refuses_unequal_lengths() -> None:
 
 
 def _entries(cache: Path) -> list[Path]:
-    return sorted(p for p in (cache / "data-v1").iterdir() if p.is_dir())
+    return sorted(p for p in (cache / LAYOUT).iterdir() if p.is_dir())
 
 
 def test_second_load_reads_the_cache(tmp_path: Path) -> None:
@@ -424,7 +506,7 @@ def test_second_load_reads_the_cache(tmp_path: Path) -> None:
     [entry] = _entries(tmp_path / "cache")
     assert entry.name.startswith("tree-")
     names = sorted(p.name for p in entry.iterdir())
-    assert names == ["x_test.npy", "x_train.npy", "y_test.npy", "y_train.npy"]
+    assert names == ["meta.json", "x_test.npy", "x_train.npy", "y_test.npy", "y_train.npy"]
     second = load_dataset(source, cache_dir=tmp_path / "cache")
     for name in ("x_train", "y_train", "x_test", "y_test"):
         np.testing.assert_array_equal(getattr(first, name), getattr(second, name))
@@ -437,11 +519,11 @@ def test_a_changed_source_is_decoded_again(tmp_path: Path) -> None:
     source = _write_npz(tmp_path / "c.npz", _arrays())
     load_dataset(source, cache_dir=tmp_path / "cache")
     changed = _arrays()
-    changed["y_train"] = np.full(40, 3)
+    changed["x_train"][:] = 0
     _write_npz(source, changed)
     os.utime(source, ns=(0, 10**9))  # a different mtime even on coarse file systems
     data = load_dataset(source, cache_dir=tmp_path / "cache")
-    assert set(data.y_train) == {3}
+    assert not data.x_train.any()
     assert len(_entries(tmp_path / "cache")) == 2
 
 
@@ -545,7 +627,7 @@ def test_concurrent_cold_loads_decode_once_and_agree(tmp_path: Path) -> None:
     for other in results[1:]:
         for name in ("x_train", "y_train", "x_test"):
             np.testing.assert_array_equal(results[0][name], other[name])
-    assert [p.name for p in (cache / "data-v1").iterdir() if ".tmp-" in p.name] == []
+    assert [p.name for p in (cache / LAYOUT).iterdir() if ".tmp-" in p.name] == []
     assert len(_entries(cache)) == 1
 
 
@@ -589,7 +671,8 @@ def test_keras_source_is_flattened_shuffled_and_cached(
         np.testing.assert_array_equal(data.y_train, _shuffled(arrays)["y_train"])
     assert data.source == "keras.datasets.cifar10" and data.y_train.dtype == np.int64
     assert calls == [1]
-    assert (tmp_path / "cache" / "data-v1" / "keras-cifar10" / "x_train.npy").is_file()
+    assert (tmp_path / "cache" / LAYOUT / "keras-cifar10" / "x_train.npy").is_file()
+    assert data.class_names == CLASS_NAMES
 
 
 def test_hpo_data_is_the_default_source(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -598,49 +681,76 @@ def test_hpo_data_is_the_default_source(monkeypatch: pytest.MonkeyPatch, tmp_pat
     assert load_dataset().source == str(source)
 
 
-# --- the real archive (HPO_DATA) ---------------------------------------------------------------
+# --- the real archive (HPO_DATA, or the shared copy: conftest.data_path) ------------------------
 
 
 @pytest.fixture(scope="module")
-def real(tmp_path_factory: pytest.TempPathFactory) -> tuple[Dataset, Path]:
-    if not REAL_DATA:
-        missing("set HPO_DATA to a CIFAR-10 copy to test the real archive")
+def real(data_path: str, tmp_path_factory: pytest.TempPathFactory) -> tuple[Dataset, Path]:
     cache = tmp_path_factory.mktemp("real-cache")
-    return load_dataset(REAL_DATA, cache_dir=cache), cache  # decodes 60,000 images once
+    return load_dataset(data_path, cache_dir=cache), cache  # decodes 60,000 images once
 
 
 def test_real_archive_has_cifar10s_shape_and_balance(real: tuple[Dataset, Path]) -> None:
     data, _ = real
     assert data.x_train.shape == (50000, 32, 32, 3) and data.x_test.shape == (10000, 32, 32, 3)
     assert data.x_train.dtype == np.uint8 and data.y_train.dtype == np.int64
+    assert data.class_names == CLASS_NAMES and data.input_shape == (32, 32, 3)
     assert np.bincount(data.y_train).tolist() == [5000] * 10
     assert np.bincount(data.y_test).tolist() == [1000] * 10
     # Shuffled: the last 20% (keras' validation part) holds every class in fair measure.
     assert np.bincount(data.y_train[40000:], minlength=10).min() > 800
 
 
-def test_real_archive_loads_from_cache_fast(real: tuple[Dataset, Path], caplog) -> None:
+# blake2b-128 of x_train, y_train, x_test, y_test (in that order) as load_dataset(seed=0) gave
+# them for the shared cifar10-jpeg.tar.gz when it read CIFAR-10 alone: reading any data set must
+# not change a single pixel, label or position of it. (Pillow decodes the JPEGs: a libjpeg that
+# rounds differently would change these too.)
+CIFAR_ARRAYS_BEFORE = {
+    None: "b510425e0ce42e2f171cc23b0cb4fd1c",
+    300: "4d247eb982dfdfa5c2175f937b787951",
+    5000: "6b9faaa6888f2d706b9b74369de55efe",
+}
+CIFAR_CONTENT = "8f84676d9c4782115489020d487632e5"  # studies store it: a new value orphans them
+
+
+@pytest.mark.parametrize("subset", CIFAR_ARRAYS_BEFORE)
+def test_real_archive_gives_the_arrays_it_always_gave(
+    subset: int | None, real: tuple[Dataset, Path], data_path: str
+) -> None:
+    if Path(data_path).name != DEFAULT_DATA.name:
+        pytest.skip(f"the digests are of the shared {DEFAULT_DATA.name}, not of {data_path}")
+    data = load_dataset(data_path, cache_dir=real[1], subset=subset)
+    digest = hashlib.blake2b(digest_size=16)
+    for name in ("x_train", "y_train", "x_test", "y_test"):
+        digest.update(np.ascontiguousarray(getattr(data, name)).data)
+    assert digest.hexdigest() == CIFAR_ARRAYS_BEFORE[subset]
+    assert data.content == CIFAR_CONTENT
+    assert data.fingerprint == f"{CIFAR_CONTENT}/subset={subset}/seed=0"
+
+
+def test_real_archive_loads_from_cache_fast(real: tuple[Dataset, Path], data_path: str, caplog) -> None:
     data, cache = real
     started = time.perf_counter()
     with caplog.at_level(logging.INFO, logger="hpo.training.data"):
-        again = load_dataset(REAL_DATA, cache_dir=cache)
+        again = load_dataset(data_path, cache_dir=cache)
     elapsed = time.perf_counter() - started
     assert "decoding" not in caplog.text
     assert elapsed < 3.0  # a re-decode takes ~15 s; the cache takes ~0.1 s
     assert np.array_equal(data.x_train, again.x_train)  # assert_array_equal takes seconds here
-    small = load_dataset(REAL_DATA, cache_dir=cache, subset=1000)
+    assert (again.class_names, again.content) == (data.class_names, data.content)
+    small = load_dataset(data_path, cache_dir=cache, subset=1000)
     assert np.bincount(small.y_train).tolist() == [100] * 10
     assert np.bincount(small.y_test).tolist() == [20] * 10
 
 
 def test_real_archive_through_a_symlink_reads_the_same_cache(
-    real: tuple[Dataset, Path], tmp_path: Path, caplog: pytest.LogCaptureFixture
+    real: tuple[Dataset, Path], data_path: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     data, cache = real
     link = tmp_path / "cifar.tar.gz"
-    link.symlink_to(REAL_DATA)
+    link.symlink_to(data_path)
     with caplog.at_level(logging.INFO, logger="hpo.training.data"):
         again = load_dataset(link, cache_dir=cache, subset=100)
     assert _decodes(caplog) == 0
     assert len(_entries(cache)) == 1
-    assert again.source == str(Path(REAL_DATA).resolve())
+    assert again.source == str(Path(data_path).resolve())

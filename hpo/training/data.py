@@ -1,16 +1,20 @@
-"""Load CIFAR-10 from wherever it is, decode it once, and hand it out shuffled.
+"""Load an image classification data set from wherever it is, decode it once, and hand it out shuffled.
 
-Sources: the official ``cifar-10-python.tar.gz`` (or its ``cifar-10-batches-py/`` folder), an
-image-folder tree ``train/<class>/*.png|jpg`` + ``test/<class>/...`` (or a tar of one), an ``.npz``
-with ``x_train, y_train, x_test, y_test``, or ``keras.datasets.cifar10`` when nothing is given.
-The decoded arrays are cached as ``.npy`` files, so every later load (by any worker) is a
-memory-mapped read instead of a 15-second JPEG decode.
+Sources (:mod:`hpo.training.decode` reads them): an image-folder tree ``train/<class>/*`` +
+``test/<class>/*`` or ``<class>/*`` (or a tar of one), an ``.npz`` with ``x_train, y_train,
+x_test, y_test`` (and optionally ``class_names``), CIFAR-10's official ``cifar-10-python.tar.gz``,
+or one of Keras' data sets by name (:data:`KERAS_SOURCES`); ``keras.datasets.cifar10`` when
+nothing is given. The decoded arrays are cached as ``.npy`` files beside a ``meta.json`` (the
+class names and a digest of the content), so every later load (by any worker) is a memory-mapped
+read instead of a 15-second JPEG decode.
 """
 
 from __future__ import annotations
 
 import fcntl
+import functools
 import hashlib
+import json
 import logging
 import math
 import os
@@ -25,33 +29,44 @@ import numpy as np
 
 from hpo.errors import DataError
 from hpo.training import decode
-from hpo.training.decode import ARRAYS, CLASS_NAMES, IMAGE_SHAPE, DecodedArrays
+from hpo.training.decode import ARRAYS, CLASS_NAMES, KERAS_SOURCES, Decoded
+
+__all__ = ["CLASS_NAMES", "KERAS_SOURCES", "Dataset", "load_dataset", "validation_split"]
 
 log = logging.getLogger(__name__)
 
-_CACHE_LAYOUT = "data-v1"  # bump when decoding changes, so stale caches are never read
+_CACHE_LAYOUT = "data-v2"  # bump when decoding changes, so stale caches are never read
 
 
 @dataclass(frozen=True, eq=False)
 class Dataset:
-    """CIFAR-10 train and test arrays: uint8 images (N, 32, 32, 3), int64 labels 0..9."""
+    """Train and test arrays: uint8 images (N, H, W, C), int64 labels indexing ``class_names``."""
 
     x_train: np.ndarray = field(repr=False)
     y_train: np.ndarray = field(repr=False)
     x_test: np.ndarray = field(repr=False)
     y_test: np.ndarray = field(repr=False)
-    source: str
-    # What the arrays are: the content of the source (its cache key) and the selection made from
-    # it (subset, seed). Two workers with the same fingerprint hold the same images in the same order.
-    fingerprint: str = ""
+    source: str  # where it came from: a path, or "keras.datasets.NAME"
+    class_names: tuple[str, ...] = field(repr=False)
+    # What the arrays are: a digest of the decoded data set, the same from any source that holds
+    # the same images and labels, and the selection made from it (subset, seed).
+    content: str = field(repr=False)
+    subset: int | None = field(repr=False)
+    seed: int = field(repr=False)
+
+    @property
+    def fingerprint(self) -> str:
+        """Two workers with the same fingerprint hold the same images in the same order."""
+        return f"{self.content}/subset={self.subset}/seed={self.seed}"
 
     @property
     def num_classes(self) -> int:
-        return len(CLASS_NAMES)
+        return len(self.class_names)
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
-        return IMAGE_SHAPE
+        height, width, channels = self.x_train.shape[1:]
+        return height, width, channels
 
 
 def load_dataset(
@@ -61,47 +76,57 @@ def load_dataset(
     seed: int = 0,
     cache_dir: str | os.PathLike[str] | None = None,
 ) -> Dataset:
-    """Load CIFAR-10 from ``source`` (default: env ``HPO_DATA``, else keras' download).
+    """Load the data set at ``source``, a path or a name in :data:`KERAS_SOURCES` that is not a
+    path here (default: env ``HPO_DATA``, else ``"cifar10"``, keras' download).
 
     The first load decodes and caches under ``cache_dir`` (default: env ``HPO_CACHE``, else
     ``~/.cache/hpo``). Train and test are shuffled with ``np.random.default_rng(seed)``;
     ``subset=N`` keeps N training and N // 5 test images, the same number per class (the first
     classes get the remainder; a class with too few images gives what it has), chosen by the seed.
     """
-    source = source if source is not None else os.environ.get("HPO_DATA") or None
+    source = source if source is not None else os.environ.get("HPO_DATA") or "cifar10"
     root = Path(cache_dir or os.environ.get("HPO_CACHE") or Path.home() / ".cache" / "hpo")
-    if source is None:
-        description, key = "keras.datasets.cifar10", "keras-cifar10"
-        arrays = _cached(root / _CACHE_LAYOUT / key, decode.load_keras_cifar10, description)
-    else:
-        path = Path(source).expanduser().resolve()
-        if not path.exists():
-            raise DataError(f"{path}: no such file or directory")
-        if not (path.is_file() or path.is_dir()):  # a FIFO or a device would be read without end
-            raise DataError(f"{path}: not a regular file or folder")
-        key = _cache_key(path)
-        arrays = _cached(root / _CACHE_LAYOUT / key, lambda: decode.decode(path), str(path))
-        description = str(path)
+    description, key, load = _locate(source)
+    data, content = _cached(root / _CACHE_LAYOUT / key, load, description)
 
     rng = np.random.default_rng(seed)
-    train = rng.permutation(len(arrays["y_train"]))
-    test = rng.permutation(len(arrays["y_test"]))
+    train = rng.permutation(len(data.y_train))
+    test = rng.permutation(len(data.y_test))
     if subset is not None:
         if not 10 <= subset <= len(train):
             raise DataError(f"--subset must be between 10 and {len(train)}, got {subset}")
         # Shuffled again after the selection: kept in draw order, the classes that fill their
         # quota first would crowd the front, and a validation split (the tail) would miss them.
-        train = rng.permutation(_stratified(train, arrays["y_train"], subset))
-        test = rng.permutation(_stratified(test, arrays["y_test"], min(subset // 5, len(test))))
+        classes = len(data.class_names)
+        train = rng.permutation(_stratified(train, data.y_train, subset, classes))
+        test = rng.permutation(_stratified(test, data.y_test, min(subset // 5, len(test)), classes))
     # Gathering straight from the memory map copies only the rows we keep.
     return Dataset(
-        x_train=arrays["x_train"][train],
-        y_train=np.asarray(arrays["y_train"][train], dtype=np.int64),
-        x_test=arrays["x_test"][test],
-        y_test=np.asarray(arrays["y_test"][test], dtype=np.int64),
+        x_train=data.x_train[train],
+        y_train=np.asarray(data.y_train[train], dtype=np.int64),
+        x_test=data.x_test[test],
+        y_test=np.asarray(data.y_test[test], dtype=np.int64),
         source=description,
-        fingerprint=f"{key}/subset={subset}/seed={seed}",
+        class_names=data.class_names,
+        content=content,
+        subset=subset,
+        seed=seed,
     )
+
+
+def _locate(source: str | os.PathLike[str]) -> tuple[str, str, Callable[[], Decoded]]:
+    """``source``'s description, cache key and decoder: a path, else the name of a keras data set."""
+    path = Path(source).expanduser()
+    if isinstance(source, str) and source in KERAS_SOURCES and not path.exists():
+        return f"keras.datasets.{source}", f"keras-{source}", functools.partial(decode.load_keras, source)
+    path = path.resolve()
+    if not path.exists():
+        bare = isinstance(source, str) and "/" not in source
+        hint = f" (nor one of keras' data sets: {', '.join(KERAS_SOURCES)})" if bare else ""
+        raise DataError(f"{path}: no such file or directory{hint}")
+    if not (path.is_file() or path.is_dir()):  # a FIFO or a device would be read without end
+        raise DataError(f"{path}: not a regular file or folder")
+    return str(path), _cache_key(path), functools.partial(decode.decode, path)
 
 
 def validation_split(
@@ -122,11 +147,12 @@ def validation_split(
     return (x[:split_at], y[:split_at]), (x[split_at:], y[split_at:])
 
 
-def _stratified(order: np.ndarray, labels: np.ndarray, n: int) -> np.ndarray:
-    """The first n // 10 (+1 for the first n % 10 classes) of each class in ``order``, in order."""
+def _stratified(order: np.ndarray, labels: np.ndarray, n: int, classes: int) -> np.ndarray:
+    """The first n // classes (+1 for the first n % classes classes) of each class in ``order``,
+    in order."""
     y = np.asarray(labels)[order]
-    quota = np.full(len(CLASS_NAMES), n // len(CLASS_NAMES))
-    quota[: n % len(CLASS_NAMES)] += 1
+    quota = np.full(classes, n // classes)
+    quota[: n % classes] += 1
     by_class = np.argsort(y, kind="stable")
     starts = np.searchsorted(y[by_class], y[by_class])  # where each item's class run begins
     rank = np.empty(len(y), dtype=np.int64)
@@ -169,17 +195,33 @@ def _cache_key(path: Path) -> str:
     return f"file-{content.hexdigest()}"
 
 
-def _read_cache(entry: Path) -> DecodedArrays | None:
+def _content_digest(data: Decoded) -> str:
+    """What the data set is, whatever it was decoded from: its arrays and its class names."""
+    digest = hashlib.blake2b(json.dumps(list(data.class_names)).encode(), digest_size=16)
+    for name in ARRAYS:
+        array = np.ascontiguousarray(getattr(data, name))
+        digest.update(f"\0{name}\0{array.dtype.str}\0{array.shape}\0".encode())
+        digest.update(array.data)
+    return digest.hexdigest()
+
+
+def _read_cache(entry: Path) -> tuple[Decoded, str] | None:
+    """The entry's data and content digest; None for a missing, partial or older entry."""
     try:
-        return {name: np.load(entry / f"{name}.npy", mmap_mode="r") for name in ARRAYS}
-    except (OSError, ValueError):
+        meta = json.loads((entry / "meta.json").read_text(encoding="utf-8"))
+        arrays = {name: np.load(entry / f"{name}.npy", mmap_mode="r") for name in ARRAYS}
+    except (OSError, ValueError):  # a JSONDecodeError or a UnicodeDecodeError is a ValueError
         return None
+    names, content = (meta.get("class_names"), meta.get("content")) if isinstance(meta, dict) else (None, None)
+    if not (isinstance(content, str) and isinstance(names, list) and all(isinstance(n, str) for n in names)):
+        return None
+    return Decoded(**arrays, class_names=tuple(names)), content
 
 
-def _cached(entry: Path, decode: Callable[[], DecodedArrays], what: str) -> DecodedArrays:
+def _cached(entry: Path, decode: Callable[[], Decoded], what: str) -> tuple[Decoded, str]:
     """Read ``entry``, or decode and write it; one process decodes while the others wait."""
-    if (arrays := _read_cache(entry)) is not None:
-        return arrays
+    if (cached := _read_cache(entry)) is not None:
+        return cached
     try:
         entry.parent.mkdir(parents=True, exist_ok=True)
         lock = open(entry.parent / f"{entry.name}.lock", "w")  # noqa: SIM115  (its OSError is ours to word; `with lock` closes it)
@@ -187,18 +229,18 @@ def _cached(entry: Path, decode: Callable[[], DecodedArrays], what: str) -> Deco
         raise DataError(f"{entry.parent}: cannot create the data cache ({e.strerror or e})") from e
     with lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
-        if (arrays := _read_cache(entry)) is not None:
-            return arrays  # another process built it while we waited
+        if (cached := _read_cache(entry)) is not None:
+            return cached  # another process built it while we waited
         log.info("decoding %s (one-time, cached at %s)", what, entry)
         started = time.monotonic()
-        arrays = decode()
-        log.info("decoded %d images in %.1f s", len(arrays["y_train"]) + len(arrays["y_test"]),
-                 time.monotonic() - started)
-        _write_cache(entry, arrays)
-    return arrays
+        data = decode()
+        log.info("decoded %d images in %.1f s", len(data.y_train) + len(data.y_test), time.monotonic() - started)
+        content = _content_digest(data)
+        _write_cache(entry, data, content)
+    return data, content
 
 
-def _write_cache(entry: Path, arrays: DecodedArrays) -> None:
+def _write_cache(entry: Path, data: Decoded, content: str) -> None:
     # Write aside, then rename: a reader sees the whole entry or none of it.
     try:
         shutil.rmtree(entry, ignore_errors=True)  # a damaged entry from an interrupted run
@@ -206,7 +248,9 @@ def _write_cache(entry: Path, arrays: DecodedArrays) -> None:
         tmp.chmod(0o755)  # mkdtemp's 0700 would hide a shared cache from other users
         try:
             for name in ARRAYS:
-                np.save(tmp / f"{name}.npy", arrays[name])
+                np.save(tmp / f"{name}.npy", getattr(data, name))
+            meta = {"content": content, "class_names": list(data.class_names)}
+            (tmp / "meta.json").write_text(json.dumps(meta, indent=1), encoding="utf-8")
             os.replace(tmp, entry)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)

@@ -1,7 +1,16 @@
-"""Decoding CIFAR-10 from the forms it comes in: the official pickled batches (a tar.gz or its
-folder), an image-folder tree ``train/<class>/*.png|jpg`` + ``test/<class>/...`` (or a tar of
-one), an ``.npz``, or Keras' download. Every form is checked the same way (shapes, dtypes,
-labels), and a damaged archive is refused rather than read as a smaller data set.
+"""Decoding an image classification data set from the forms it comes in, into checked arrays.
+
+- CIFAR-10's official pickled batches (``cifar-10-python.tar.gz`` or its folder);
+- an image-folder tree ``train/<class>/*`` + ``test/<class>/*``, or a plain class-folder tree
+  ``<class>/*`` split the same way everywhere: within each class the files sorted by name, every
+  5th one (index % 5 == 4) is a test image. Either tree as a folder or as a tar (gzipped or not),
+  with at most one top folder; classes are the folder names, sorted (:mod:`hpo.training.images`);
+- an ``.npz`` with ``x_train, y_train, x_test, y_test`` and optionally ``class_names``;
+- one of Keras' built-in data sets, by name (:data:`KERAS_SOURCES`).
+
+Every form is checked the same way (:func:`validate`): uint8 images (N, H, W, 1|3) of one size
+in train and test, int64 labels 0..K-1, every class with a training image. A damaged archive is
+refused rather than read as a smaller data set.
 """
 
 from __future__ import annotations
@@ -13,36 +22,70 @@ import pickle
 import tarfile
 import zipfile
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from hpo.errors import DataError
+from hpo.training import images
 
-CLASS_NAMES: tuple[str, ...] = (
+CLASS_NAMES: tuple[str, ...] = (  # CIFAR-10's, in label order
     "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"
 )
-IMAGE_SHAPE = (32, 32, 3)
+CIFAR100_CLASS_NAMES: tuple[str, ...] = (  # the fine labels, in label order
+    "apple", "aquarium_fish", "baby", "bear", "beaver", "bed", "bee", "beetle", "bicycle",
+    "bottle", "bowl", "boy", "bridge", "bus", "butterfly", "camel", "can", "castle",
+    "caterpillar", "cattle", "chair", "chimpanzee", "clock", "cloud", "cockroach", "couch",
+    "crab", "crocodile", "cup", "dinosaur", "dolphin", "elephant", "flatfish", "forest", "fox",
+    "girl", "hamster", "house", "kangaroo", "keyboard", "lamp", "lawn_mower", "leopard", "lion",
+    "lizard", "lobster", "man", "maple_tree", "motorcycle", "mountain", "mouse", "mushroom",
+    "oak_tree", "orange", "orchid", "otter", "palm_tree", "pear", "pickup_truck", "pine_tree",
+    "plain", "plate", "poppy", "porcupine", "possum", "rabbit", "raccoon", "ray", "road",
+    "rocket", "rose", "sea", "seal", "shark", "shrew", "skunk", "skyscraper", "snail", "snake",
+    "spider", "squirrel", "streetcar", "sunflower", "sweet_pepper", "table", "tank",
+    "telephone", "television", "tiger", "tractor", "train", "trout", "tulip", "turtle",
+    "wardrobe", "whale", "willow_tree", "wolf", "woman", "worm",
+)
+KERAS_CLASS_NAMES: dict[str, tuple[str, ...]] = {
+    "cifar10": CLASS_NAMES,
+    "cifar100": CIFAR100_CLASS_NAMES,
+    "mnist": tuple(str(digit) for digit in range(10)),
+    "fashion_mnist": ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+                      "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"),
+}
+KERAS_SOURCES = tuple(KERAS_CLASS_NAMES)
 ARRAYS = ("x_train", "y_train", "x_test", "y_test")
 BATCHES = ("data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5")
 
-DecodedArrays = dict[str, np.ndarray]
+
+@dataclass(frozen=True, eq=False)
+class Decoded:
+    """A checked data set: uint8 images (N, H, W, C), int64 labels indexing ``class_names``."""
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    class_names: tuple[str, ...]
 
 
-def load_keras_cifar10() -> DecodedArrays:
+def load_keras(name: str) -> Decoded:
+    """``keras.datasets.<name>.load_data()``; it downloads on first use, so it fails offline."""
     try:
         import keras  # noqa: PLC0415  (slow: it imports a backend; only this download path needs it)
 
-        (x_train, y_train), (x_test, y_test) = keras.datasets.cifar10.load_data()
+        (x_train, y_train), (x_test, y_test) = getattr(keras.datasets, name).load_data()
     except Exception as e:  # any download or import failure; the user's fix is the same
         reason = (str(e).splitlines() or [type(e).__name__])[0]
         raise DataError(
-            f"keras.datasets.cifar10: cannot load CIFAR-10 ({reason}); "
-            "set HPO_DATA or pass --data to a local copy, e.g. cifar-10-python.tar.gz"
+            f"keras.datasets.{name}: cannot load it ({reason}); pass a local copy with --data or "
+            "HPO_DATA (an image folder, a .tar.gz of one, or an .npz)"
         ) from e
-    return _validate("keras.datasets.cifar10", x_train, y_train, x_test, y_test)
+    names = KERAS_CLASS_NAMES[name]
+    where = f"keras.datasets.{name}"
+    return validate(where, x_train, y_train, x_test, y_test, names, f"{where} has {len(names)} classes")
 
 
 def data_format(path: Path) -> str:
@@ -55,12 +98,12 @@ def data_format(path: Path) -> str:
     if name.endswith((".tar.gz", ".tgz", ".tar")):
         return "tar"
     raise DataError(
-        f"{path}: unrecognised data format (expected cifar-10-python.tar.gz, an image folder "
-        "train/<class>/ + test/<class>/ or a .tar.gz of one, or an .npz)"
+        f"{path}: unrecognised data format (expected an image folder train/<class>/ + test/<class>/ "
+        "or <class>/, a .tar.gz of one, cifar-10-python.tar.gz, or an .npz)"
     )
 
 
-def decode(path: Path) -> DecodedArrays:
+def decode(path: Path) -> Decoded:
     kind = data_format(path)
     if kind == "folder":
         try:
@@ -74,6 +117,11 @@ def decode(path: Path) -> DecodedArrays:
             return _from_members(path, _tar_members(path, stream, tar))
     except (tarfile.TarError, EOFError, OSError, zlib.error, gzip.BadGzipFile) as e:
         raise DataError(f"{path}: corrupt archive ({e})") from e
+
+
+# --- archives and folders ----------------------------------------------------------------------
+
+Member = tuple[str, images.Read | None]  # a relative name and how to read it; None for a folder
 
 
 def _open_stream(path: Path) -> io.BufferedIOBase:
@@ -100,51 +148,49 @@ def _check_end_of_archive(path: Path, stream: io.BufferedIOBase, tar: tarfile.Ta
         raise DataError(f"{path}: corrupt archive (truncated: no end-of-archive marker)")
 
 
-def _folder_members(root: Path) -> Iterator[tuple[str, Callable[[], bytes]]]:
-    for path in sorted(p for p in root.rglob("*") if p.is_file()):
-        yield path.relative_to(root).as_posix(), path.read_bytes
+def _folder_members(root: Path) -> Iterator[Member]:
+    for path in sorted(root.rglob("*")):
+        if path.is_file():
+            yield path.relative_to(root).as_posix(), path.read_bytes
+        elif path.is_dir():  # so that an empty class folder is seen
+            yield path.relative_to(root).as_posix(), None
 
 
-def _tar_members(
-    path: Path, stream: io.BufferedIOBase, tar: tarfile.TarFile
-) -> Iterator[tuple[str, Callable[[], bytes]]]:
+def _tar_members(path: Path, stream: io.BufferedIOBase, tar: tarfile.TarFile) -> Iterator[Member]:
     for member in tar:
-        if member.isfile():
+        name = member.name.removeprefix("./")
+        if member.isdir():
+            yield name, None
+        elif member.isfile():
             # Read now: a streamed tar cannot seek back to this member later.
             extracted = tar.extractfile(member)
             assert extracted is not None  # a regular file always has its contents
-            data = extracted.read()
-            yield member.name.removeprefix("./"), functools.partial(bytes, data)
+            yield name, functools.partial(bytes, extracted.read())
     _check_end_of_archive(path, stream, tar)
 
 
-def _from_members(path: Path, members: Iterator[tuple[str, Callable[[], bytes]]]) -> DecodedArrays:
+def _from_members(path: Path, members: Iterator[Member]) -> Decoded:
     """Recognise an official-batches or image-folder layout, allowing one leading top folder."""
-    batches: dict[str, Callable[[], bytes]] = {}
-    images: list[tuple[int, int, str, Callable[[], bytes]]] = []  # (split, label, name, read)
+    batches: dict[str, images.Read] = {}
+    files: dict[tuple[str, ...], images.Read] = {}
+    folders: set[tuple[str, ...]] = set()
     for name, read in members:
-        parts = name.split("/")
-        if parts[-1] in (*BATCHES, "test_batch") and len(parts) <= 2:
+        parts = tuple(name.split("/"))
+        if any(part.startswith(".") for part in parts):
+            continue  # macOS resource forks, .ipynb_checkpoints and the like
+        if read is None:
+            folders.add(parts)
+        elif parts[-1] in (*BATCHES, "test_batch") and len(parts) <= 2:
             batches[parts[-1]] = read
-        elif len(parts) in (3, 4) and parts[-3] in ("train", "test"):
-            if parts[-1].startswith("."):
-                continue  # macOS resource forks and the like
-            if parts[-2] not in CLASS_NAMES:
-                raise DataError(
-                    f"{path}: unknown class folder {'/'.join(parts[-3:-1])!r} "
-                    f"(expected one of {', '.join(CLASS_NAMES)})"
-                )
-            split = 0 if parts[-3] == "train" else 1
-            images.append((split, CLASS_NAMES.index(parts[-2]), name, read))
+        else:
+            files[parts] = read
     if batches:
         return _from_batches(path, batches)
-    if images:
-        return _from_images(path, images)
-    raise DataError(
-        f"{path}: unrecognised data format (no cifar-10-batches-py/data_batch_* and no "
-        "train/<class>/*.png|jpg images)"
-    )
+    class_names, x_train, y_train, x_test, y_test = images.decode_tree(path, files, folders)
+    return validate(str(path), x_train, y_train, x_test, y_test, class_names)
 
+
+# --- CIFAR-10's official batches ---------------------------------------------------------------
 
 _NUMPY_PICKLE_NAMES = ("_reconstruct", "ndarray", "dtype", "_frombuffer", "scalar")
 
@@ -159,7 +205,7 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
         raise pickle.UnpicklingError(f"forbidden global {module}.{name}")
 
 
-def _from_batches(path: Path, batches: dict[str, Callable[[], bytes]]) -> DecodedArrays:
+def _from_batches(path: Path, batches: dict[str, images.Read]) -> Decoded:
     xs, ys = [], []
     for name in (*BATCHES, "test_batch"):
         if name not in batches:
@@ -174,54 +220,89 @@ def _from_batches(path: Path, batches: dict[str, Callable[[], bytes]]) -> Decode
             raise DataError(f"{path}: batch {name!r} has data of shape {shape}, expected (N, 3072)")
         xs.append(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))  # stored as CHW rows
         ys.append(labels)
-    return _validate(str(path), np.concatenate(xs[:-1]), np.concatenate(ys[:-1]), xs[-1], ys[-1])
+    x_train, y_train = np.concatenate(xs[:-1]), np.concatenate(ys[:-1])
+    return validate(str(path), x_train, y_train, xs[-1], ys[-1], CLASS_NAMES, "CIFAR-10 has 10 classes")
 
 
-def _from_images(path: Path, images: list[tuple[int, int, str, Callable[[], bytes]]]) -> DecodedArrays:
-    images.sort(key=lambda item: item[:3])  # split, class, file name: independent of tar order
-    x = np.empty((len(images), *IMAGE_SHAPE), dtype=np.uint8)
-    for i, (_, _, name, read) in enumerate(images):
-        try:
-            with Image.open(io.BytesIO(read())) as image:
-                image.load()
-                mode, (width, height) = image.mode, image.size
-                if (mode, width, height) == ("RGB", 32, 32):
-                    x[i] = np.asarray(image)
-        except Exception as e:  # Pillow raises many types for bad bytes
-            raise DataError(f"{path}: {name}: undecodable image ({type(e).__name__}: {e})") from e
-        if (mode, width, height) != ("RGB", 32, 32):
-            raise DataError(f"{path}: {name}: image is {mode} {width}x{height}, expected RGB 32x32")
-    split = np.array([item[0] for item in images])
-    y = np.array([item[1] for item in images], dtype=np.int64)
-    return _validate(str(path), x[split == 0], y[split == 0], x[split == 1], y[split == 1])
+# --- .npz --------------------------------------------------------------------------------------
 
 
-def _from_npz(path: Path) -> DecodedArrays:
+def _from_npz(path: Path) -> Decoded:
     try:
-        with np.load(path, allow_pickle=False) as npz:
+        npz = np.load(path, allow_pickle=False)
+        if not isinstance(npz, np.lib.npyio.NpzFile):  # np.load reads a bare .npy too
+            raise DataError(f"{path}: not an .npz archive (one array, not {', '.join(ARRAYS)})")
+        with npz:
             missing = [name for name in ARRAYS if name not in npz.files]
             if missing:
                 names = ", ".join(missing)
                 raise DataError(f"{path}: missing array(s) {names} (expected {', '.join(ARRAYS)})")
-            arrays = [npz[name] for name in ARRAYS]
+            x_train, y_train, x_test, y_test = (npz[name] for name in ARRAYS)
+            try:
+                names_array = npz["class_names"] if "class_names" in npz.files else None
+            except ValueError as e:  # an object array, which allow_pickle=False will not load
+                raise DataError(f"{path}: class_names must be an array of strings ({e})") from e
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
         raise DataError(f"{path}: corrupt .npz ({e})") from e
-    return _validate(str(path), *arrays)
+    if names_array is None:
+        return validate(str(path), x_train, y_train, x_test, y_test)
+    class_names = _class_names(path, names_array)
+    named_by = f"class_names has {len(class_names)} names"
+    return validate(str(path), x_train, y_train, x_test, y_test, class_names, named_by)
 
 
-def _validate(
-    where: str, x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_test: np.ndarray
-) -> DecodedArrays:
-    """Check shapes, dtypes and labels; return uint8 images and flat int64 labels."""
-    arrays: DecodedArrays = {}
+def _class_names(path: Path, names: np.ndarray) -> tuple[str, ...]:
+    if names.ndim != 1 or names.dtype.kind != "U":
+        raise DataError(
+            f"{path}: class_names has shape {names.shape} and dtype {names.dtype}, "
+            "expected a 1-D array of strings"
+        )
+    class_names = tuple(str(name) for name in names)
+    seen: set[str] = set()
+    for i, name in enumerate(class_names):
+        if not name.strip():
+            raise DataError(f"{path}: class_names[{i}] is empty")
+        if name in seen:
+            raise DataError(f"{path}: class_names holds {name!r} twice")
+        seen.add(name)
+    return class_names
+
+
+# --- the checks every format passes ------------------------------------------------------------
+
+
+def validate(
+    where: str,
+    x_train: np.ndarray,
+    y_train: np.ndarray,
+    x_test: np.ndarray,
+    y_test: np.ndarray,
+    class_names: Sequence[str] | None = None,
+    named_by: str = "",
+) -> Decoded:
+    """Check shapes, dtypes and labels; return uint8 images (N, H, W, C) and flat int64 labels.
+
+    Without ``class_names`` the classes are 0..the largest label, named "0", "1", ...;
+    ``named_by`` says where given names come from, for the out-of-range message.
+    """
+    arrays: dict[str, np.ndarray] = {}
     for split, x, y in (("train", x_train, y_train), ("test", x_test, y_test)):
         x, y = np.asarray(x), np.asarray(y)
+        shape = x.shape
+        if x.ndim == 3:
+            x = x[..., np.newaxis]  # grayscale without a channel axis, as keras gives MNIST
         if y.ndim == 2 and y.shape[1] == 1:
-            y = y[:, 0]  # keras returns labels as (N, 1)
-        if x.ndim != 4 or x.shape[1:] != IMAGE_SHAPE:
-            raise DataError(f"{where}: x_{split} has shape {x.shape}, expected (N, 32, 32, 3)")
+            y = y[:, 0]  # keras returns CIFAR labels as (N, 1)
+        if x.ndim != 4 or x.shape[3] not in (1, 3) or min(x.shape[1:3]) < 1:
+            raise DataError(
+                f"{where}: x_{split} has shape {shape}, "
+                "expected (N, H, W), (N, H, W, 1) or (N, H, W, 3)"
+            )
         if x.dtype != np.uint8:
-            raise DataError(f"{where}: x_{split} has dtype {x.dtype}, expected uint8")
+            raise DataError(
+                f"{where}: x_{split} has dtype {x.dtype}, expected uint8 pixels 0..255: "
+                "multiply and convert with .astype('uint8')"
+            )
         if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
             problem = f"has shape {y.shape} and dtype {y.dtype}, expected (N,) integers"
             raise DataError(f"{where}: y_{split} {problem}")
@@ -230,8 +311,26 @@ def _validate(
             raise DataError(f"{where}: {counts}")
         if len(x) == 0:
             raise DataError(f"{where}: the {split} set is empty")
-        bad = y[(y < 0) | (y >= len(CLASS_NAMES))]
+        arrays[f"x_{split}"], arrays[f"y_{split}"] = np.ascontiguousarray(x), y.astype(np.int64)
+    train_shape, test_shape = arrays["x_train"].shape[1:], arrays["x_test"].shape[1:]
+    if train_shape != test_shape:
+        raise DataError(f"{where}: train and test images differ in shape (H, W, C): {train_shape} and {test_shape}")
+    if class_names is None:
+        num_classes = max(int(arrays["y_train"].max()), int(arrays["y_test"].max()), 0) + 1
+    else:
+        num_classes = len(class_names)
+    for split in ("train", "test"):
+        y = arrays[f"y_{split}"]
+        bad = y[(y < 0) | (y >= num_classes)]
         if bad.size:
-            raise DataError(f"{where}: y_{split} labels out of range 0..9 (found {bad[0]})")
-        arrays[f"x_{split}"], arrays[f"y_{split}"] = x, y.astype(np.int64)
-    return arrays
+            origin = f" ({named_by})" if named_by else ""
+            raise DataError(f"{where}: y_{split} label {bad[0]} out of range 0..{num_classes - 1}{origin}")
+    present = np.unique(arrays["y_train"])  # sorted: class i is present iff present[i] == i
+    gaps = np.flatnonzero(present != np.arange(len(present)))
+    missing = int(gaps[0]) if gaps.size else len(present)
+    if missing < num_classes:  # found without naming every class: a stray label 10**9 is cheap
+        name = class_names[missing] if class_names is not None else str(missing)
+        raise DataError(f"{where}: class {name!r} has no training images")
+    if class_names is None:
+        class_names = [str(label) for label in range(num_classes)]
+    return Decoded(**arrays, class_names=tuple(class_names))
