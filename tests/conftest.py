@@ -31,6 +31,10 @@ ROOT = Path(__file__).resolve().parents[1]
 STUDIES = ROOT / "studies"
 POSTGRES_ADMIN = os.environ.get("HPO_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
 DEFAULT_DATA = ROOT.parent / "shared" / "datasets" / "cifar10-jpeg.tar.gz"
+# A study records its data when it is created, so even a test that only creates the report's
+# studies reads CIFAR-10: from HPO_DATA, else the shared copy beside the project.
+if not os.environ.get("HPO_DATA") and DEFAULT_DATA.exists():
+    os.environ["HPO_DATA"] = str(DEFAULT_DATA.resolve())
 
 
 def missing(what: str) -> NoReturn:
@@ -240,3 +244,85 @@ SMALL_GRID = study_body(study={"max_retries": 1}, learning_rate=[0.01, 0.001, 0.
 
 # Two learning rates, one epoch, validated on a held-out 20% (what several modules train).
 TWO_LR_GRID = study_body(data={"protocol": "validation_split", "validation_split": 0.2}, learning_rate=[0.01, 0.001])
+
+
+# --- data and models of a user's own ------------------------------------------------------------
+
+def write_npz(path: Path, *, size: int = 12, channels: int = 1, classes: int = 4, train: int = 160, test: int = 40,
+              seed: int = 0, names: bool = True) -> Path:
+    """An image data set of another shape and class count: ``size`` x ``size`` x ``channels``
+    uint8 images of ``classes`` classes, each class a bright patch in a place of its own over noise
+    (learnable in an epoch or two); with ``names``, class names "shape-0", "shape-1", ..."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+
+    def images(n: int) -> tuple[Any, Any]:
+        labels = np.arange(n) % classes
+        x = rng.integers(0, 60, size=(n, size, size, channels), dtype=np.uint8)
+        cells = int(np.ceil(np.sqrt(classes)))
+        step = size // cells
+        for i, label in enumerate(labels):
+            row, col = divmod(int(label), cells)
+            x[i, row * step:(row + 1) * step, col * step:(col + 1) * step] = 220
+        return x, labels.astype(np.int64)
+
+    x_train, y_train = images(train)
+    x_test, y_test = images(test)
+    arrays = {"x_train": x_train, "y_train": y_train, "x_test": x_test, "y_test": y_test}
+    if names:
+        arrays["class_names"] = np.array([f"shape-{i}" for i in range(classes)])
+    np.savez(path, **arrays)
+    return path
+
+
+# A builder module as a user writes one: an MLP or a small CNN, their knobs conditional.
+BUILDER_MODULE = '''
+import keras
+from keras import layers
+
+
+def build(params, *, input_shape, num_classes):
+    inputs = keras.Input(shape=input_shape)
+    if params["family"] == "cnn":
+        x = layers.Conv2D(params["filters"], 3, padding="same", activation="relu")(inputs)
+        x = layers.Flatten()(x)
+    else:
+        x = layers.Flatten()(inputs)
+        x = layers.Dense(params["units"], activation="relu")(x)
+    return keras.Model(inputs, layers.Dense(num_classes, activation="softmax")(x))
+'''
+
+OWN_MODEL_STUDY = '''
+trials = {trials}
+max_retries = 1
+
+[sampler]
+type = "tpe"
+seed = 3
+
+[data]
+source = "shapes.npz"
+
+[model]
+builder = "my_models:build"
+
+[space]
+learning_rate = {{ low = 0.003, high = 0.03, log = true }}
+batch_size = [16, 32]
+epochs = {{ low = 1, high = 2 }}
+family = ["mlp", "cnn"]
+
+[space.mlp]
+units = [16, 32, 64]
+
+[space.cnn]
+filters = [4, 8]
+'''
+
+
+def own_model_study(folder: Path, name: str = "own", trials: int = 4, module: str = BUILDER_MODULE) -> Path:
+    """A study of a builder module and an .npz of its own, written into ``folder``: its file's path."""
+    (folder / "my_models.py").write_text(module, encoding="utf-8")
+    write_npz(folder / "shapes.npz")
+    return write_study(folder, name, OWN_MODEL_STUDY.format(trials=trials))

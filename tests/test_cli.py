@@ -17,7 +17,7 @@ GRID = TWO_LR_GRID.replace("batch_size = [64]", "batch_size = [64, 128]")
 def test_create_launch_export_runs_the_whole_grid(tmp_path: Path, data_path: str) -> None:
     study = write_study(tmp_path, "smallgrid", GRID)
     db = f"sqlite:///{tmp_path / 'hpo.db'}"
-    ok(run_hpo("create", str(study), storage=db))
+    ok(run_hpo("create", str(study), "--data", data_path, "--subset", "300", storage=db))
     status = run_hpo("status", "smallgrid", "--format", "json", storage=db)
     ok(status)
     assert json.loads(status.stdout)[0]["points"]["pending"] == 4

@@ -107,7 +107,7 @@ def test_a_full_disk_under_the_database_is_one_line_and_loses_nothing(small_disk
     db = small_disk / "hpo.db"
     url = f"sqlite:///{db}"
     study = write_study(tmp_path, "grid", _grid(3))
-    ok(run_hpo("create", str(study), storage=url))
+    ok(run_hpo("create", str(study), "--data", data_path, "--subset", "100", storage=url))
     filler = _fill(small_disk, leave=0)
     launch = ["launch", str(study), "-n", "2", "--data", data_path, "--subset", "100",
               "--artifacts", str(tmp_path / "artifacts"), "--logs", str(tmp_path / "logs")]

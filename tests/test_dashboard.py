@@ -305,7 +305,7 @@ learning_rate = 0.001
 batch_size = 32
 epochs = 6
 """)
-    ok(run_hpo("create", str(study_file), storage=db))
+    ok(run_hpo("create", str(study_file), "--data", data_path, "--subset", "400", storage=db))
     study = optuna.load_study(study_name="live", storage=db)
     log = (tmp_path / "worker.log").open("w")
     worker = subprocess.Popen([sys.executable, "-m", "hpo", "--storage", db, "worker", "live",

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from hpo.study.definition import ARCHITECTURE_NAMES, AUGMENTATION_NAMES, Range, definition_from_dict
+from hpo.study.definition import definition_from_dict
+from hpo.study.space import ARCHITECTURE_NAMES, AUGMENTATION_NAMES, Range
 from hpo.study.files import load_definition
 from hpo.errors import ConfigError
 
@@ -60,7 +61,7 @@ def test_name_lists_match_the_model_registries() -> None:
 
 
 @pytest.mark.parametrize("body, key, value", [
-    (GOOD_BODY.replace("batch_size = [32]", "batch_size = [32]\nmomentum = 0.9"), "space.momentum", "0.9"),
+    (GOOD_BODY.replace("batch_size = [32]", "batch_size = [32]\nmomentom = 0.9"), "space.momentom", "0.9"),
     (GOOD_BODY.replace("learning_rate = [0.01, 0.001]", "learning_rate = [0.01, 0]"), "space.learning_rate", "0"),
     (GOOD_BODY.replace("learning_rate = [0.01, 0.001]", "learning_rate = -0.1"), "space.learning_rate", "-0.1"),
     (GOOD_BODY.replace("epochs = [1, 2]", "epochs = []"), "space.epochs", "[]"),

@@ -91,7 +91,7 @@ def test_a_bystander_with_a_short_grace_period_never_fails_a_healthy_trial(
     # A long point, claimed first by the healthy worker, and a short one the bystander finishes
     # at once: then it waits, looking at the long one every poll, until that one is done.
     study = write_study(tmp_path, "calm", "share_prefixes = false\n" + _points([0.001], [60, 1]))
-    ok(run_hpo("create", str(study), storage=storage_url))
+    ok(run_hpo("create", str(study), "--subset", "200", storage=storage_url))
     slow = {"HPO_HEARTBEAT_INTERVAL": "5", "HPO_GRACE_PERIOD": "30"}
     eager = {"HPO_HEARTBEAT_INTERVAL": "1", "HPO_GRACE_PERIOD": "2"}
     healthy = _worker(storage_url, "calm", data_path, tmp_path / "healthy.log", env=slow)
@@ -127,7 +127,7 @@ def test_workers_whose_clocks_differ_never_fail_each_other(offset: str, storage_
     writes its own clock into the database, and comparing two clocks killed healthy trials."""
     faketime = _faketime()
     study = write_study(tmp_path, "clocks", _points([0.01, 0.001, 0.0005, 0.0001], [12]))
-    ok(run_hpo("create", str(study), storage=storage_url))
+    ok(run_hpo("create", str(study), "--subset", "200", storage=storage_url))
     settings = {"HPO_HEARTBEAT_INTERVAL": "1", "HPO_GRACE_PERIOD": "20"}
     workers = [_worker(storage_url, "clocks", data_path, tmp_path / "normal.log", env=settings),
                _worker(storage_url, "clocks", data_path, tmp_path / "skewed.log", env=settings,
@@ -147,7 +147,7 @@ def test_a_worker_frozen_past_the_grace_period_comes_back_calmly(data_path: str,
     its next write that the trial is no longer its own, drops it and writes nothing to it."""
     db = f"sqlite:///{tmp_path / 'hpo.db'}"
     study = write_study(tmp_path, "frozen", _points([0.001], [5000]))
-    ok(run_hpo("create", str(study), storage=db))
+    ok(run_hpo("create", str(study), "--subset", "200", storage=db))
     frozen_log, other_log = tmp_path / "frozen.log", tmp_path / "other.log"
     worker = _worker(db, "frozen", data_path, frozen_log, env={"HPO_HEARTBEAT_INTERVAL": "1",
                                                                "HPO_GRACE_PERIOD": "4"})

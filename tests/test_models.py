@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from hpo.training.augment import RandomAffine
-from hpo.errors import ConfigError
+from hpo.errors import ConfigError, TrialError
 from hpo.training.models import ARCHITECTURES, build_model, compile_model
 
 # The report's layer stacks, after the shared Rescaling(1/255) front.
@@ -131,3 +131,54 @@ def test_augmented_model_trains_under_xla_and_round_trips(tmp_path: Path) -> Non
     assert isinstance(loaded.layers[0], RandomAffine)
     assert loaded.layers[0].get_config() == model.layers[0].get_config()
     np.testing.assert_allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0), rtol=1e-5, atol=1e-6)
+
+
+# --- the architecture's knobs and the optimizer ----------------------------------------------------
+
+@pytest.mark.parametrize("architecture", list(LAYERS))
+def test_the_knobs_set_to_a_models_own_values_build_that_model_and_train_it_alike(architecture: str) -> None:
+    rng = np.random.default_rng(1)
+    x = rng.integers(0, 256, size=(64, 32, 32, 3)).astype("uint8")
+    y = rng.integers(0, 10, size=(64,))
+    weights = []
+    for knobs in (None, dict(ARCHITECTURES[architecture])):
+        keras.utils.set_random_seed(5)
+        model = compile_model(build_model(architecture, seed=5, knobs=knobs), 1e-3, jit_compile=False)
+        model.fit(x, y, batch_size=32, epochs=1, shuffle=False, verbose=0)
+        weights.append([keras.ops.convert_to_numpy(w) for w in model.weights])
+    assert all(np.array_equal(a, b) for a, b in zip(*weights, strict=True))
+
+
+def test_the_knobs_shape_the_model() -> None:
+    knobs = {"conv_blocks": 3, "filters_1": 8, "filters_2": 16, "filters_3": 24, "dense_units": 40,
+             "dropout_conv": 0.1, "dropout_dense": 0.3, "batch_norm": True}
+    model = build_model("base", knobs=knobs)
+    block = ["Conv2D", "BatchNormalization", "MaxPooling2D"]
+    assert [type(layer).__name__ for layer in model.layers] == [
+        "Rescaling", *block, "Dropout", *block, "Dropout", *block, "Flatten", "Dense", "BatchNormalization",
+        "Dropout", "Dense"]
+    convs = [layer.filters for layer in model.layers if isinstance(layer, keras.layers.Conv2D)]
+    assert convs == [8, 16, 24]
+    assert [layer.rate for layer in model.layers if isinstance(layer, keras.layers.Dropout)] == [0.1, 0.1, 0.3]
+    # 32 -> conv 30 -> pool 15 -> 13 -> 6 -> 4 -> 2: 2 x 2 x 24 = 96 inputs to Dense(40).
+    assert model.layers[-4].kernel.shape == (96, 40)
+
+
+def test_more_blocks_than_the_images_have_room_for_fail_the_trial() -> None:
+    with pytest.raises(TrialError, match=r"2 conv blocks need images of at least 10x10 pixels; these are 8x8"):
+        build_model("deeper_dropout", input_shape=(8, 8, 1))
+    assert build_model("base", input_shape=(8, 8, 1)).output_shape == (None, 10)
+
+
+@pytest.mark.parametrize(("name", "settings", "kind", "setting"), [
+    ("sgd", {}, keras.optimizers.SGD, ("momentum", 0.9)),
+    ("sgd", {"momentum": 0.5}, keras.optimizers.SGD, ("momentum", 0.5)),
+    ("rmsprop", {"momentum": 0.2}, keras.optimizers.RMSprop, ("momentum", 0.2)),
+    ("adamw", {"weight_decay": 0.01}, keras.optimizers.AdamW, ("weight_decay", 0.01)),
+])
+def test_the_optimizer_is_a_parameter_with_its_own_settings(name: str, settings: dict, kind: type,
+                                                             setting: tuple[str, float]) -> None:
+    model = compile_model(build_model("base"), 0.01, optimizer=name, settings={**settings, "dense_units": 64})
+    assert type(model.optimizer) is kind
+    assert getattr(model.optimizer, setting[0]) == pytest.approx(setting[1])
+    assert float(keras.ops.convert_to_numpy(model.optimizer.learning_rate)) == pytest.approx(0.01)

@@ -51,7 +51,7 @@ def _run(tmp_path: Path, data, body: str, name: str = "study", db: str = "hpo.db
 
 
 def test_search_trials_record_the_report_columns_and_stream_epochs(tmp_path: Path, small_data) -> None:
-    trials, summary, _ = _run(tmp_path, small_data, SEARCH, "search")
+    trials, summary, definition = _run(tmp_path, small_data, SEARCH, "search")
     # Four trials are fewer than the median pruner's five start-up trials: all of them complete.
     assert (summary.complete, summary.pruned, summary.failed) == (4, 0, 0)
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 4
@@ -66,7 +66,7 @@ def test_search_trials_record_the_report_columns_and_stream_epochs(tmp_path: Pat
         assert trial.value == attrs["val_accuracy"] == pytest.approx(last_epoch, abs=1e-6)
         assert 0.0 <= attrs["test_accuracy"] <= 1.0 and attrs["test_loss"] > 0
         assert attrs["epochs_run"] == trial.params["epochs"]
-        assert trial_row(trial, 1)["epochs"] == trial.params["epochs"]
+        assert trial_row(trial, 1, definition)["epochs"] == trial.params["epochs"]
         assert isinstance(attrs["seed"], int)
         assert attrs["train_images"] == len(small_data.x_train) and attrs["host"] == "test"
         assert attrs["fit_seconds"] > 0 and attrs["images_per_second"] > 0
@@ -80,15 +80,15 @@ def test_a_pruned_trial_keeps_its_epochs_and_records_no_result(tmp_path: Path, s
     # No validation accuracy reaches 1.01, so this pruner stops every trial at its first chance:
     # after epoch 2, the first step past its warm-up (steps below 2).
     always = optuna.pruners.ThresholdPruner(lower=1.01, n_warmup_steps=2)
-    trials, summary, _ = _run(tmp_path, small_data, body, "pruned", pruner=always)
+    trials, summary, definition = _run(tmp_path, small_data, body, "pruned", pruner=always)
     assert (summary.complete, summary.pruned, summary.failed) == (0, 2, 0)
     for trial in trials:
         assert trial.state == TrialState.PRUNED and records.trial_params(trial)["epochs"] == 3
         assert sorted(trial.intermediate_values) == [1, 2]
         assert "test_accuracy" not in trial.user_attrs  # a partly trained model is never a result
-        assert trial_row(trial, None)["epochs"] == 2
+        assert trial_row(trial, None, definition)["epochs"] == 2
     # What the search spent counts the pruned trials' epochs: 2 each, and no best value yet.
-    study, definition = load_study(open_storage(f"sqlite:///{tmp_path / 'hpo.db'}"), "pruned")
+    study, _ = load_study(open_storage(f"sqlite:///{tmp_path / 'hpo.db'}"), "pruned")
     assert [(p.epochs, p.best) for p in search_curve(study, definition)] == [(2, None), (4, None)]
 
 
@@ -109,12 +109,12 @@ def test_seeds_differ_between_trials_and_a_study_run_again_repeats_them(tmp_path
 def test_a_blown_up_run_is_complete_and_flagged_diverged(tmp_path: Path, small_data) -> None:
     # 400 images in batches of 32 are 13 steps an epoch: 8 epochs are past JUDGE_AFTER_STEPS.
     body = study_body(data={"protocol": "test"}, learning_rate=[5.0], batch_size=[32], epochs=[8])
-    (trial,), _, _ = _run(tmp_path, small_data, body, "diverge")
+    (trial,), _, definition = _run(tmp_path, small_data, body, "diverge")
     assert trial.state == TrialState.COMPLETE
     assert trial.user_attrs["train_steps"] >= JUDGE_AFTER_STEPS
     assert trial.user_attrs["diverged"] is True
     assert trial.user_attrs["test_accuracy"] <= 0.2
-    assert trial_row(trial, 1)["note"] == "diverged"
+    assert trial_row(trial, 1, definition)["note"] == "diverged"
 
 
 @pytest.mark.parametrize("learning_rate", [0.01, 0.001])
@@ -168,9 +168,9 @@ def test_fixed_parameters_are_recorded_but_not_searched(tmp_path: Path, small_da
         assert set(trial.params) == {"learning_rate"}
         assert trial.user_attrs["fixed"] == {"architecture": "base", "augmentation": "none",
                                              "batch_size": 128, "epochs": 1}
-        row = trial_row(trial, 1)
+        row = trial_row(trial, 1, definition)
         assert (row["architecture"], row["augmentation"], row["batch_size"]) == ("base", "none", 128)
-    assert {trial_row(t, 1)["learning_rate"] for t in trials} == {0.01, 0.001}
+    assert {trial_row(t, 1, definition)["learning_rate"] for t in trials} == {0.01, 0.001}
     importances = optuna.importance.get_param_importances(
         optuna.load_study(study_name="fixed", storage=f"sqlite:///{tmp_path / 'hpo.db'}"))
     assert set(importances) == {"learning_rate"}

@@ -84,7 +84,7 @@ def _errors(log: str) -> list[str]:
 def test_grid_survives_hosts_cut_off_mid_claim_mid_trial_and_idle(
         three_hosts: list[netns.Host], postgres_url: str, data_path: str, tmp_path: Path) -> None:
     started = time.monotonic()
-    ok(run_hpo("create", str(STUDIES / "exp3.toml"), storage=postgres_url))
+    ok(run_hpo("create", str(STUDIES / "exp3.toml"), "--subset", "200", storage=postgres_url))
     storage = optuna.storages.RDBStorage(postgres_url)
     study_id = storage.get_study_id_from_name("exp3")
 

@@ -143,7 +143,7 @@ def test_a_crash_part_way_keeps_the_points_passed_and_retries_the_rest(storage_u
                                                                         tmp_path: Path) -> None:
     body = PREFIX_GRID.replace("repeats = 2", "").replace("learning_rate = [0.001, 0.0001]",
                                                           "learning_rate = [0.001]").replace("[1, 2]", "[1, 400]")
-    ok(run_hpo("create", str(write_study(tmp_path, "crash", body)), storage=storage_url))
+    ok(run_hpo("create", str(write_study(tmp_path, "crash", body)), "--subset", "100", storage=storage_url))
     worker = [sys.executable, "-m", "hpo", "--storage", storage_url, "worker", "crash", "--data", data_path,
               "--subset", "100", "--threads", "1"]
     first = subprocess.Popen(worker, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

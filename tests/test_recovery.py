@@ -57,7 +57,7 @@ def _grid_outcome(trials: list[optuna.trial.FrozenTrial]) -> dict[str, object]:
 @pytest.mark.chaos
 @pytest.mark.postgres
 def test_chaos_kill_a_worker_mid_trial_on_postgres(postgres_url: str, data_path: str, tmp_path: Path) -> None:
-    assert run_hpo("create", str(STUDIES / "exp3.toml"), storage=postgres_url).returncode == 0
+    assert run_hpo("create", str(STUDIES / "exp3.toml"), "--subset", "200", storage=postgres_url).returncode == 0
     workers = [_worker(postgres_url, "exp3", data_path, tmp_path / f"worker-{i}.log") for i in range(4)]
     try:
         def victim() -> optuna.trial.FrozenTrial | None:
@@ -126,7 +126,7 @@ def test_interrupted_worker_fails_its_trial_as_retryable_and_exits_quickly(
         sig: signal.Signals, data_path: str, tmp_path: Path) -> None:
     db = f"sqlite:///{tmp_path / 'hpo.db'}"
     study = write_study(tmp_path, "long", INTERRUPTIBLE)
-    assert run_hpo("create", str(study), storage=db).returncode == 0
+    assert run_hpo("create", str(study), "--subset", "200", storage=db).returncode == 0
     worker = _worker(db, str(study), data_path, tmp_path / "worker.log")
     try:
         wait_for(lambda: any(
@@ -156,7 +156,7 @@ def test_interrupted_worker_fails_its_trial_as_retryable_and_exits_quickly(
 def test_ctrl_c_on_launch_stops_every_worker_and_leaves_nothing_running(data_path: str, tmp_path: Path) -> None:
     db = f"sqlite:///{tmp_path / 'hpo.db'}"
     study = write_study(tmp_path, "long", INTERRUPTIBLE.replace("[0.001]", "[0.001, 0.0001]"))
-    assert run_hpo("create", str(study), storage=db).returncode == 0
+    assert run_hpo("create", str(study), "--subset", "200", storage=db).returncode == 0
     launcher = subprocess.Popen(
         [sys.executable, "-m", "hpo", "--storage", db, "launch", str(study), "-n", "2", "--threads", "1",
          "--data", data_path, "--subset", "200", "--logs", str(tmp_path / "logs")],

@@ -89,7 +89,7 @@ def test_report_measures_table1_from_the_trials(tmp_path: Path, data_path: str) 
                (("grid3", GRID3, ["--max-trials", "2"]), ("fixed1", FIXED1, []), ("other", OTHER, []))]
     # The database exists before the workers start: workers racing to create a new SQLite file's
     # tables is a separate matter, for hpo.storage.open's own tests.
-    ok(run_hpo("create", str(studies[0][0]), storage=db))
+    ok(run_hpo("create", str(studies[0][0]), "--data", data_path, "--subset", "200", storage=db))
     workers = [subprocess.Popen([sys.executable, "-m", "hpo", "--storage", db, "worker", str(f),
                                  "--data", data_path, "--subset", "200", *extra],
                                 cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -180,7 +180,8 @@ def test_report_measures_table1_from_the_trials(tmp_path: Path, data_path: str) 
 
 
 def _study_with_trials(db: str, name: str, accuracies: list[float]) -> optuna.Study:
-    """A study of experiment 1 named ``name``, with COMPLETE trials but no artifacts."""
+    """A study of experiment 1 named ``name``, with COMPLETE trials but no artifacts, trained (so
+    their records say) on all 50,000 training images, as a study stored before hpo recorded its data."""
     from hpo.storage.open import open_storage
     from hpo.study.create import create_study
 
@@ -190,7 +191,8 @@ def _study_with_trials(db: str, name: str, accuracies: list[float]) -> optuna.St
     for accuracy in accuracies:
         study.add_trial(optuna.trial.create_trial(
             params=params, distributions={k: CategoricalDistribution([v]) for k, v in params.items()},
-            value=accuracy, user_attrs={"test_accuracy": accuracy, "test_loss": 1.0, "val_accuracy": accuracy}))
+            value=accuracy, user_attrs={"test_accuracy": accuracy, "test_loss": 1.0, "val_accuracy": accuracy,
+                                        records.TRAIN_IMAGES: 50_000}))
     return study
 
 

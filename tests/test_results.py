@@ -18,6 +18,7 @@ from conftest import TWO_LR_GRID, ok, run_hpo, user_error, write_study
 from hpo.storage import records
 from hpo.results import formats
 from hpo.results.rows import configuration_columns
+from hpo.study.files import load_definition
 
 GRID = """
 description = "Two learning rates by two batch sizes."
@@ -112,7 +113,8 @@ def test_configurations_of_a_loss_study_rank_lowest_first(tmp_path: Path) -> Non
     url = f"sqlite:///{tmp_path / 'hpo.db'}"
     _study_with_repeats(tmp_path, url, "byloss", "test_loss")
     rows = _export(url, "byloss", "--format", "csv")
-    assert list(rows[0]) == list(configuration_columns("test_loss"))
+    assert list(rows[0]) == list(configuration_columns(load_definition(tmp_path / "byloss.toml")))
+    assert list(rows[0])[:6] == ["rank", "architecture", "augmentation", "learning_rate", "batch_size", "epochs"]
     assert list(rows[0]).count("mean_test_loss") == 1  # the metric is not listed twice
     means = [float(r["mean_test_loss"]) for r in rows]
     assert means == sorted(means) and [r["n"] for r in rows] == ["3", "2", "1"]

@@ -16,7 +16,7 @@ from typing import Any
 
 import click
 
-from hpo.cli import running, showing
+from hpo.cli import confirming, running, showing
 from hpo.cli.common import STORAGE_HELP, setup_logging
 from hpo.errors import HpoError
 
@@ -59,7 +59,7 @@ class _Group(click.Group):
 @click.version_option(package_name="hpo")
 @click.pass_context
 def main(ctx: click.Context, storage: str | None, debug: bool) -> None:
-    """Hyperparameter optimisation of Keras CIFAR-10 models on Optuna.
+    """Hyperparameter optimisation of Keras image classifiers on Optuna.
 
     --storage and --debug go before or after the subcommand.
     """
@@ -67,6 +67,6 @@ def main(ctx: click.Context, storage: str | None, debug: bool) -> None:
     setup_logging(debug)
 
 
-for command in (running.create, running.worker, running.launch, running.confirm,
+for command in (running.create, running.worker, running.launch, confirming.confirm,
                 showing.status, showing.export, showing.dashboard, showing.report):
     main.add_command(command)

@@ -65,11 +65,17 @@ def artifacts_option(help_text: str = "Artifact folder (see hpo worker).") -> Ca
     return click.option("--artifacts", envvar="HPO_ARTIFACTS", metavar="DIR", help=help_text)
 
 
-data_options = [
+source_options = [  # which data: every command that creates or trains a study
     click.option("--data", envvar="HPO_DATA", metavar="PATH",
-                 help="CIFAR-10 archive, folder or .npz [env HPO_DATA; default: download]."),
+                 help="A local copy of the named data set the studies train on (cifar10, mnist, ...): an archive, "
+                      "folder or .npz [env HPO_DATA; default: Keras' download]. A study whose data.source is a "
+                      "path reads that path."),
     click.option("--subset", type=click.IntRange(min=10), metavar="N",
-                 help="Train on a stratified subset of N images (N/5 test images)."),
+                 help="Train on a stratified subset of N images (N/5 test images); recorded with the study when "
+                      "it is created [default: the study's]."),
+]
+data_options = [
+    *source_options,
     click.option("--threads", type=click.IntRange(min=1, max=1024), metavar="T", help="CPU threads per worker."),
     click.option("--checkpoint-every", envvar="HPO_CHECKPOINT_EVERY", type=click.IntRange(min=0), default=1,
                  show_default=True, metavar="E",

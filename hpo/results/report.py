@@ -28,8 +28,8 @@ from hpo.storage import records
 from hpo.results import formats
 from hpo.study.definition import PARAMETERS
 from hpo.results.curves import search_curve
-from hpo.results.rows import (CONFIRMED_COLUMNS, EXPORT_COLUMNS, best_trial_rows, configuration_columns,
-                              configuration_rows, confirmed_rows_of)
+from hpo.results.rows import (CONFIRMED_AFTER, best_trial_rows, configuration_columns, configuration_rows,
+                              confirmed_rows_of, export_columns)
 from hpo.storage.url import StorageURL
 from hpo.study.create import load_study
 from hpo.results.table1 import (BEYOND_NOISE, NOISE_RULE, NOISE_TEST, NOT_RUN, TABLE1_COLUMNS, StudyResult, report_rows,
@@ -64,7 +64,7 @@ def findings(rows: Sequence[dict[str, Any]], experiments: Sequence[StudyResult],
             lines.append(f"- Study {result.name}: no COMPLETE trial yet.")
             continue
         accuracy = best.user_attrs.get("test_accuracy")
-        params = _describe(records.trial_params(best))
+        params = _describe(records.trial_params(best), result.definition.parameter_names)
         lines.append(f"- Best trial of study {result.name}: trial {best.number} ({params}), "
                      f"{result.definition.metric} {best.value:.4f}, test accuracy "
                      f"{'n/a' if accuracy is None else f'{accuracy:.4f}'}.")
@@ -98,9 +98,9 @@ def _beyond_noise(rows: Sequence[dict[str, Any]], run: int) -> list[str]:
     return lines
 
 
-def _describe(params: Mapping[str, Any]) -> str:
+def _describe(params: Mapping[str, Any], names: Sequence[str] = PARAMETERS) -> str:
     return ", ".join(f"{name} {params[name]:g}" if isinstance(params[name], float) else f"{name} {params[name]}"
-                     for name in PARAMETERS if params.get(name) is not None)
+                     for name in names if params.get(name) is not None)
 
 
 def _data_findings(results: Sequence[StudyResult]) -> list[str]:
@@ -172,26 +172,38 @@ def write_report(storage: optuna.storages.BaseStorage, names: Sequence[str], out
 def _search_section(out: paths.OutputFolder, storage: optuna.storages.BaseStorage, searches: Sequence[StudyResult],
                     experiments: Sequence[StudyResult]) -> list[str]:
     """The searches' progress (best so far against epochs and wall time) and their confirmed
-    configurations: the search's value beside the confirmed mean and spread of test accuracy."""
-    references = {"report's best test accuracy": max(row.reference.test_accuracy for row in report_rows())}
-    grids = [(r, r.best) for r in experiments if r.definition.experiment == 3]
-    for result, best in grids:
-        if best is not None and best.value is not None:
+    configurations: the search's value beside the confirmed mean and spread of test accuracy.
+
+    The reference lines are drawn only where they belong: the report's numbers beside searches
+    on the report's data (all of CIFAR-10), a stored exp3 grid's best beside searches on the
+    grid's own data."""
+    references: dict[str, float] = {}
+    on_report_data = all(r.on_report_data for r in searches)
+    if on_report_data:
+        references["report's best test accuracy"] = max(row.reference.test_accuracy for row in report_rows())
+    for result in experiments:
+        best = result.best
+        same_data = all(s.data is not None and result.data is not None and s.data.difference(result.data) is None
+                        for s in searches)
+        if result.definition.experiment == 3 and best is not None and best.value is not None and same_data:
             references[f"grid's best {result.definition.metric} ({result.name})"] = best.value
-    if len(references) == 1:  # no exp3 study stored: the report's own grid
-        references["report's grid best test accuracy (exp3)"] = max(
+    if on_report_data and not any(name.startswith("grid's") for name in references):
+        references["report's grid best test accuracy (exp3)"] = max(  # no exp3 study on this data: the report's
             row.reference.test_accuracy for row in report_rows() if row.experiment == 3)
     metric = searches[0].definition.metric
     curves = {r.name: search_curve(r.study, r.definition) for r in searches if r.definition.metric == metric}
     path = plots.search_progress(curves, references, out.path("search_progress.png"), metric)
+    said = ("the reference lines are the report's best run and the exp3 grid's best (the stored grid study's, "
+            "else the report's)." if on_report_data else
+            "the searches did not train on the report's data (all of CIFAR-10), so the report's numbers are not "
+            "drawn" + ("; the line is the exp3 grid's best on the same data." if references else "."))
     lines = ["## The searches", "",
              f"Best {metric} so far of each search against the training epochs it spent and against wall time; "
-             "the reference lines are the report's best run and the exp3 grid's best (the stored grid study's, "
-             "else the report's).", "",
-             f"![search progress]({path.name})", ""]
+             f"{said}", "", f"![search progress]({path.name})", ""]
     rows = [{"search": result.name, **row} for result in searches for row in confirmed_rows_of(storage, result.name)]
     if rows:
-        columns = ("search", "confirmation", *CONFIRMED_COLUMNS)
+        names = dict.fromkeys(name for result in searches for name in result.definition.parameter_names)
+        columns = ("search", "confirmation", "rank", *names, *CONFIRMED_AFTER)
         out.path("confirmed.csv").write_text(formats.render(rows, "csv", columns), encoding="utf-8")
         lines += ["### Confirmed top configurations", "",
                   "Each search's best configurations trained again with fresh seeds on the whole training set "
@@ -236,16 +248,16 @@ def _study_section(out: paths.OutputFolder, storage: optuna.storages.BaseStorage
     lines = [f"### {result.name}", "", result.definition.description, ""]
     if result.definition.experiment is None:
         lines += _listed(out, f"{stem}_best_trials.csv", "Best trials",
-                         best_trial_rows(result.study, result.definition), EXPORT_COLUMNS)
+                         best_trial_rows(result.study, result.definition), export_columns(result.definition))
     configurations = configuration_rows(result.study, result.definition)
     if len(configurations) < len(result.complete):  # repeats: rank configurations by their mean, not one lucky run
         lines += _listed(out, f"{stem}_configurations.csv", "Configurations over their repeats, by mean "
-                         f"{result.definition.metric}", configurations, configuration_columns(result.definition.metric))
+                         f"{result.definition.metric}", configurations, configuration_columns(result.definition))
     best = result.best
     if best is None:
         return lines + ["No COMPLETE trial yet.", ""]
-    lines += [f"Best trial: {best.number} ({_describe(records.trial_params(best))}), "
-              f"{result.definition.metric} {best.value:.4f}.", ""]
+    described = _describe(records.trial_params(best), result.definition.parameter_names)
+    lines += [f"Best trial: {best.number} ({described}), {result.definition.metric} {best.value:.4f}.", ""]
     figures, problem = ({}, "no artifact folder") if artifacts is None else \
         plots.best_trial_figures(storage, best, artifacts, out.path, stem)
     lines += [f"![{kind}]({path.name})" for kind, path in figures.items()]

@@ -19,7 +19,7 @@ from hpo.storage import records
 from hpo.study import plan
 from hpo.study.confirm import configuration_key, confirmations_of
 from hpo.study.create import load_study
-from hpo.study.definition import PARAMETERS, StudyDefinition
+from hpo.study.definition import StudyDefinition
 
 
 def export_rows(storage: optuna.storages.BaseStorage, study: optuna.Study, definition: StudyDefinition,
@@ -33,14 +33,14 @@ def export_rows(storage: optuna.storages.BaseStorage, study: optuna.Study, defin
     rows: list[dict[str, Any]]
     columns: tuple[str, ...]
     if by == "configuration" and confirms:
-        rows, columns = confirmed_rows(study, definition), CONFIRMED_COLUMNS
+        rows, columns = confirmed_rows(study, definition), confirmed_columns_of(definition)
     elif by == "configuration":
-        rows, columns = configuration_rows(study, definition), configuration_columns(definition.metric)
+        rows, columns = configuration_rows(study, definition), configuration_columns(definition)
     else:
-        rows, columns = best_trial_rows(study, definition), EXPORT_COLUMNS
-    confirmed = confirmed_by_configuration(storage, study.study_name)
+        rows, columns = best_trial_rows(study, definition), export_columns(definition)
+    confirmed = confirmed_by_configuration(storage, study.study_name, definition)
     if confirmed:
-        rows = [{**row, **confirmed_columns(row, confirmed)} for row in rows]
+        rows = [{**row, **confirmed_columns(row, confirmed, definition)} for row in rows]
         columns = (*columns, *CONFIRMED_EXTRA)
     return rows, columns
 
@@ -68,16 +68,18 @@ def best_trial_rows(study: optuna.Study, definition: StudyDefinition) -> list[di
     for trial in sorted(chosen, key=key):
         if trial.state == TrialState.COMPLETE:
             rank += 1
-        rows.append(trial_row(trial, rank if trial.state == TrialState.COMPLETE else None))
+        rows.append(trial_row(trial, rank if trial.state == TrialState.COMPLETE else None, definition))
     return rows
 
 
-# The best-trial table's columns, in order: what trial_row gives, as hpo export and report show it.
-EXPORT_COLUMNS = ("rank", "trial", "architecture", "augmentation", "learning_rate", "batch_size", "epochs",
-                  "val_accuracy", "test_accuracy", "test_loss", "duration_s", "state", "note")
+def export_columns(definition: StudyDefinition) -> tuple[str, ...]:
+    """The best-trial table's columns, in order: what trial_row gives, as hpo export and report
+    show it; the study's own parameters in the middle (the epochs: those a pruned trial ran)."""
+    return ("rank", "trial", *definition.parameter_names, "val_accuracy", "test_accuracy", "test_loss",
+            "duration_s", "state", "note")
 
 
-def trial_row(trial: FrozenTrial, rank: int | None) -> dict[str, Any]:
+def trial_row(trial: FrozenTrial, rank: int | None, definition: StudyDefinition) -> dict[str, Any]:
     params = records.trial_params(trial)
     attrs = trial.user_attrs
     duration = trial.duration.total_seconds() if trial.duration else None
@@ -85,7 +87,7 @@ def trial_row(trial: FrozenTrial, rank: int | None) -> dict[str, Any]:
     return {
         "rank": rank,
         "trial": trial.number,
-        **{name: params.get(name) for name in PARAMETERS},
+        **{name: params.get(name) for name in definition.parameter_names},
         "val_accuracy": attrs.get("val_accuracy"),
         "test_accuracy": attrs.get("test_accuracy"),
         "test_loss": attrs.get("test_loss"),
@@ -98,15 +100,17 @@ def trial_row(trial: FrozenTrial, rank: int | None) -> dict[str, Any]:
 
 # --- one row per configuration -------------------------------------------------------------------
 
-# The per-configuration table's columns, in order; "{metric}" stands for the study's metric
-# (configuration_columns fills it in).
-CONFIGURATION_COLUMNS = ("rank", *PARAMETERS, "n", "mean_{metric}", "std_{metric}", "mean_test_accuracy",
-                         "std_test_accuracy", "mean_test_loss", "std_test_loss", "trials")
+# The per-configuration table's columns after the parameters, in order; "{metric}" stands for the
+# study's metric (configuration_columns fills it in).
+CONFIGURATION_COLUMNS = ("n", "mean_{metric}", "std_{metric}", "mean_test_accuracy", "std_test_accuracy",
+                         "mean_test_loss", "std_test_loss", "trials")
 
 
-def configuration_columns(metric: str) -> tuple[str, ...]:
-    """CONFIGURATION_COLUMNS for a study scored on ``metric``; a test metric is not listed twice."""
-    return tuple(dict.fromkeys(column.format(metric=metric) for column in CONFIGURATION_COLUMNS))
+def configuration_columns(definition: StudyDefinition) -> tuple[str, ...]:
+    """The per-configuration table's columns for a study: its parameters, then the means of its
+    metric and of the test numbers (a test metric is not listed twice)."""
+    after = (column.format(metric=definition.metric) for column in CONFIGURATION_COLUMNS)
+    return tuple(dict.fromkeys(("rank", *definition.parameter_names, *after)))
 
 
 def mean_std(values: Iterable[float | None]) -> tuple[float | None, float | None]:
@@ -125,11 +129,11 @@ def configuration_rows(study: optuna.Study, definition: StudyDefinition) -> list
     metric, of test accuracy and of test loss, and the trial numbers. A value that is not finite
     (a loss that blew up) is left out of the means; a configuration with no finite metric ranks last.
     """
+    names = definition.parameter_names
     groups: dict[tuple[Any, ...], list[FrozenTrial]] = {}
     for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        params = records.trial_params(trial)
-        groups.setdefault(tuple(params.get(name) for name in PARAMETERS), []).append(trial)
-    rows = [_configuration_row(dict(zip(PARAMETERS, key, strict=True)), trials, definition.metric)
+        groups.setdefault(configuration_key(records.trial_params(trial), names), []).append(trial)
+    rows = [_configuration_row(dict(zip(names, key, strict=True)), trials, definition.metric)
             for key, trials in groups.items()]
     mean = f"mean_{definition.metric}"
     rows.sort(key=lambda row: (definition.rank_key(row[mean]), row["trials"][0]))
@@ -147,9 +151,14 @@ def _configuration_row(params: dict[str, Any], trials: list[FrozenTrial], metric
 
 # --- a confirmation's rows -----------------------------------------------------------------------
 
-# The confirmed table's columns: the search's number beside the confirmation's mean and spread.
-CONFIRMED_COLUMNS = ("rank", *PARAMETERS, "search_trial", "search_value", "n", "mean_test_accuracy",
-                     "std_test_accuracy", "mean_test_loss", "trials")
+# A confirmation's columns after its parameters: the search's number beside the confirmed mean and spread.
+CONFIRMED_AFTER = ("search_trial", "search_value", "n", "mean_test_accuracy", "std_test_accuracy", "mean_test_loss",
+                   "trials")
+
+
+def confirmed_columns_of(definition: StudyDefinition) -> tuple[str, ...]:
+    """A confirmation's columns: its configurations, then :data:`CONFIRMED_AFTER`."""
+    return ("rank", *definition.parameter_names, *CONFIRMED_AFTER)
 
 
 def confirmed_rows(study: optuna.Study, definition: StudyDefinition) -> list[dict[str, Any]]:
@@ -167,7 +176,7 @@ def confirmed_rows(study: optuna.Study, definition: StudyDefinition) -> list[dic
         trials = by_point.get(index, [])
         accuracy = mean_std(t.user_attrs.get("test_accuracy") for t in trials)
         rows.append({
-            **{key: point.get(key) for key in PARAMETERS},
+            **{key: point.get(key) for key in definition.parameter_names},
             "search_trial": _at(linked.get("trials"), index),
             "search_value": _at(linked.get("values"), index),
             "n": len(trials),
@@ -197,18 +206,19 @@ def confirmed_rows_of(storage: optuna.storages.BaseStorage, search_name: str) ->
     return rows
 
 
-def confirmed_by_configuration(storage: optuna.storages.BaseStorage, search_name: str) -> Confirmed:
+def confirmed_by_configuration(storage: optuna.storages.BaseStorage, search_name: str,
+                               search: StudyDefinition) -> Confirmed:
     """For a search: its confirmed configurations -> the newest confirmation's row."""
-    return {configuration_key(row): row for row in confirmed_rows_of(storage, search_name)}
+    return {configuration_key(row, search.parameter_names): row for row in confirmed_rows_of(storage, search_name)}
 
 
 # What a search's exported rows gain once it has been confirmed.
 CONFIRMED_EXTRA = ("confirmed_n", "confirmed_test_accuracy", "confirmed_std")
 
 
-def confirmed_columns(row: dict[str, Any], confirmed: Confirmed) -> dict[str, Any]:
+def confirmed_columns(row: dict[str, Any], confirmed: Confirmed, search: StudyDefinition) -> dict[str, Any]:
     """CONFIRMED_EXTRA for one of a search's exported rows (None where its configuration was not)."""
-    match = confirmed.get(configuration_key(row))
+    match = confirmed.get(configuration_key(row, search.parameter_names))
     return {"confirmed_n": match["n"] if match else None,
             "confirmed_test_accuracy": match["mean_test_accuracy"] if match else None,
             "confirmed_std": match["std_test_accuracy"] if match else None}

@@ -16,6 +16,7 @@ from optuna.trial import FrozenTrial, TrialState
 from hpo.study import plan
 
 from hpo.storage import records
+from hpo.study.data import DataIdentity
 from hpo.study.definition import StudyDefinition
 
 POINT_STATES = ("pending", "running", "complete", "pruned", "failed")
@@ -37,6 +38,8 @@ class StudyStatus:
     running_epochs: list[tuple[int, int | None]] = field(default_factory=list)
     # A grid's coverage: per point (in grid id order) its parameters and the state of each repeat
     coverage: list[dict[str, Any]] = field(default_factory=list)
+    data: dict[str, Any] | None = None   # what the study trains on (hpo.study.data.DataIdentity), None if unknown
+    parameters: tuple[str, ...] = ()     # the study's parameters, as Optuna names them
 
     def repeat_summary(self) -> list[str]:
         """Per repeat of a grid: "repeat 1: 27/27 complete" (+ running, pending, failed where any)."""
@@ -63,6 +66,8 @@ class StudyStatus:
         """The lines ``hpo status`` prints under its table: coverage per repeat, running trials'
         epochs, and every point that failed for good."""
         lines = []
+        if self.data is not None:
+            lines.append(f"{self.name}: trains on {DataIdentity.from_dict(self.data).description}")
         repeats = self.repeat_summary()
         if len(repeats) > 1:
             lines.append(f"{self.name}: " + "; ".join(repeats))
@@ -78,6 +83,8 @@ class StudyStatus:
             "trials": self.trials, "points": {**self.points, "total": self.total_points},
             "duplicates": self.duplicates, "best_value": self.best_value, "best_trial": self.best_trial,
             "failed_points": self.failed_points,
+            "data": self.data,
+            "parameters": list(self.parameters),
             "running_epochs": [{"done": done, "planned": planned} for done, planned in self.running_epochs],
             "coverage": self.coverage,
         }
@@ -128,6 +135,8 @@ def study_status(study: optuna.Study, definition: StudyDefinition) -> StudyStatu
         failed_points=failed_points,
         running_epochs=[_epochs(t) for t in trials if t.state == TrialState.RUNNING],
         coverage=_coverage(definition, by_slot) if definition.sampler == "grid" else [],
+        data=study.user_attrs.get(records.DATA_IDENTITY),
+        parameters=definition.parameter_names,
     )
 
 

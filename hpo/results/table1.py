@@ -26,10 +26,12 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from hpo.study.definition import PARAMETERS, Range, Reference, StudyDefinition, check_value
+from hpo.study.definition import PARAMETERS, Reference, StudyDefinition
+from hpo.study.space import Range, check_value
 from hpo.errors import ConfigError
 from hpo.results.rows import mean_std
 from hpo.storage import records
+from hpo.study.data import CIFAR10_TRAIN, DataIdentity
 
 FILE = "table1.csv"
 # Its columns, in order, and the type of each (the same as the seed's table1.csv).
@@ -121,6 +123,30 @@ class StudyResult:
     def best(self) -> FrozenTrial | None:
         return self.study.best_trial if self.complete else None
 
+    @property
+    def data(self) -> DataIdentity | None:
+        """What the study trains on (None: a study stored before hpo recorded it)."""
+        saved = self.study.user_attrs.get(records.DATA_IDENTITY)
+        return DataIdentity.from_dict(saved) if saved else None
+
+    @property
+    def on_report_data(self) -> bool:
+        """Whether the study trains on the report's data, all of CIFAR-10: only then do the
+        report's numbers belong beside its own. A study stored before hpo recorded its data
+        counts where its trials trained on 50,000 images with no subset."""
+        if self.data is not None:
+            return self.data.is_report_data
+        return bool(self.complete) and all(t.user_attrs.get(records.SUBSET) is None
+                                           and t.user_attrs.get(records.TRAIN_IMAGES) == CIFAR10_TRAIN
+                                           for t in self.complete)
+
+    @property
+    def data_note(self) -> str:
+        """A note for a Table 1 row measured on other data than the report's."""
+        if self.on_report_data:
+            return ""
+        return f"other data: {self.data.description}" if self.data is not None else "other data"
+
 
 def reference_params(definition: StudyDefinition, reference: Reference) -> dict[str, Any]:
     """The full configuration of a reference row: its own params over the study's fixed ones."""
@@ -166,14 +192,16 @@ def table1_rows(experiments: Sequence[StudyResult]) -> list[dict[str, Any]]:
                    if r.definition.experiment == wanted.experiment and in_space(r.definition, wanted.params)]
         for result in studies:
             runs = [t for t in result.complete if same_params(wanted.params, records.trial_params(t))]
-            result.rows.append(_measure(result.name, wanted, runs))
+            result.rows.append(_measure(result.name, wanted, runs, result.data_note if runs else ""))
             table.append(result.rows[-1])
         if not studies:
             table.append(_measure(None, wanted, []))
     return table
 
 
-def _measure(study: str | None, wanted: ReportRow, runs: list[FrozenTrial]) -> dict[str, Any]:
+def _measure(study: str | None, wanted: ReportRow, runs: list[FrozenTrial], other_data: str = "") -> dict[str, Any]:
+    """A row of Table 1 measured on ``runs``; on other data than the report's (``other_data``
+    says which) the difference is shown, but no verdict drawn from it."""
     reference = wanted.reference
     accuracy, std = mean_std(t.user_attrs.get("test_accuracy") for t in runs)
     loss, _ = mean_std(t.user_attrs.get("test_loss") for t in runs)
@@ -181,7 +209,7 @@ def _measure(study: str | None, wanted: ReportRow, runs: list[FrozenTrial]) -> d
     diff = accuracy - reference.test_accuracy if accuracy is not None else None
     diverged = sum(1 for t in runs if t.user_attrs.get("diverged"))
     notes = [NOT_RUN if not runs else "", f"diverged {diverged} of {len(runs)}" if diverged else "",
-             BEYOND_NOISE if diff is not None and abs(diff) > limit else ""]
+             BEYOND_NOISE if diff is not None and abs(diff) > limit and not other_data else "", other_data]
     note = ", ".join(filter(None, notes))
     return {
         "study": study,

@@ -23,6 +23,8 @@ from optuna.trial import FrozenTrial, TrialState
 # --- study user attributes ---------------------------------------------------------------------
 DEFINITION = "definition"          # the resolved study definition (hpo.study.definition.StudyDefinition.to_dict)
 CONFIRMS = "confirms"              # a confirmation study: its search, the trials and values it confirms
+DATA_IDENTITY = "data"             # what the study trains on (hpo.study.data.DataIdentity.to_dict)
+BUILDER = "builder"                # the user's model builder it trains (hpo.study.builder.BuilderIdentity.to_dict)
 
 # --- trial system attributes (hpo's queue) -----------------------------------------------------
 SLOT = "hpo:slot"                  # position of the trial in the queue: grid id, or budget index

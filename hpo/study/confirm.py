@@ -11,7 +11,7 @@ and, per configuration, the search trial it confirms (study user attribute ``con
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,7 +21,8 @@ from optuna.trial import FrozenTrial, TrialState
 
 from hpo.study import plan
 from hpo.storage import records
-from hpo.study.definition import PARAMETERS, Range, StudyDefinition, name_problem
+from hpo.study.definition import StudyDefinition, name_problem
+from hpo.study.space import Spec
 from hpo.errors import ConfigError, NotReady
 
 CONFIRM_SUFFIX = "-confirm"
@@ -33,7 +34,7 @@ def top_trials(study: optuna.Study, definition: StudyDefinition, k: int) -> list
                 if t.value is not None and math.isfinite(t.value)]
     chosen: dict[tuple[Any, ...], FrozenTrial] = {}
     for trial in sorted(complete, key=lambda t: (definition.rank_key(t.value), t.number)):
-        key = configuration_key(records.trial_params(trial))
+        key = configuration_key(records.trial_params(trial), definition.parameter_names)
         if key not in chosen:
             chosen[key] = trial
         if len(chosen) == k:
@@ -41,8 +42,10 @@ def top_trials(study: optuna.Study, definition: StudyDefinition, k: int) -> list
     return list(chosen.values())
 
 
-def configuration_key(params: dict[str, Any]) -> tuple[Any, ...]:
-    return tuple(params.get(name) for name in PARAMETERS)
+def configuration_key(params: Mapping[str, Any], names: Sequence[str]) -> tuple[Any, ...]:
+    """What tells one configuration from another: its values of the study's parameters ``names``
+    (None where a conditional parameter did not apply)."""
+    return tuple(params.get(name) for name in names)
 
 
 def confirmation_definition(search: StudyDefinition, trials: Sequence[FrozenTrial], repeats: int,
@@ -51,9 +54,17 @@ def confirmation_definition(search: StudyDefinition, trials: Sequence[FrozenTria
     points, ``repeats`` trainings each, on the whole training set, scored on the test set."""
     if not trials:
         raise NotReady(f"study {search.name!r} has no COMPLETE trial to confirm yet")
-    points = tuple({key: records.trial_params(t)[key] for key in PARAMETERS} for t in trials)
-    space: dict[str, Range | tuple[Any, ...]] = {
-        key: tuple(dict.fromkeys(point[key] for point in points)) for key in PARAMETERS}
+    names = search.parameter_names
+    points = tuple({key: value for key, value in records.trial_params(t).items() if key in names} for t in trials)
+
+    def values(name: str) -> tuple[Any, ...]:
+        return tuple(dict.fromkeys(point[name] for point in points if name in point))
+
+    # The search's parameters with the values its best configurations have; one that none of them
+    # has (a setting of an optimizer none chose) is left out.
+    space: dict[str, Spec] = {key: values(key) for key in search.space if values(key)}
+    conditional = {value: {key: values(f"{value}.{key}") for key in table if values(f"{value}.{key}")}
+                   for value, table in search.conditional.items()}
     numbers = ", ".join(str(t.number) for t in trials)
     return StudyDefinition(
         name=name or f"{search.name}{CONFIRM_SUFFIX}",
@@ -71,6 +82,10 @@ def confirmation_definition(search: StudyDefinition, trials: Sequence[FrozenTria
         space=space,
         repeats=repeats,
         points=points,
+        conditional={value: table for value, table in conditional.items() if table},
+        builder=search.builder,
+        data=search.data,
+        subset=search.subset,
     )
 
 

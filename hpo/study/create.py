@@ -19,7 +19,9 @@ from hpo.study import queueing
 
 from hpo.storage import records
 from hpo.study.definition import StudyDefinition, definition_from_dict
-from hpo.errors import ConfigError, StudyNotFound
+from hpo.errors import ConfigError, DataError, StudyNotFound
+from hpo.study.builder import BuilderIdentity, check_same
+from hpo.study.data import DataIdentity
 from hpo.storage.lock import study_lock
 
 log = logging.getLogger(__name__)
@@ -37,12 +39,14 @@ def make_pruner(definition: StudyDefinition) -> optuna.pruners.BasePruner:
 
 
 def create_study(storage: optuna.storages.BaseStorage, definition: StudyDefinition,
-                 attrs: dict[str, Any] | None = None) -> tuple[optuna.Study, bool]:
+                 attrs: dict[str, Any] | None = None, *, data: DataIdentity | None = None,
+                 builder: BuilderIdentity | None = None) -> tuple[optuna.Study, bool]:
     """Create the study and queue its trials, or load it if it exists with this definition.
 
-    ``attrs`` are further study user attributes, stored with the definition. Returns the study
-    and whether it was created now. A different definition under an
-    existing name is refused: its stored results would no longer mean what they say.
+    ``attrs`` are further study user attributes, stored with the definition, as are ``data`` and
+    ``builder``, what the study trains with. Returns the study and whether it was created now. A
+    different definition, data or builder under an existing name is refused: its stored results
+    would no longer mean what they say.
     """
     wanted = _normalise(definition.to_dict())
     # Under the study's lock: any number of processes on any hosts may create the same study
@@ -69,16 +73,56 @@ def create_study(storage: optuna.storages.BaseStorage, definition: StudyDefiniti
                     f"study {definition.name!r} already exists with a different definition "
                     f"({_first_difference(stored_definition, wanted)}); give the changed study a new name"
                 )
+            _record_inputs(study, data, builder)
             return study, created
         # New, or a create that died half-way: queue what is missing, then mark the study ready.
         added = queueing.add_missing(study, definition, still_held)
         study.set_metric_names([definition.metric])
-        _save_note(study, definition)
+        _save_note(study, definition, data)
         for key, value in (attrs or {}).items():
             study.set_user_attr(key, value)
+        _record_inputs(study, data, builder)
         study.set_user_attr(records.DEFINITION, wanted)
     log.info("study %s: %d trials queued", definition.name, added)
     return study, True
+
+
+def _record_inputs(study: optuna.Study, data: DataIdentity | None, builder: BuilderIdentity | None) -> None:
+    """Store the study's data and builder; where stored already (by its creator, or a worker of a
+    study created before hpo recorded them), refuse others."""
+    name = study.study_name
+    if data is not None:
+        stored = study.user_attrs.get(records.DATA_IDENTITY)
+        if stored is None:
+            study.set_user_attr(records.DATA_IDENTITY, data.to_dict())
+        else:
+            before = DataIdentity.from_dict(stored)
+            problem = before.difference(data)
+            if problem:
+                raise DataError(f"study {name!r} trains on {before.description}: {problem} "
+                                f"(this one read {data.location})")
+    if builder is not None:
+        stored = study.user_attrs.get(records.BUILDER)
+        if stored is None:
+            study.set_user_attr(records.BUILDER, builder.to_dict())
+        else:
+            check_same(BuilderIdentity.from_dict(stored), builder, name)
+
+
+def record_inputs(storage: optuna.storages.BaseStorage, study: optuna.Study, data: DataIdentity | None,
+                  builder: BuilderIdentity | None) -> None:
+    """:func:`create_study`'s record of what an existing study trains with, for a worker given its
+    name: a study created before hpo recorded them takes the first worker's."""
+    with study_lock(storage, study.study_name):
+        _record_inputs(study, data, builder)
+
+
+def stored_attrs(storage: optuna.storages.BaseStorage, name: str) -> dict[str, Any] | None:
+    """The user attributes of the study ``name``, or None where there is no such study yet."""
+    for summary in optuna.get_all_study_summaries(storage):
+        if summary.study_name == name:
+            return dict(summary.user_attrs)
+    return None
 
 
 def load_study(storage: optuna.storages.BaseStorage, name: str) -> tuple[optuna.Study, StudyDefinition]:
@@ -115,12 +159,20 @@ def _first_difference(stored: Any, wanted: Any, path: str = "") -> str:
     return f"{path}: stored {stored!r}, file says {wanted!r}"
 
 
-def _save_note(study: optuna.Study, definition: StudyDefinition) -> None:
-    """The description and the report's numbers, shown as the study's note in the dashboard."""
+def _save_note(study: optuna.Study, definition: StudyDefinition, data: DataIdentity | None) -> None:
+    """The description, the data, the parameters and the report's numbers, shown as the study's
+    note in the dashboard."""
     lines = [f"# {definition.name}", "", definition.description, ""]
+    if data is not None:
+        lines += [f"Data: {data.description}; classes {', '.join(data.class_names[:20])}"
+                  + (", ..." if len(data.class_names) > 20 else "") + ".", ""]
+    lines += [f"Parameters: {', '.join(definition.parameter_names)}"
+              + (f"; model built by `{definition.builder}`" if definition.builder else "") + ".", ""]
     if definition.references:
         names = sorted({k for ref in definition.references for k in ref.params})
         lines += ["## The report's Table 1", "",
+                  "Measured by the report on all of CIFAR-10"
+                  + ("." if data is None or data.is_report_data else f"; this study trains on {data.description}."), "",
                   "| " + " | ".join(names) + " | test accuracy | test loss |",
                   "|" + "---|" * (len(names) + 2)]
         for ref in definition.references:

@@ -15,32 +15,16 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 from collections.abc import Mapping
 
-from hpo.errors import ConfigError
+from hpo.study import space as spaces
+from hpo.study.space import CANONICAL_ORDER, Range, Spec
 
-# Kept here, not imported from hpo.training.models, so that reading a study file never imports Keras.
-# tests/test_config.py checks that they match the real registries.
-ARCHITECTURE_NAMES = ("base", "deeper_dropout", "batchnorm")
-AUGMENTATION_NAMES = ("none", "standard")
-
+# The report's five parameters: the columns of its Table 1 (and of a reference row).
 PARAMETERS = ("architecture", "augmentation", "learning_rate", "batch_size", "epochs")
 SAMPLERS = ("grid", "tpe", "random", "fixed")
 PRUNERS = ("none", "median", "hyperband")
 PROTOCOLS = ("validation_split", "test")
 METRICS = ("val_accuracy", "test_accuracy", "val_loss", "test_loss")
 DIRECTIONS = ("maximize", "minimize")
-
-
-@dataclass(frozen=True)
-class Range:
-    """A numeric range sampled by TPE or random search."""
-
-    low: float
-    high: float
-    log: bool = False
-
-
-Values = tuple[Any, ...]  # a categorical choice, or the points of a grid axis
-Spec = Range | Values
 
 
 @dataclass(frozen=True)
@@ -74,6 +58,10 @@ class StudyDefinition:
     reduction_factor: int = 3     # hyperband: 1/reduction_factor of a rung's trials go on to the next
     points: tuple[Mapping[str, Any], ...] = ()  # grid: explicit points, in place of the axes' product
     trial_limit: int = 10_000     # the most trials the study may queue (every one is a database row)
+    conditional: Mapping[str, Mapping[str, Spec]] = field(default_factory=dict)  # [space.<value>] tables
+    builder: str | None = None    # "module:function": the user's own model (hpo.study.builder)
+    data: str = "cifar10"         # the data's source as the study file names it (hpo.study.data)
+    subset: int | None = None     # the training images the study file asks for (None: all)
 
     @property
     def maximize(self) -> bool:
@@ -91,6 +79,15 @@ class StudyDefinition:
         return -math.inf if self.maximize else math.inf
 
     @property
+    def parameter_names(self) -> tuple[str, ...]:
+        """Every parameter a trial may have, as Optuna names it: the report's first, then the
+        rest of [space] in its order, then the conditional tables' (``deeper_dropout.dense_units``)."""
+        names = [name for name in CANONICAL_ORDER if name in self.space]
+        names += [name for name in self.space if name not in names]
+        names += [f"{value}.{name}" for value, table in self.conditional.items() for name in table]
+        return tuple(names)
+
+    @property
     def grid(self) -> dict[str, list[Any]]:
         """The GridSampler search space: every parameter as a list of its values."""
         return {name: list(spec) for name, spec in self.space.items() if not isinstance(spec, Range)}
@@ -99,7 +96,12 @@ class StudyDefinition:
     def fixed(self) -> dict[str, Any]:
         """Parameters with a single value: recorded on every trial, but not searched (Optuna's
         parameters, and so the dashboard's importance chart, hold only what varies)."""
-        return {name: spec[0] for name, spec in self.space.items() if not isinstance(spec, Range) and len(spec) == 1}
+        return {name: spec[0] for name, spec in self.space.items()
+                if not isinstance(spec, Range) and len(spec) == 1 and not spaces.depends(name, self.has_builder)}
+
+    @property
+    def has_builder(self) -> bool:
+        return self.builder is not None
 
     @property
     def grid_points(self) -> list[dict[str, Any]]:
@@ -138,6 +140,9 @@ class StudyDefinition:
             name: asdict(spec) if isinstance(spec, Range) else list(spec)
             for name, spec in self.space.items()
         }
+        data["conditional"] = {
+            value: {name: asdict(spec) if isinstance(spec, Range) else list(spec) for name, spec in table.items()}
+            for value, table in self.conditional.items()}
         data["references"] = [asdict(ref) for ref in self.references]
         data["points"] = [dict(point) for point in self.points]
         return data
@@ -145,17 +150,19 @@ class StudyDefinition:
 
 def definition_from_dict(data: Mapping[str, Any], origin: str = "stored definition") -> StudyDefinition:
     """Rebuild a definition from :meth:`StudyDefinition.to_dict` output."""
-    space = {
-        name: Range(**spec) if isinstance(spec, dict) else tuple(spec)
-        for name, spec in data["space"].items()
-    }
+    def specs(table: Mapping[str, Any]) -> dict[str, Spec]:
+        return {name: Range(**spec) if isinstance(spec, dict) else tuple(spec) for name, spec in table.items()}
+
     refs = tuple(Reference(**ref) for ref in data.get("references", ()))
     points = tuple(dict(point) for point in data.get("points", ()))
-    fields = {k: v for k, v in data.items() if k not in ("space", "references", "points")}
-    definition = StudyDefinition(**fields, space=space, references=refs, points=points)
+    conditional = {value: specs(table) for value, table in data.get("conditional", {}).items()}
+    fields = {k: v for k, v in data.items() if k not in ("space", "references", "points", "conditional")}
+    definition = StudyDefinition(**fields, space=specs(data["space"]), references=refs, points=points,
+                                 conditional=conditional)
     # The name is not checked again here: a study stored by an older hpo may carry a name the
     # study files no longer accept, and whatever writes files from it makes the name safe.
-    validate_space(definition.space, definition.sampler, origin)
+    spaces.validate(definition.space, definition.conditional, definition.sampler, origin, definition.has_builder,
+                    listed_points=bool(definition.points))
     return definition
 
 
@@ -176,38 +183,3 @@ def name_problem(name: str) -> str | None:
     if len(name) > MAX_NAME_LENGTH:
         return f"is {len(name)} characters long; at most {MAX_NAME_LENGTH}"
     return None
-
-
-def validate_space(space: Mapping[str, Spec], sampler: str, origin: str) -> None:
-    for key, spec in space.items():
-        where = f"{origin}: space.{key}"
-        if isinstance(spec, Range):
-            if sampler in ("grid", "fixed"):
-                raise ConfigError(f"{where} = {{low, high}} needs the tpe or random sampler; "
-                                  f"a {sampler} study takes a list of values")
-            if key in ("architecture", "augmentation"):
-                raise ConfigError(f"{where} must be a list of names, not a range")
-            if not spec.low < spec.high:
-                raise ConfigError(f"{where}: low = {spec.low!r} must be less than high = {spec.high!r}")
-            for bound in (spec.low, spec.high):
-                check_value(key, bound, where)
-            continue
-        if sampler == "fixed" and len(spec) != 1:
-            raise ConfigError(f"{where} = {list(spec)!r} must be a single value for the fixed sampler")
-        if len(set(spec)) != len(spec):
-            raise ConfigError(f"{where} = {list(spec)!r} lists a value twice")
-        for value in spec:
-            check_value(key, value, where)
-
-
-def check_value(key: str, value: Any, where: str) -> None:
-    if key == "architecture" and value not in ARCHITECTURE_NAMES:
-        raise ConfigError(f"{where}: unknown architecture {value!r} (known: {', '.join(ARCHITECTURE_NAMES)})")
-    if key == "augmentation" and value not in AUGMENTATION_NAMES:
-        raise ConfigError(f"{where}: unknown augmentation {value!r} (known: {', '.join(AUGMENTATION_NAMES)})")
-    if key == "learning_rate" and (
-            isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0):
-        raise ConfigError(f"{where}: learning rate {value!r} must be a number > 0")
-    if key in ("batch_size", "epochs") and (
-            isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value) or value < 1):
-        raise ConfigError(f"{where}: {key.replace('_', ' ')} {value!r} must be an integer >= 1")

@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import glob
 import tomllib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from hpo.errors import ConfigError
-from hpo.study.definition import (DIRECTIONS, METRICS, PARAMETERS, PROTOCOLS, PRUNERS, SAMPLERS, Range, Reference,
-                                  Spec, StudyDefinition, check_value, name_problem, validate_space)
+from hpo.study import space as spaces
+from hpo.study.data import check_source
+from hpo.study.definition import (DIRECTIONS, METRICS, PARAMETERS, PROTOCOLS, PRUNERS, SAMPLERS, Reference,
+                                  StudyDefinition, name_problem)
+from hpo.study.space import Range, Spec, check_value
 
 
 MAX_STUDY_FILE_BYTES = 1 << 20  # the report's studies are under 2 KB; a 10,000-point grid under 100 KB
@@ -43,9 +46,9 @@ def load_definition(path: str | Path) -> StudyDefinition:
     return _parse(raw, str(path))
 
 
-def load_definitions(patterns: Sequence[str]) -> list[StudyDefinition]:
-    """The study files named, a quoted glob (``'studies/exp*.toml'``) expanded and sorted; two
-    files may not name one study."""
+def load_definitions(patterns: Sequence[str]) -> list[tuple[str, StudyDefinition]]:
+    """The study files named, a quoted glob (``'studies/exp*.toml'``) expanded and sorted, each
+    with its definition; two files may not name one study."""
     files: list[str] = []
     for pattern in patterns:
         if not glob.has_magic(pattern) or Path(pattern).exists():
@@ -55,22 +58,23 @@ def load_definitions(patterns: Sequence[str]) -> list[StudyDefinition]:
         if not matches:
             raise ConfigError(f"{pattern}: no study file matches")
         files += matches
-    definitions: dict[str, StudyDefinition] = {}
+    definitions: dict[str, tuple[str, StudyDefinition]] = {}
     for file in dict.fromkeys(files):
         definition = load_definition(file)
         if definition.name in definitions:
             raise ConfigError(f"{file}: study {definition.name!r} is also named by another study file")
-        definitions[definition.name] = definition
+        definitions[definition.name] = (file, definition)
     return list(definitions.values())
 
 
-_SECTIONS = {
+_SECTIONS: dict[str, set[str] | None] = {
     "study": {"name", "description", "direction", "metric", "trials", "max_retries", "experiment", "repeats",
               "share_prefixes", "trial_limit"},
     "sampler": {"type", "seed"},
     "pruner": {"type", "min_resource", "reduction_factor"},
-    "data": {"protocol", "validation_split"},
-    "space": set(PARAMETERS),
+    "data": {"protocol", "validation_split", "source", "subset"},
+    "model": {"builder"},
+    "space": None,  # any name: hpo's parameters, a builder's, and [space.<value>] tables (hpo.study.space)
     "reference": {"test_accuracy", "test_loss", *PARAMETERS},
 }
 
@@ -82,7 +86,8 @@ class _Reader:
         self.origin, self.section = origin, section
         if not isinstance(table, dict):
             self.fail(section, table, "must be a table")
-        unknown = sorted(set(table) - _SECTIONS[section.split("[")[0]])
+        known = _SECTIONS[section.split("[")[0]]
+        unknown = sorted(set(table) - known) if known is not None else []
         if unknown:
             self.fail(f"{section}.{unknown[0]}", table[unknown[0]], "is not a known key")
         self.table = table
@@ -131,6 +136,7 @@ def _parse(raw: dict[str, Any], origin: str) -> StudyDefinition:
     sampler = _Reader(origin, "sampler", raw.get("sampler", {}))
     pruner = _Reader(origin, "pruner", raw.get("pruner", {}))
     data = _Reader(origin, "data", raw.get("data", {}))
+    model = _Reader(origin, "model", raw.get("model", {}))
     space_reader = _Reader(origin, "space", raw.get("space", {}))
 
     name = study.get("name", str)
@@ -159,11 +165,20 @@ def _parse(raw: dict[str, Any], origin: str) -> StudyDefinition:
     min_resource = pruner.integer("min_resource", 1, minimum=1, problem="must be at least 1 epoch")
     reduction_factor = pruner.integer("reduction_factor", 3, minimum=2)
 
-    space = {key: _parse_spec(space_reader, key) for key in PARAMETERS if key in space_reader.table}
-    missing = [key for key in PARAMETERS if key not in space]
-    if missing:
-        raise ConfigError(f"{origin}: space.{missing[0]} is missing")
-    validate_space(space, sampler_type, origin)
+    builder = model.get("builder", str, None)
+    if builder is not None:
+        problem = builder_problem(builder)
+        if problem:
+            model.fail("model.builder", builder, problem)
+    source = data.get("source", str, "cifar10")
+    problem = check_source(source)
+    if problem:
+        data.fail("data.source", source, problem)
+    subset = data.get("subset", int, None)
+    if subset is not None and subset < 10:
+        data.fail("data.subset", subset, "must be at least 10")
+    space, conditional = _parse_space(space_reader)
+    spaces.validate(space, conditional, sampler_type, origin, builder is not None)
 
     definition = StudyDefinition(
         name=name,
@@ -185,6 +200,10 @@ def _parse(raw: dict[str, Any], origin: str) -> StudyDefinition:
         min_resource=min_resource,
         reduction_factor=reduction_factor,
         trial_limit=study.integer("trial_limit", StudyDefinition.trial_limit, minimum=1),
+        conditional=conditional,
+        builder=builder,
+        data=source,
+        subset=subset,
     )
     if definition.n_trials > definition.trial_limit:
         size = (f"the grid has {definition.n_points:,} points x {repeats} repeat(s) = {definition.n_trials:,} trials"
@@ -193,15 +212,48 @@ def _parse(raw: dict[str, Any], origin: str) -> StudyDefinition:
                           "is queued as a database row up front: raise study.trial_limit to queue them all")
     if sampler_type in ("grid", "fixed") and definition.pruner != "none":
         pruner.fail("pruner.type", definition.pruner, f"cannot be used with the {sampler_type} sampler")
+    if sampler_type in ("grid", "fixed"):
+        spaces.check_points_apply(_points(definition), origin, definition.has_builder)
     if definition.pruner == "hyperband" and min_resource >= definition.max_epochs:
         pruner.fail("pruner.min_resource", min_resource,
                     f"must be less than the most epochs a trial trains ({definition.max_epochs})")
     return definition
 
 
-def _parse_spec(reader: _Reader, key: str) -> Spec:
-    value = reader.table[key]
-    where = f"space.{key}"
+def _points(definition: StudyDefinition) -> Iterator[dict[str, Any]]:
+    """A grid's points (all of them: at most trial_limit), or a fixed study's one."""
+    if definition.sampler == "fixed":
+        yield dict(definition.fixed) | {k: v[0] for k, v in definition.space.items() if not isinstance(v, Range)}
+    else:
+        yield from definition.grid_points
+
+
+def builder_problem(builder: str) -> str | None:
+    """Why ``builder`` cannot name a function as ``module:function``, or None."""
+    module, _, function = builder.partition(":")
+    if not function or not all(part.isidentifier() for part in module.split(".")) or not function.isidentifier():
+        return "must name a function as module:function (e.g. my_models:build)"
+    return None
+
+
+def _parse_space(reader: _Reader) -> tuple[dict[str, Spec], dict[str, dict[str, Spec]]]:
+    """[space]'s parameters, and its [space.<value>] tables of conditional ones."""
+    space: dict[str, Spec] = {}
+    tables: dict[str, dict[str, Any]] = {}
+    for key, value in reader.table.items():
+        if isinstance(value, dict) and not ({"low", "high"} & set(value)):
+            tables[key] = value
+        else:
+            space[key] = _parse_spec(reader, value, f"space.{key}")
+    conditional = {}
+    for name, table in tables.items():
+        if any(isinstance(v, dict) and not ({"low", "high"} & set(v)) for v in table.values()):
+            reader.fail(f"space.{name}", table, "nests a table in a table: conditional tables are one level deep")
+        conditional[name] = {key: _parse_spec(reader, v, f"space.{name}.{key}") for key, v in table.items()}
+    return space, conditional
+
+
+def _parse_spec(reader: _Reader, value: Any, where: str) -> Spec:
     if isinstance(value, dict):
         unknown = sorted(set(value) - {"low", "high", "log"})
         if unknown or "low" not in value or "high" not in value:

@@ -36,6 +36,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+MAX_LABELLED_CLASSES = 20
+
 
 class TrialArtifacts:
     """Writes a trial's plots, model and metrics into the store, all or nothing; a failure never
@@ -87,7 +89,8 @@ class TrialArtifacts:
         paths = [
             learning_curves(result.history, folder / f"learning_curves_trial{trial.number}.png", title),
             confusion_matrix_png(result.confusion, folder / f"confusion_matrix_trial{trial.number}.png",
-                                 f"trial {trial.number}: test accuracy {result.test_accuracy:.4f}"),
+                                 f"trial {trial.number}: test accuracy {result.test_accuracy:.4f}",
+                                 result.class_names or CLASS_NAMES),
         ]
         metrics = folder / f"metrics_trial{trial.number}.json"
         metrics.write_text(json.dumps({"trial": trial.number, "params": params,
@@ -130,15 +133,18 @@ def learning_curves(history: dict[str, list[float]], path: Path, title: str) -> 
 
 def confusion_matrix_png(matrix: np.ndarray, path: Path, title: str,
                          class_names: Sequence[str] = CLASS_NAMES) -> Path:
-    """Counts per (true class, predicted class), with the count printed in each cell."""
-    fig, ax = plt.subplots(figsize=(7, 6))
+    """Counts per (true class, predicted class), with the count printed in each cell (up to 20
+    classes; past that the cells are too small to read, and the colours alone tell)."""
+    labelled = len(class_names) <= MAX_LABELLED_CLASSES
+    fig, ax = plt.subplots(figsize=(7, 6) if labelled else (10, 9))
     image = ax.imshow(matrix, cmap="Blues")
-    ax.set_xticks(range(len(class_names)), class_names, rotation=45, ha="right")
-    ax.set_yticks(range(len(class_names)), class_names)
+    if labelled:
+        ax.set_xticks(range(len(class_names)), class_names, rotation=45, ha="right")
+        ax.set_yticks(range(len(class_names)), class_names)
     ax.set_xlabel("predicted class")
     ax.set_ylabel("true class")
     threshold = matrix.max() / 2 if matrix.size else 0
-    for (i, j), count in np.ndenumerate(matrix):
+    for (i, j), count in np.ndenumerate(matrix if labelled else np.zeros((0, 0))):
         ax.text(j, i, str(count), ha="center", va="center", fontsize=7,
                 color="white" if count > threshold else "black")
     fig.colorbar(image, ax=ax)

@@ -58,6 +58,7 @@ class TrainResult:
     xla: bool  # whether the training step ran XLA-compiled (Keras' "auto": off on a CPU)
     model: keras.Model = field(repr=False)
     confusion: np.ndarray = field(repr=False)  # counts[true class, predicted class] on the test set
+    class_names: tuple[str, ...] = ()  # the data's, in label order: the confusion matrix's rows
 
     def metrics(self) -> dict[str, Any]:
         """The numbers a trial records: finite floats, or None where training blew up."""

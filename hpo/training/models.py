@@ -1,86 +1,74 @@
-"""The report's CNN architectures: one parameterised builder each, in a small registry.
+"""The models hpo trains: the report's CNNs with their knobs, or a builder of the user's own.
 
 Building is kept apart from training (as keras-tuner's ``HyperModel.build`` is from ``fit``):
 :func:`build_model` returns an uncompiled model, :func:`compile_model` adds the optimizer, loss
 and metrics the report used. Every model takes pixels in 0..255 (uint8 or float), applies the
-augmentation layer if one is asked for, rescales to 0..1, then runs the report's layer stack.
-Only the public ``keras`` API is used, so the models run under any Keras backend.
+augmentation layer if one is asked for, rescales to 0..1, then runs its layer stack: the
+report's (:func:`report_layers`, shaped by the knobs of :mod:`hpo.study.space`), or the model a
+user's builder returns (:func:`build_own`). Only the public ``keras`` API is used, so the models
+run under any Keras backend.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
-from types import MappingProxyType
+from typing import Any
 
 import keras
 from keras import layers
 
+from hpo.errors import ConfigError, TrialError
+from hpo.study.space import ARCHITECTURES, MODEL_KNOBS, OPTIMIZERS, check_value  # the one rule for each value
 from hpo.training.augment import augmentation_layer
-from hpo.study.definition import check_value  # the one learning-rate rule
-from hpo.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
-LayerStack = Callable[[int], list[keras.layers.Layer]]
+def report_layers(architecture: str, knobs: Mapping[str, Any], num_classes: int) -> list[keras.layers.Layer]:
+    """The layers of one of the report's CNNs, its knobs set from ``knobs`` (the rest its own).
+
+    A block is Conv2D (3x3, relu), BatchNormalization where ``batch_norm``, MaxPooling2D (2x2),
+    and Dropout(``dropout_conv``) between blocks; then Flatten, Dense(``dense_units``, relu),
+    BatchNormalization, Dropout(``dropout_dense``) and the softmax. With its own knobs each is the
+    report's model, layer for layer (tests/test_models.py).
+    """
+    if architecture not in ARCHITECTURES:
+        raise ConfigError(f"unknown architecture {architecture!r}; valid names: {', '.join(ARCHITECTURES)}")
+    k = {**ARCHITECTURES[architecture], **{name: value for name, value in knobs.items() if name in MODEL_KNOBS}}
+    stack: list[keras.layers.Layer] = []
+    for block in range(1, int(k["conv_blocks"]) + 1):
+        stack.append(layers.Conv2D(int(k[f"filters_{block}"]), (3, 3), activation="relu"))
+        if k["batch_norm"]:
+            stack.append(layers.BatchNormalization())
+        stack.append(layers.MaxPooling2D((2, 2)))
+        if block < k["conv_blocks"] and k["dropout_conv"] > 0:
+            stack.append(layers.Dropout(float(k["dropout_conv"])))
+    stack += [layers.Flatten(), layers.Dense(int(k["dense_units"]), activation="relu")]
+    if k["batch_norm"]:
+        stack.append(layers.BatchNormalization())
+    if k["dropout_dense"] > 0:
+        stack.append(layers.Dropout(float(k["dropout_dense"])))
+    stack.append(layers.Dense(num_classes, activation="softmax"))
+    return stack
 
 
-def _base(num_classes: int) -> list[keras.layers.Layer]:
-    """Experiment 1 (and 3): the base model."""
-    return [
-        layers.Conv2D(32, (3, 3), activation="relu"),
-        layers.MaxPooling2D((2, 2)),
-        layers.Flatten(),
-        layers.Dense(128, activation="relu"),
-        layers.Dense(num_classes, activation="softmax"),
-    ]
-
-
-def _deeper_dropout(num_classes: int) -> list[keras.layers.Layer]:
-    """Experiment 2: a second conv block and dropout."""
-    return [
-        layers.Conv2D(32, (3, 3), activation="relu"),
-        layers.MaxPooling2D((2, 2)),
-        layers.Dropout(0.25),
-        layers.Conv2D(128, (3, 3), activation="relu"),
-        layers.MaxPooling2D((2, 2)),
-        layers.Flatten(),
-        layers.Dense(128, activation="relu"),
-        layers.Dropout(0.5),
-        layers.Dense(num_classes, activation="softmax"),
-    ]
-
-
-def _batchnorm(num_classes: int) -> list[keras.layers.Layer]:
-    """Experiment 4: the base model with BatchNormalization after the conv and after Dense 128."""
-    return [
-        layers.Conv2D(32, (3, 3), activation="relu"),
-        layers.BatchNormalization(),
-        layers.MaxPooling2D((2, 2)),
-        layers.Flatten(),
-        layers.Dense(128, activation="relu"),
-        layers.BatchNormalization(),
-        layers.Dense(num_classes, activation="softmax"),
-    ]
-
-
-# Each entry returns fresh layers, so two models never share weights.
-ARCHITECTURES: Mapping[str, LayerStack] = MappingProxyType(
-    {
-        "base": _base,
-        "deeper_dropout": _deeper_dropout,
-        "batchnorm": _batchnorm,
-    }
-)
+def smallest_image(conv_blocks: int) -> int:
+    """The smallest height and width that ``conv_blocks`` valid 3x3 convolutions, each followed
+    by a 2x2 pooling, leave at least one pixel of."""
+    size = 1
+    for _ in range(conv_blocks):
+        size = 2 * size + 2
+    return size
 
 
 def build_model(
     architecture: str,
     *,
     augmentation: str = "none",
-    input_shape: tuple[int, int, int] = (32, 32, 3),
+    input_shape: tuple[int, ...] = (32, 32, 3),
     num_classes: int = 10,
     seed: int | None = None,
+    knobs: Mapping[str, Any] | None = None,
 ) -> keras.Model:
     """Build (not compile) the model for ``architecture`` with ``augmentation`` in front.
 
@@ -89,29 +77,66 @@ def build_model(
 
     Raises:
         ConfigError: unknown architecture or augmentation name.
+        TrialError: more conv blocks than the images have room for.
     """
-    if architecture not in ARCHITECTURES:
-        raise ConfigError(
-            f"unknown architecture {architecture!r}; valid names: {', '.join(ARCHITECTURES)}"
-        )
-    augment = augmentation_layer(augmentation, seed=seed)
-    stack: list[keras.layers.Layer] = [keras.Input(shape=input_shape)]
-    if augment is not None:
-        stack.append(augment)
-    stack.append(layers.Rescaling(1.0 / 255))
-    stack.extend(ARCHITECTURES[architecture](num_classes))
+    stack = report_layers(architecture, knobs or {}, num_classes)
+    blocks = sum(isinstance(layer, layers.Conv2D) for layer in stack)
+    if min(input_shape[:2]) < smallest_image(blocks):
+        raise TrialError(f"{blocks} conv blocks need images of at least {smallest_image(blocks)}x"
+                         f"{smallest_image(blocks)} pixels; these are {input_shape[0]}x{input_shape[1]}")
     logger.debug("built %s (augmentation=%s, input_shape=%s)", architecture, augmentation, input_shape)
-    return keras.Sequential(stack, name=architecture)
+    return keras.Sequential([*_front(input_shape, augmentation, seed), *stack], name=architecture)
+
+
+def _front(input_shape: tuple[int, ...], augmentation: str, seed: int | None) -> list[Any]:
+    """What every model starts with: its input, the augmentation asked for, the rescaling to 0..1."""
+    augment = augmentation_layer(augmentation, seed=seed)
+    return [keras.Input(shape=input_shape), *([augment] if augment is not None else []), layers.Rescaling(1.0 / 255)]
+
+
+def build_own(builder: Callable[..., Any], name: str, params: Mapping[str, Any], *, augmentation: str = "none",
+              input_shape: tuple[int, ...], num_classes: int, seed: int | None = None) -> keras.Model:
+    """The model a user's builder returns, behind hpo's front (augmentation, pixels to 0..1).
+
+    ``builder(params, input_shape=..., num_classes=...)`` is called with the trial's parameters
+    (every one, hpo's own included) and must return a ``keras.Model`` taking ``input_shape`` images
+    in 0..1 and giving ``num_classes`` probabilities (a softmax). hpo compiles it.
+
+    Raises:
+        TrialError: the builder raised, or returned something hpo cannot train (a trial that fails
+            once: no retry would mend it).
+    """
+    try:
+        model = builder(dict(params), input_shape=tuple(input_shape), num_classes=num_classes)
+    except Exception as e:  # the user's code: anything at all
+        raise TrialError(f"{name} raised {type(e).__name__}: {e}") from e
+    if not isinstance(model, keras.Model):
+        raise TrialError(f"{name} returned {type(model).__name__}, not a keras.Model")
+    try:
+        wrapped = keras.Sequential([*_front(input_shape, augmentation, seed), model], name="own")
+        output = tuple(wrapped.output_shape)
+    except Exception as e:  # Keras' refusal of a model that does not fit the images
+        raise TrialError(f"{name}: its model does not take {'x'.join(map(str, input_shape))} images "
+                         f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from e
+    if output[1:] != (num_classes,):
+        raise TrialError(f"{name}: its model gives outputs of shape {output[1:]}; the data has {num_classes} "
+                         f"classes, so it must give ({num_classes},)")
+    return wrapped
 
 
 def compile_model(
     model: keras.Model,
     learning_rate: float,
     *,
+    optimizer: str = "adam",
+    settings: Mapping[str, Any] | None = None,
     jit_compile: bool | str = "auto",
     steps_per_execution: int = 1,
 ) -> keras.Model:
     """Compile ``model`` as the report did: Adam, sparse categorical cross-entropy, accuracy.
+
+    ``optimizer`` may be another of :data:`hpo.study.space.OPTIMIZERS`, with its ``settings``
+    (momentum, weight decay; the rest its defaults).
 
     ``jit_compile="auto"`` lets Keras decide; note that on the TensorFlow backend it means no XLA
     on a CPU-only machine. Returns the same model, for chaining.
@@ -122,10 +147,23 @@ def compile_model(
     """
     check_value("learning_rate", learning_rate, "compile_model(learning_rate)")
     model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate=float(learning_rate)),
+        optimizer=make_optimizer(optimizer, float(learning_rate), settings or {}),
         loss="sparse_categorical_crossentropy",
         metrics=["accuracy"],
         jit_compile=jit_compile,
         steps_per_execution=steps_per_execution,
     )
     return model
+
+
+def make_optimizer(name: str, learning_rate: float, settings: Mapping[str, Any]) -> keras.optimizers.Optimizer:
+    """Adam as the report; SGD with momentum, RMSprop or AdamW with their settings."""
+    check_value("optimizer", name, "compile_model(optimizer)")
+    chosen = {key: float(settings.get(key, default)) for key, default in OPTIMIZERS[name].items()}
+    if name == "adam":
+        return keras.optimizers.Adam(learning_rate=learning_rate)
+    if name == "sgd":
+        return keras.optimizers.SGD(learning_rate=learning_rate, **chosen)
+    if name == "rmsprop":
+        return keras.optimizers.RMSprop(learning_rate=learning_rate, **chosen)
+    return keras.optimizers.AdamW(learning_rate=learning_rate, **chosen)

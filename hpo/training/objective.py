@@ -19,7 +19,9 @@ from optuna.trial import FrozenTrial
 
 from hpo.study import plan
 from hpo.storage import records
-from hpo.study.definition import Range, StudyDefinition
+from hpo.study.definition import StudyDefinition
+from hpo.study.space import Range, Spec, is_integer_range, resolve
+from hpo.study.builder import LoadedBuilder
 from hpo.training.data import Dataset
 from hpo.training.events import Begun, EpochEnd, Event, Finished, Run, TrainResult
 from hpo.storage.open import retrying
@@ -30,19 +32,20 @@ log = logging.getLogger(__name__)
 
 
 def suggest(trial: optuna.Trial, definition: StudyDefinition) -> Params:
-    """The trial's parameters: what varies drawn by the sampler, the fixed ones as defined."""
-    values: dict[str, Any] = dict(definition.fixed)
-    for name, spec in definition.space.items():
-        if name in values:
-            continue
-        if isinstance(spec, Range):
-            if name in ("batch_size", "epochs"):
-                values[name] = trial.suggest_int(name, int(spec.low), int(spec.high), log=spec.log)
-            else:
-                values[name] = trial.suggest_float(name, spec.low, spec.high, log=spec.log)
-        else:
-            values[name] = trial.suggest_categorical(name, list(spec))
-    return Params.from_mapping(values)
+    """The trial's parameters: those that apply drawn by the sampler (in the order
+    :func:`hpo.study.space.resolve` gives), the single-valued ones as defined."""
+    fixed = definition.fixed
+
+    def draw(optuna_name: str, name: str, spec: Spec) -> Any:
+        if optuna_name in fixed:
+            return fixed[optuna_name]
+        if not isinstance(spec, Range):
+            return trial.suggest_categorical(optuna_name, list(spec))
+        if is_integer_range(name, spec):
+            return trial.suggest_int(optuna_name, int(spec.low), int(spec.high), log=spec.log)
+        return trial.suggest_float(optuna_name, spec.low, spec.high, log=spec.log)
+
+    return Params.from_mapping(resolve(definition.space, definition.conditional, draw, definition.has_builder))
 
 
 def run_trial(
@@ -53,6 +56,7 @@ def run_trial(
     environment: Mapping[str, Any] | None = None,
     checkpoints: Checkpoints | None = None,
     checkpoint_every: int = 1,
+    builder: LoadedBuilder | None = None,
 ) -> Iterator[Event]:
     """Train ``run.trial``, an epoch at a time, and hand back what the worker loop records.
 
@@ -71,9 +75,10 @@ def run_trial(
     frozen = records.frozen(trial)
     seed = plan.run_seed(frozen, definition)
     training = Training(params[trial.number], data, protocol=definition.protocol,
-                        fraction=definition.validation_split, seed=seed)
+                        fraction=definition.validation_split, seed=seed, builder=builder)
     identity = Identity(definition.name, int(frozen.system_attrs.get(records.SLOT, -trial.number - 1)),
-                        dataclasses.asdict(params[trial.number]), seed, data.fingerprint, model_code_version())
+                        dataclasses.asdict(params[trial.number]), seed, data.fingerprint,
+                        model_code_version() + (builder.sha256 if builder else ""))
     before = _epochs_of_earlier_attempts(trial, frozen)  # trained by this slot's failed attempts
     loaded = checkpoints.load(identity) if checkpoints is not None else None
     if loaded is not None and any(_passed(params[t.number].epochs, loaded[0]) for t in run.shorter):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from collections.abc import Callable, Iterator, Mapping, Sequence
 
@@ -18,7 +18,8 @@ import keras
 import numpy as np
 
 from hpo.training.data import Dataset, validation_split
-from hpo.training.models import build_model, compile_model
+from hpo.study.builder import LoadedBuilder
+from hpo.training.models import build_model, build_own, compile_model
 from hpo.training.events import STOP, TrainResult
 
 log = logging.getLogger(__name__)
@@ -31,21 +32,38 @@ JUDGE_AFTER_STEPS = 100
 
 @dataclass(frozen=True)
 class Params:
+    """One trial's configuration: what hpo's training reads, and the rest (model knobs, optimizer
+    settings, a builder's own parameters) in ``others``, under the names the model reads them by."""
+
     architecture: str
     augmentation: str
     learning_rate: float
     batch_size: int
     epochs: int
+    optimizer: str = "adam"
+    others: Mapping[str, Any] = field(default_factory=dict)
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> Params:
+        own = ("architecture", "augmentation", "learning_rate", "batch_size", "epochs", "optimizer")
         return cls(
-            architecture=str(values["architecture"]),
-            augmentation=str(values["augmentation"]),
+            architecture=str(values.get("architecture", "")),
+            augmentation=str(values.get("augmentation", "none")),
             learning_rate=float(values["learning_rate"]),
             batch_size=int(values["batch_size"]),
             epochs=int(values["epochs"]),
+            optimizer=str(values.get("optimizer", "adam")),
+            others={name: value for name, value in values.items() if name not in own},
         )
+
+    def values(self) -> dict[str, Any]:
+        """Every parameter by the name the model reads it by: what a builder of the user's own gets."""
+        values = {"architecture": self.architecture, "augmentation": self.augmentation,
+                  "learning_rate": self.learning_rate, "batch_size": self.batch_size, "epochs": self.epochs,
+                  "optimizer": self.optimizer, **self.others}
+        if not self.architecture:  # a builder of the user's own, whose space names none
+            del values["architecture"]
+        return values
 
 
 ImagesLabels = tuple[np.ndarray, np.ndarray]  # images, labels
@@ -86,12 +104,18 @@ class Training:
     """
 
     def __init__(self, params: Params, data: Dataset, *, protocol: str = "validation_split", fraction: float = 0.2,
-                 seed: int = 0, callbacks: Sequence[keras.callbacks.Callback] = ()) -> None:
+                 seed: int = 0, callbacks: Sequence[keras.callbacks.Callback] = (),
+                 builder: LoadedBuilder | None = None) -> None:
         keras.backend.clear_session()  # a worker trains many models; free the last one's graph
         keras.utils.set_random_seed(seed)
         started = time.perf_counter()
-        self.model = compile_model(build_model(params.architecture, augmentation=params.augmentation, seed=seed),
-                                   params.learning_rate)
+        if builder is None:
+            model = build_model(params.architecture, augmentation=params.augmentation, seed=seed, knobs=params.others,
+                                input_shape=data.input_shape, num_classes=data.num_classes)
+        else:
+            model = build_own(builder.function, builder.name, params.values(), augmentation=params.augmentation,
+                              seed=seed, input_shape=data.input_shape, num_classes=data.num_classes)
+        self.model = compile_model(model, params.learning_rate, optimizer=params.optimizer, settings=params.others)
         self.build_seconds = time.perf_counter() - started
         self.params, self.data, self.seed, self.callbacks = params, data, seed, list(callbacks)
         (self.x_fit, self.y_fit), self.validation = split(data, protocol, fraction)
@@ -181,9 +205,10 @@ class _StopAtBatchEnd(keras.callbacks.Callback):
 
 
 def train(params: Params, data: Dataset, *, protocol: str = "validation_split", fraction: float = 0.2, seed: int = 0,
-          callbacks: Sequence[keras.callbacks.Callback] = ()) -> TrainResult:
+          callbacks: Sequence[keras.callbacks.Callback] = (), builder: LoadedBuilder | None = None) -> TrainResult:
     """Train ``params`` for all its epochs and score it on the test set."""
-    training = Training(params, data, protocol=protocol, fraction=fraction, seed=seed, callbacks=callbacks)
+    training = Training(params, data, protocol=protocol, fraction=fraction, seed=seed, callbacks=callbacks,
+                        builder=builder)
     for _ in training.epochs():
         pass
     return training.result()
@@ -220,6 +245,7 @@ def _score(model: keras.Model, history: Mapping[str, Sequence[float]], data: Dat
         xla=bool(getattr(model, "jit_compile", False)),
         model=model,
         confusion=confusion_matrix(data.y_test, predicted, data.num_classes),
+        class_names=tuple(data.class_names),
     )
 
 

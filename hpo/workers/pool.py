@@ -30,7 +30,6 @@ from hpo.results.status import StudyStatus, study_status
 from hpo.errors import HpoError
 from hpo import paths
 from hpo.storage.url import StorageURL
-from hpo.training.data import load_dataset
 from hpo.workers.liveness import Settings
 from hpo.workers.placement import Placement, check_workers, default_workers, describe, plan
 from hpo.workers.progress import Progress, say
@@ -202,8 +201,9 @@ def _statuses(studies: Sequence[LoadedStudy]) -> list[StudyStatus]:
 
 
 class Pool:
-    """A pool of worker processes on this machine for some studies: every option checked and the
-    data decoded (once, for all workers) when it is made, before anything is written; then run."""
+    """A pool of worker processes on this machine for some studies: every option checked when it
+    is made, before anything is written; then run. (The launching command has loaded each study's
+    data, so the workers find it decoded in the cache.)"""
 
     def __init__(self, url: StorageURL, names: Sequence[str], *, workers: int | None, gpus: str | None,
                  data: str | None, subset: int | None, threads: int | None, checkpoint_every: int = 1,
@@ -215,7 +215,6 @@ class Pool:
         gpu_ids = [g.strip() for g in gpus.split(",") if g.strip()] if gpus else []
         self.placements = plan(check_workers(workers) if workers else default_workers(gpu_ids), gpus=gpu_ids,
                                threads=threads)
-        load_dataset(data, subset=subset)  # decoded into the cache once, for every worker
         self.args: list[str] = []
         for flag, value in (("--data", data), ("--subset", subset), ("--artifacts", artifacts),
                             ("--checkpoint-every", checkpoint_every)):
