@@ -1,4 +1,5 @@
-"""Issue 11's benchmark: does a search find the grid's best configuration with fewer epochs?
+"""Issues 11 and 20: does a search find the grid's best configuration with fewer epochs, and does
+searching the architecture beat the report's hand-picked configurations at equal compute?
 
 On one fixed, stratified subset (``--subset`` training images, the last 20% of them held out
 for validation, ``--subset``/5 test images), through the real service (``hpo launch``, one
@@ -8,7 +9,10 @@ SQLite file for every study):
 - over the space of studies/search.toml: random search, TPE without pruning, TPE with median
   pruning and TPE with Hyperband, each with ``--seeds`` study seeds, each stopped once its
   trials have spent ``--budget`` training epochs (the same budget for every method; the trials
-  running at that moment are stopped, and their epochs count).
+  running at that moment are stopped, and their epochs count). studies/search.toml's space holds
+  each architecture's knobs (its ``[space.<architecture>]`` tables); ``tpe-hyperband-frozen`` is
+  TPE with Hyperband over the same space without them, the report's three models as they are
+  (issue 20's question). ``--methods`` picks which run.
 
 Then ``hpo confirm`` retrains each method's best configuration (best over its seeds) with fresh
 seeds on the whole training subset, scored on the test images; ``--phase analyse`` prints the
@@ -16,6 +20,8 @@ table, the epochs each run needed to reach the grid's best validation accuracy, 
 curves (median and range over seeds) into ``--out``.
 
     python bench/search.py --subset 2000 --out bench/results/search
+    python bench/search.py --subset 2000 --budget 135 --seeds 0 1 --methods tpe-hyperband tpe-hyperband-frozen \
+        --out bench/results/architecture
 
 Phases can run apart (``--phase run|confirm|analyse``) on the same ``--out``.
 """
@@ -39,18 +45,18 @@ import optuna
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import describe_machine
 
-from hpo.study.definition import PARAMETERS
 from hpo.study.files import load_definition
 from hpo.results.curves import epochs_trained, search_curve
 from hpo.results.rows import confirmed_rows
 from hpo.study.create import load_study
 
 ROOT = Path(__file__).resolve().parent.parent
-METHODS = {  # name: (sampler, pruner)
-    "random": ("random", "none"),
-    "tpe": ("tpe", "none"),
-    "tpe-median": ("tpe", "median"),
-    "tpe-hyperband": ("tpe", "hyperband"),
+METHODS = {  # name: (sampler, pruner, whether the architectures' knobs are searched)
+    "random": ("random", "none", True),
+    "tpe": ("tpe", "none", True),
+    "tpe-median": ("tpe", "median", True),
+    "tpe-hyperband": ("tpe", "hyperband", True),
+    "tpe-hyperband-frozen": ("tpe", "hyperband", False),
 }
 GRID = "bench-grid"
 REPORT_GRID_EPOCHS = 270  # the exp3 grid as the report ran it: 27 points, 5 + 10 + 15 epochs each row
@@ -72,8 +78,10 @@ def grid_file(folder: Path) -> Path:
 def method_file(folder: Path, method: str, seed: int, trials: int) -> Path:
     """studies/search.toml's space and data protocol, with this method's sampler, pruner and seed."""
     raw = tomllib.loads((ROOT / "studies" / "search.toml").read_text(encoding="utf-8"))
-    sampler, pruner = METHODS[method]
-    space = "\n".join(f"{key} = {_toml(value)}" for key, value in raw["space"].items())
+    sampler, pruner, knobs = METHODS[method]
+    # A [space.<architecture>] table is written inline: `base = { filters_1 = [...], ... }`.
+    space = "\n".join(f"{key} = {_toml(value)}" for key, value in raw["space"].items()
+                      if knobs or not (isinstance(value, dict) and "low" not in value))
     text = f"""[study]
 name = "{study_name(method, seed)}"
 description = "bench/search.py: {method}, study seed {seed}, over studies/search.toml's space"
@@ -88,6 +96,7 @@ seed = {seed}
 type = "{pruner}"
 
 [data]
+source = "{raw["data"].get("source", "cifar10")}"
 protocol = "validation_split"
 validation_split = {raw["data"]["validation_split"]}
 
@@ -157,7 +166,7 @@ def run_phase(args: argparse.Namespace) -> None:
     files.mkdir(parents=True, exist_ok=True)
     runs = [launch(args, grid_file(files), GRID, None)]
     for seed in args.seeds:
-        for method in METHODS:
+        for method in args.methods:
             name = study_name(method, seed)
             runs.append(launch(args, method_file(files, method, seed, args.max_trials), name, args.budget))
             _save(args, "runs.json", runs)
@@ -205,7 +214,7 @@ def confirm_phase(args: argparse.Namespace) -> None:
     retrained with fresh seeds on the whole training subset and scored on the test images."""
     storage = optuna.storages.RDBStorage(args.url)
     chosen = {}
-    for name in [GRID, *(study_name(m, s) for m in METHODS for s in args.seeds)]:
+    for name in [GRID, *(study_name(m, s) for m in args.methods for s in args.seeds)]:
         study, definition = load_study(storage, name)
         trials = {t.number: t for t in study.get_trials(deepcopy=False)}
         best = None
@@ -238,7 +247,7 @@ def analyse_phase(args: argparse.Namespace) -> None:
     print(f"grid: best val accuracy {grid_best:.4f}, {grid_epochs} epochs trained "
           f"({len(grid)} trials; {REPORT_GRID_EPOCHS} epochs without shared prefixes)")
     rows = []
-    for method in METHODS:
+    for method in args.methods:
         names = [study_name(method, s) for s in args.seeds]
         reach = [epochs_to_reach(data[n], grid_best, args.budget) for n in names]
         final = [best_at(data[n], args.budget) for n in names]
@@ -282,7 +291,8 @@ def _confirmed(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
         if row["search_trial"] != number:
             print(f"note: {name}: hpo confirm took trial {row['search_trial']}, the budget's best was {number}")
         out[name] = {"trial": row["search_trial"], "search_val_accuracy": row["search_value"],
-                     "params": {k: row[k] for k in PARAMETERS}, "n": row["n"],
+                     "params": {k: row[k] for k in definition.parameter_names if row.get(k) is not None},
+                     "n": row["n"],
                      "test_accuracy_mean": row["mean_test_accuracy"], "test_accuracy_std": row["std_test_accuracy"]}
     return out
 
@@ -303,8 +313,13 @@ def _figure(args: argparse.Namespace, data: dict[str, list[Any]], grid_best: flo
 
     steps = list(range(1, args.budget + 1))
     grid = data[GRID]
-    fig, axes = plt.subplots(2, 2, figsize=(11, 7.5), sharex=True, sharey=True)
-    for ax, method in zip(axes.flat, METHODS, strict=True):
+    columns = 2 if len(args.methods) > 1 else 1
+    rows = (len(args.methods) + 1) // 2
+    fig, axes = plt.subplots(rows, columns, figsize=(5.5 * columns, 3.75 * rows), sharex=True, sharey=True,
+                             squeeze=False)
+    for ax in axes.flat[len(args.methods):]:
+        ax.set_visible(False)
+    for ax, method in zip(axes.flat, args.methods, strict=False):
         runs = [[best_at(data[study_name(method, s)], e) for e in steps] for s in args.seeds]
         for seed, run in zip(args.seeds, runs, strict=True):
             xs = [e for e, v in zip(steps, run, strict=True) if v is not None]
@@ -321,7 +336,7 @@ def _figure(args: argparse.Namespace, data: dict[str, list[Any]], grid_best: flo
                    label=f"{TARGET:.0f} epochs: a third of the grid's {REPORT_GRID_EPOCHS}")
         ax.set_title(method)
         ax.grid(alpha=0.3)
-    for ax in axes[1]:
+    for ax in axes[-1]:
         ax.set_xlabel("training epochs spent")
     for ax in axes[:, 0]:
         ax.set_ylabel("best validation accuracy so far")
@@ -338,6 +353,7 @@ def main() -> None:
     parser.add_argument("--subset", type=int, default=2000, help="training images (stratified)")
     parser.add_argument("--budget", type=int, default=180, help="training epochs per search run")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS)[:4])
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--max-trials", type=int, default=300, help="trials queued per search study")
     parser.add_argument("--confirm-repeats", type=int, default=3)
