@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import queue
 import signal
 import subprocess
 import sys
@@ -85,7 +86,20 @@ def test_a_holder_that_dies_lets_go(storage_url: str) -> None:
     killed_at = time.monotonic()
     waiter = ctx.Process(target=_hold, args=(storage_url, "grid", out, 0))
     waiter.start()
-    kind, _, got_at = out.get(timeout=120)
+    kind, _, got_at = _next(out, waiter, timeout=120)
     waiter.join(timeout=60)
     assert kind == "in" and waiter.exitcode == 0
     assert got_at - killed_at < 30  # the server (or the kernel) dropped the dead holder's lock
+
+
+def _next(out: multiprocessing.Queue, process: Any, timeout: float) -> tuple[str, int, float]:
+    """The next message ``process`` puts on ``out``; a process that dies first fails the test at once,
+    with its exit code, where waiting out the timeout would say nothing of why."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            return out.get(timeout=2)
+        except queue.Empty:
+            if process.exitcode is not None:
+                pytest.fail(f"the waiter exited with {process.exitcode} before it held the lock")
+    pytest.fail(f"the waiter did not hold the lock within {timeout:.0f} s (alive: {process.is_alive()})")
