@@ -71,7 +71,7 @@ HPO_STUDY=$study
 HPO_DATA_DIR=$data_dir
 HPO_DATA_FILE=$(basename "$data")
 HPO_THREADS=$threads
-HPO_WORKER_ARGS=--subset $subset
+HPO_CREATE_ARGS=--subset $subset
 HPO_DASHBOARD_PORT=$port
 EOF
 compose() { $COMPOSE --env-file "$env_file" -p "$project" "$@"; }
