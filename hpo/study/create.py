@@ -19,9 +19,10 @@ from hpo.study import queueing
 
 from hpo.storage import records
 from hpo.study.definition import StudyDefinition, definition_from_dict
-from hpo.errors import ConfigError, DataError, StudyNotFound
+from hpo.errors import ConfigError, StudyNotFound
 from hpo.study.builder import BuilderIdentity, check_same
 from hpo.study.data import DataIdentity
+from hpo.study.data import check_same as check_same_data
 from hpo.storage.lock import study_lock
 
 log = logging.getLogger(__name__)
@@ -96,11 +97,7 @@ def _record_inputs(study: optuna.Study, data: DataIdentity | None, builder: Buil
         if stored is None:
             study.set_user_attr(records.DATA_IDENTITY, data.to_dict())
         else:
-            before = DataIdentity.from_dict(stored)
-            problem = before.difference(data)
-            if problem:
-                raise DataError(f"study {name!r} trains on {before.description}: {problem} "
-                                f"(this one read {data.location})")
+            check_same_data(DataIdentity.from_dict(stored), data, name)
     if builder is not None:
         stored = study.user_attrs.get(records.BUILDER)
         if stored is None:

@@ -93,6 +93,13 @@ class DataIdentity:
                 and len(self.class_names) == 10 and (self.train, self.test) == (CIFAR10_TRAIN, CIFAR10_TEST))
 
 
+def check_same(stored: DataIdentity, mine: DataIdentity, study: str) -> None:
+    """Refuse data (a worker's, or another creator's) that is not what the study recorded."""
+    problem = stored.difference(mine)
+    if problem:
+        raise DataError(f"study {study!r} trains on {stored.description}: {problem} (this one read {mine.location})")
+
+
 def _subset(subset: int | None) -> str:
     return "all training images (no subset)" if subset is None else f"{subset} training images (a subset)"
 

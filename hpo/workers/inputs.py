@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hpo.errors import DataError
 from hpo.storage import records
 from hpo.study.data import DataIdentity, check_named_copy, choose_subset, is_named, location
+from hpo.study.data import check_same as check_same_data
 from hpo.study.definition import StudyDefinition
 from hpo.study.builder import BuilderIdentity, check_same, locate
 from hpo.training.data import Dataset, load_dataset
@@ -63,10 +63,7 @@ class Loader:
         dataset = self._loaded[where, subset]
         identity = identify(definition.data, dataset)
         if data_before is not None:
-            problem = data_before.difference(identity)
-            if problem:
-                raise DataError(f"study {definition.name!r} trains on {data_before.description}: {problem} "
-                                f"(this worker read {identity.location})")
+            check_same_data(data_before, identity, definition.name)
         builder = None
         if definition.builder is not None:
             if study_file is not None or builder_before is None:
