@@ -4,8 +4,9 @@
 #   1. `up` with 4 workers trains the exp3 grid (27 points) on a subset: 27 COMPLETE
 #      points, each exactly once (0 duplicates), 0 RUNNING, in `hpo status` and in
 #      `hpo export --format csv` run through the stack;
-#   2. `docker kill` of the worker container holding a running trial (one epoch or
-#      more reported): that point is retried and finished;
+#   2. `docker kill` of the worker container holding a running trial (two epochs or
+#      more reported): that point is retried and finished, the retry going on from the
+#      killed run's checkpoint (resumed_from_epoch);
 #   3. the dashboard answers on 127.0.0.1 only, lists the study and serves an artifact;
 #   4. `down` and a second `up` (one worker) keep the results (named volumes);
 #   5. `hpo export` through the stack prints the table.
@@ -88,6 +89,8 @@ for t in study.get_trials(deepcopy=False):
     print(json.dumps({"number": t.number, "state": t.state.name,
                       "epochs": len(t.intermediate_values), "planned": t.params.get("epochs"),
                       "worker": t.system_attrs.get("hpo:worker"), "host": t.user_attrs.get("host"),
+                      "resumed": t.user_attrs.get("resumed_from_epoch"),
+                      "all_attempts": t.user_attrs.get("epochs_trained_all_attempts"),
                       "params": t.params}))'
 }
 
@@ -136,14 +139,15 @@ step_start "1 up --scale worker=$workers"
 compose up -d --scale "worker=$workers" worker dashboard
 deadline=$(( $(date +%s) + timeout ))
 
-# Wait for a running trial with at least one epoch reported and at least two still to
-# run, so that it is still running when the kill lands.
+# Wait for a running trial with at least two epochs reported (so that the checkpoint of
+# the first is surely written) and at least two still to run, so that it is still running
+# when the kill lands.
 victim=
 while [[ -z $victim ]]; do
     (( $(date +%s) < deadline )) || fail "no trial reached its first epoch in ${timeout} s"
     victim=$(trials_json 2>/dev/null | python3 -c '
 import json, sys
-running = [t for t in map(json.loads, sys.stdin) if t["state"] == "RUNNING" and t["epochs"] >= 1
+running = [t for t in map(json.loads, sys.stdin) if t["state"] == "RUNNING" and t["epochs"] >= 2
            and t["planned"] and t["planned"] - t["epochs"] >= 2]
 if running:
     t = max(running, key=lambda t: t["planned"] - t["epochs"])
@@ -182,7 +186,8 @@ print(s["points"]["complete"], s["points"]["running"], s["duplicates"], s["point
     fi
     sleep 10
 done
-# Step 2's own check: the killed trial did not finish; a later trial of its point did.
+# Step 2's own check: the killed trial did not finish; a later trial of its point did, going
+# on from the checkpoint the killed run left in the shared artifact volume.
 python3 - "$trial" "$(trials_json)" >&2 <<'PY'
 import json, sys
 trials = [json.loads(l) for l in sys.argv[2].splitlines() if l.startswith("{")]
@@ -196,9 +201,14 @@ retry = [t for t in trials if t["params"] == killed["params"] and t["number"] > 
          and t["state"] == "COMPLETE"]
 if not retry:
     sys.exit(f"FAIL: the point of killed trial {number} {killed['params']} was not finished by a retry")
+done = retry[0]
+if not done["resumed"]:
+    sys.exit(f"FAIL: trial {done['number']} finished the point of killed trial {number} from epoch 0, "
+             "not from its checkpoint")
 failed = sum(t["state"] == "FAIL" for t in trials)
 print(f"killed trial {number} is FAIL; its point {killed['params']} was finished by trial "
-      f"{retry[0]['number']}; {len(trials)} trials in all, {failed} FAIL (retried)")
+      f"{done['number']}, resumed_from_epoch {done['resumed']}, epochs_trained_all_attempts "
+      f"{done['all_attempts']} of {done['planned']}; {len(trials)} trials in all, {failed} FAIL (retried)")
 PY
 log "study finished $(( $(date +%s) - killed_at )) s after the kill"
 step_end "2 docker kill of a worker mid-trial"
