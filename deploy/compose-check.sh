@@ -5,8 +5,9 @@
 #      points, each exactly once (0 duplicates), 0 RUNNING, in `hpo status` and in
 #      `hpo export --format csv` run through the stack;
 #   2. `docker kill` of the worker container holding a running trial (two epochs or
-#      more reported): that point is retried and finished, the retry going on from the
-#      killed run's checkpoint (resumed_from_epoch);
+#      more reported), and `docker stop -t 10` of another: the stopped worker exits by
+#      itself (130) within the 10 s; both points are retried and finished, each retry
+#      going on from the run's checkpoint (resumed_from_epoch);
 #   3. the dashboard answers on 127.0.0.1 only, lists the study and serves an artifact;
 #   4. `down` and a second `up` (one worker) keep the results (named volumes);
 #   5. `hpo export` through the stack prints the table.
@@ -90,6 +91,7 @@ for t in study.get_trials(deepcopy=False):
                       "epochs": len(t.intermediate_values), "planned": t.params.get("epochs"),
                       "worker": t.system_attrs.get("hpo:worker"), "host": t.user_attrs.get("host"),
                       "resumed": t.user_attrs.get("resumed_from_epoch"),
+                      "resumed_batches": t.user_attrs.get("resumed_from_batch"),
                       "all_attempts": t.user_attrs.get("epochs_trained_all_attempts"),
                       "params": t.params}))'
 }
@@ -139,33 +141,56 @@ step_start "1 up --scale worker=$workers"
 compose up -d --scale "worker=$workers" worker dashboard
 deadline=$(( $(date +%s) + timeout ))
 
-# Wait for a running trial with at least two epochs reported (so that the checkpoint of
-# the first is surely written) and at least two still to run, so that it is still running
-# when the kill lands.
-victim=
-while [[ -z $victim ]]; do
-    (( $(date +%s) < deadline )) || fail "no trial reached its first epoch in ${timeout} s"
-    victim=$(trials_json 2>/dev/null | python3 -c '
+# A running trial with at least two epochs reported (so that the checkpoint of the first is
+# surely written) and at least two still to run (so that it is still running when the
+# signal lands), on a host other than $1: "number host epochs planned worker".
+find_victim() {
+    local found=
+    while [[ -z $found ]]; do
+        (( $(date +%s) < deadline )) || fail "no trial reached its second epoch in ${timeout} s"
+        found=$(trials_json 2>/dev/null | python3 -c '
 import json, sys
+def host(t):
+    return t["host"] or (t["worker"] or "").split("/")[0].split(":")[0]
 running = [t for t in map(json.loads, sys.stdin) if t["state"] == "RUNNING" and t["epochs"] >= 2
-           and t["planned"] and t["planned"] - t["epochs"] >= 2]
+           and t["planned"] and t["planned"] - t["epochs"] >= 2 and host(t) != sys.argv[1]]
 if running:
     t = max(running, key=lambda t: t["planned"] - t["epochs"])
-    host = t["host"] or (t["worker"] or "").split("/")[0].split(":")[0]
-    print(t["number"], host, t["epochs"], t["planned"], t["worker"])' || true)
-    [[ -n $victim ]] || sleep 1
-done
+    print(t["number"], host(t), t["epochs"], t["planned"], t["worker"])' "${1:-}" || true)
+        [[ -n $found ]] || sleep 1
+    done
+    echo "$found"
+}
+# The worker container whose host name is $1.
+container_of() {
+    local id
+    for id in $(docker ps -q --no-trunc --filter "label=com.docker.compose.project=$project" \
+                                       --filter label=com.docker.compose.service=worker); do
+        [[ $(docker inspect -f '{{.Config.Hostname}}' "$id") == "$1" ]] && { echo "$id"; return; }
+    done
+    fail "host $1 is no running worker container of $project"
+}
+
+victim=$(find_victim)
 read -r trial host epochs planned worker <<< "$victim"
-container=
-for id in $(docker ps -q --no-trunc --filter "label=com.docker.compose.project=$project" \
-                                   --filter label=com.docker.compose.service=worker); do
-    [[ $(docker inspect -f '{{.Config.Hostname}}' "$id") == "$host" ]] && container=$id
-done
-[[ -n $container ]] || fail "trial $trial runs on host $host, which is no worker container of $project"
-step_start "2 docker kill of a worker mid-trial"
+container=$(container_of "$host")
+step_start "2 docker kill and docker stop of workers mid-trial"
 docker kill "$container" >/dev/null
 log "killed container ${container:0:12} (host $host), which ran trial $trial at epoch $epochs of $planned (hpo:worker $worker)"
-killed_at=${started["2 docker kill of a worker mid-trial"]}
+killed_at=${started["2 docker kill and docker stop of workers mid-trial"]}
+
+# `docker stop` (SIGTERM, then SIGKILL after Docker's default 10 s) of another worker: it
+# saves a checkpoint at the next batch boundary, fails its trial as retryable and exits
+# by itself (130), well within the 10 s.
+victim=$(find_victim "$host")
+read -r stopped_trial stopped_host stopped_epochs stopped_planned _ <<< "$victim"
+stopped=$(container_of "$stopped_host")
+t0=$(date +%s.%N)
+docker stop -t 10 "$stopped" >/dev/null
+took=$(python3 -c "import sys; print(f'{float(sys.argv[2]) - float(sys.argv[1]):.1f}')" "$t0" "$(date +%s.%N)")
+code=$(docker inspect -f '{{.State.ExitCode}}' "$stopped")
+log "docker stop -t 10 of container ${stopped:0:12} (host $stopped_host), which ran trial $stopped_trial at epoch $stopped_epochs of $stopped_planned: exited $code after $took s"
+[[ $code == 130 ]] || fail "the worker stopped by docker stop exited $code, not 130 (137: killed at the end of the 10 s)"
 
 # Wait until every point is COMPLETE and nothing runs.
 while :; do
@@ -186,32 +211,34 @@ print(s["points"]["complete"], s["points"]["running"], s["duplicates"], s["point
     fi
     sleep 10
 done
-# Step 2's own check: the killed trial did not finish; a later trial of its point did, going
-# on from the checkpoint the killed run left in the shared artifact volume.
-python3 - "$trial" "$(trials_json)" >&2 <<'PY'
+# Step 2's own check: neither the killed nor the stopped trial finished; a later trial of
+# each point did, going on from the checkpoint the run left in the shared artifact volume.
+python3 - "$(trials_json)" "killed:$trial" "stopped:$stopped_trial" >&2 <<'PY'
 import json, sys
-trials = [json.loads(l) for l in sys.argv[2].splitlines() if l.startswith("{")]
-number = int(sys.argv[1])
-killed = next(t for t in trials if t["number"] == number)
-if killed["state"] == "COMPLETE":
-    sys.exit(f"FAIL: trial {number} completed before the kill landed; nothing was retried")
-if killed["state"] != "FAIL":
-    sys.exit(f"FAIL: killed trial {number} is {killed['state']}, not FAIL")
-retry = [t for t in trials if t["params"] == killed["params"] and t["number"] > number
-         and t["state"] == "COMPLETE"]
-if not retry:
-    sys.exit(f"FAIL: the point of killed trial {number} {killed['params']} was not finished by a retry")
-done = retry[0]
-if not done["resumed"]:
-    sys.exit(f"FAIL: trial {done['number']} finished the point of killed trial {number} from epoch 0, "
-             "not from its checkpoint")
+trials = [json.loads(l) for l in sys.argv[1].splitlines() if l.startswith("{")]
+for how, number in (a.split(":") for a in sys.argv[2:]):
+    number = int(number)
+    hit = next(t for t in trials if t["number"] == number)
+    if hit["state"] == "COMPLETE":
+        sys.exit(f"FAIL: trial {number} completed before it was {how}; nothing was retried")
+    if hit["state"] != "FAIL":
+        sys.exit(f"FAIL: {how} trial {number} is {hit['state']}, not FAIL")
+    retry = [t for t in trials if t["params"] == hit["params"] and t["number"] > number
+             and t["state"] == "COMPLETE"]
+    if not retry:
+        sys.exit(f"FAIL: the point of {how} trial {number} {hit['params']} was not finished by a retry")
+    done = retry[0]
+    if not done["resumed"]:
+        sys.exit(f"FAIL: trial {done['number']} finished the point of {how} trial {number} from epoch 0, "
+                 "not from its checkpoint")
+    print(f"{how} trial {number} is FAIL; its point {hit['params']} was finished by trial "
+          f"{done['number']}, resumed_from_epoch {done['resumed']} (+{done['resumed_batches'] or 0} batches), "
+          f"epochs_trained_all_attempts {done['all_attempts']} of {done['planned']}")
 failed = sum(t["state"] == "FAIL" for t in trials)
-print(f"killed trial {number} is FAIL; its point {killed['params']} was finished by trial "
-      f"{done['number']}, resumed_from_epoch {done['resumed']}, epochs_trained_all_attempts "
-      f"{done['all_attempts']} of {done['planned']}; {len(trials)} trials in all, {failed} FAIL (retried)")
+print(f"{len(trials)} trials in all, {failed} FAIL (retried)")
 PY
 log "study finished $(( $(date +%s) - killed_at )) s after the kill"
-step_end "2 docker kill of a worker mid-trial"
+step_end "2 docker kill and docker stop of workers mid-trial"
 
 # Step 1's checks, through the stack as a user runs them: `run` a fresh worker container.
 csv=$(compose run --rm --no-deps -T worker export "$study" --format csv)
