@@ -5,6 +5,7 @@ names what a data set is, whatever it was read from."""
 from __future__ import annotations
 
 import logging
+import pickle
 import sys
 import tarfile
 import types
@@ -15,8 +16,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import ok, run_hpo, study_body, write_study
 from hpo.errors import DataError
 from hpo.training.data import KERAS_SOURCES, Dataset, load_dataset
+from hpo.training.decode import CIFAR100_CLASS_NAMES
 
 Arrays = dict[str, np.ndarray]
 FRUITS = ("apple", "pear", "plum")
@@ -243,8 +246,22 @@ def _split_tree_with(extra: str, image: Image.Image) -> Callable[[Path], Path]:
     return build
 
 
+def _one_class(d: Path) -> Path:
+    for i in range(5):
+        _save(np.zeros((4, 4, 3), np.uint8), d / "fruit" / "apple" / f"{i}.png")
+    return d / "fruit"
+
+
+def _one_label_npz(d: Path) -> Path:
+    arrays = _arrays(1, (4, 4))
+    np.savez(d / "ones.npz", **arrays)
+    return d / "ones.npz"
+
+
 REFUSED: dict[str, tuple[Callable[[Path], Path], str]] = {
     "a plain class folder without images": (_empty_plain_class, "class 'plum' has no training images"),
+    "one class folder": (_one_class, "one class only ('apple'): a classifier needs two or more"),
+    "an .npz of one label": (_one_label_npz, "one class only ('0'): a classifier needs two or more"),
     "mixed sizes": (
         _split_tree_with("train/pear/0003.png", Image.new("RGB", (28, 28))),
         "train/pear/0003.png: image is RGB 28x28, the others are RGB 20x20",
@@ -272,6 +289,58 @@ def test_refusals_are_one_line_naming_the_file_and_the_problem(case: str, tmp_pa
         _load(source, tmp_path)
     message = str(info.value)
     assert message.startswith(f"{source.resolve()}: ") and problem in message and "\n" not in message
+
+
+# --- CIFAR-100's official archive --------------------------------------------------------------
+
+
+def _write_cifar100(root: Path, arrays: Arrays, names: tuple[str, ...] | None) -> Path:
+    """A fake official ``cifar-100-python`` folder: ``train`` and ``test`` pickled as the real
+    ones are (bytes keys, CHW rows, fine and coarse labels), and ``meta`` naming the classes."""
+    folder = root / "cifar-100-python"
+    folder.mkdir(parents=True)
+    for split in ("train", "test"):
+        x, y = arrays[f"x_{split}"], arrays[f"y_{split}"]
+        (folder / split).write_bytes(pickle.dumps({
+            b"filenames": [f"{i}.png".encode() for i in range(len(y))], b"batch_label": split.encode(),
+            b"fine_labels": y.tolist(), b"coarse_labels": (y // 5).tolist(),
+            b"data": x.transpose(0, 3, 1, 2).reshape(len(x), -1),
+        }, protocol=2))
+    if names is not None:
+        (folder / "meta").write_bytes(pickle.dumps({
+            b"fine_label_names": [name.encode() for name in names],
+            b"coarse_label_names": [f"group-{i}".encode() for i in range(20)],
+        }, protocol=2))
+    return folder
+
+
+def test_cifar100_official_archive_as_a_folder_and_a_tar_gz(tmp_path: Path) -> None:
+    arrays = _arrays(100, (32, 32, 3), train=2, test=1)
+    names = tuple(f"kind-{i:02d}" for i in range(100))
+    folder = _write_cifar100(tmp_path / "src", arrays, names)
+    archive = _write_tar(folder, tmp_path / "cifar-100-python.tar.gz", top="cifar-100-python")
+    for source in (folder, archive):
+        data = _load(source, tmp_path)
+        _assert_holds(data, arrays)
+        assert data.class_names == names  # the fine label names, from meta
+    assert _load(folder, tmp_path).content == _load(archive, tmp_path).content
+
+
+def test_cifar100_without_meta_has_the_official_class_names(tmp_path: Path) -> None:
+    folder = _write_cifar100(tmp_path, _arrays(100, (32, 32, 3), train=1, test=1), names=None)
+    assert _load(folder, tmp_path).class_names == CIFAR100_CLASS_NAMES
+
+
+def test_a_study_of_cifar100_takes_the_official_archive_as_its_local_copy(tmp_path: Path) -> None:
+    archive = _write_tar(_write_cifar100(tmp_path / "src", _arrays(100, (32, 32, 3), train=2, test=1),
+                                         CIFAR100_CLASS_NAMES),
+                         tmp_path / "cifar-100-python.tar.gz", top="cifar-100-python")
+    study = write_study(tmp_path, "hundred", study_body(data={"source": "cifar100"}))
+    storage = f"sqlite:///{tmp_path / 'hpo.db'}"
+    ok(run_hpo("create", str(study), "--data", str(archive), storage=storage))
+    status = run_hpo("status", "hundred", storage=storage)
+    ok(status)
+    assert "cifar100" in status.stdout and "100 classes" in status.stdout
 
 
 # --- keras.datasets by name --------------------------------------------------------------------

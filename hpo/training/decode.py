@@ -1,6 +1,7 @@
 """Decoding an image classification data set from the forms it comes in, into checked arrays.
 
-- CIFAR-10's official pickled batches (``cifar-10-python.tar.gz`` or its folder);
+- CIFAR-10's and CIFAR-100's official python archives (``cifar-10-python.tar.gz``,
+  ``cifar-100-python.tar.gz``, or their folders; :mod:`hpo.training.cifar`);
 - an image-folder tree ``train/<class>/*`` + ``test/<class>/*``, or a plain class-folder tree
   ``<class>/*`` split the same way everywhere: within each class the files sorted by name, every
   5th one (index % 5 == 4) is a test image. Either tree as a folder or as a tar (gzipped or not),
@@ -9,7 +10,7 @@
 - one of Keras' built-in data sets, by name (:data:`KERAS_SOURCES`).
 
 Every form is checked the same way (:func:`validate`): uint8 images (N, H, W, 1|3) of one size
-in train and test, int64 labels 0..K-1, every class with a training image. A damaged archive is
+in train and test, int64 labels 0..K-1, K >= 2, every class with a training image. A damaged archive is
 refused rather than read as a smaller data set.
 """
 
@@ -18,7 +19,6 @@ from __future__ import annotations
 import functools
 import gzip
 import io
-import pickle
 import tarfile
 import zipfile
 import zlib
@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from hpo.errors import DataError
-from hpo.training import images
+from hpo.training import cifar, images
 
 CLASS_NAMES: tuple[str, ...] = (  # CIFAR-10's, in label order
     "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"
@@ -57,7 +57,6 @@ KERAS_CLASS_NAMES: dict[str, tuple[str, ...]] = {
 }
 KERAS_SOURCES = tuple(KERAS_CLASS_NAMES)
 ARRAYS = ("x_train", "y_train", "x_test", "y_test")
-BATCHES = ("data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5")
 
 
 @dataclass(frozen=True, eq=False)
@@ -99,7 +98,7 @@ def data_format(path: Path) -> str:
         return "tar"
     raise DataError(
         f"{path}: unrecognised data format (expected an image folder train/<class>/ + test/<class>/ "
-        "or <class>/, a .tar.gz of one, cifar-10-python.tar.gz, or an .npz)"
+        "or <class>/, a .tar.gz of one, cifar-10-python.tar.gz, cifar-100-python.tar.gz, or an .npz)"
     )
 
 
@@ -170,7 +169,8 @@ def _tar_members(path: Path, stream: io.BufferedIOBase, tar: tarfile.TarFile) ->
 
 
 def _from_members(path: Path, members: Iterator[Member]) -> Decoded:
-    """Recognise an official-batches or image-folder layout, allowing one leading top folder."""
+    """Recognise CIFAR-10's or CIFAR-100's official layout or an image-folder tree, allowing one
+    leading top folder."""
     batches: dict[str, images.Read] = {}
     files: dict[tuple[str, ...], images.Read] = {}
     folders: set[tuple[str, ...]] = set()
@@ -180,48 +180,35 @@ def _from_members(path: Path, members: Iterator[Member]) -> Decoded:
             continue  # macOS resource forks, .ipynb_checkpoints and the like
         if read is None:
             folders.add(parts)
-        elif parts[-1] in (*BATCHES, "test_batch") and len(parts) <= 2:
+        elif parts[-1] in cifar.CIFAR10_BATCHES and len(parts) <= 2:
             batches[parts[-1]] = read
         else:
             files[parts] = read
     if batches:
-        return _from_batches(path, batches)
+        return _from_cifar10(path, batches)
+    for top in sorted({parts[:-1] for parts in files if len(parts) <= 2}):
+        # Files (not folders) named train and test side by side: no image tree looks like that.
+        if all(top + (name,) in files for name in cifar.CIFAR100_FILES):
+            named = {name: files[top + (name,)] for name in (*cifar.CIFAR100_FILES, "meta") if top + (name,) in files}
+            return _from_cifar100(path, named)
     class_names, x_train, y_train, x_test, y_test = images.decode_tree(path, files, folders)
     return validate(str(path), x_train, y_train, x_test, y_test, class_names)
 
 
-# --- CIFAR-10's official batches ---------------------------------------------------------------
-
-_NUMPY_PICKLE_NAMES = ("_reconstruct", "ndarray", "dtype", "_frombuffer", "scalar")
+# --- CIFAR's official archives ------------------------------------------------------------------
 
 
-class _NumpyOnlyUnpickler(pickle.Unpickler):
-    """The official batches are pickles: allow what a numpy array needs, never arbitrary code."""
-
-    def find_class(self, module: str, name: str) -> object:
-        numpy_ok = module.split(".")[0] == "numpy" and name in _NUMPY_PICKLE_NAMES
-        if numpy_ok or (module, name) == ("_codecs", "encode"):
-            return super().find_class(module, name)
-        raise pickle.UnpicklingError(f"forbidden global {module}.{name}")
+def _from_cifar10(path: Path, batches: dict[str, images.Read]) -> Decoded:
+    x_train, y_train, x_test, y_test = cifar.read_cifar10(path, batches)
+    return validate(str(path), x_train, y_train, x_test, y_test, CLASS_NAMES, "CIFAR-10 has 10 classes")
 
 
-def _from_batches(path: Path, batches: dict[str, images.Read]) -> Decoded:
-    xs, ys = [], []
-    for name in (*BATCHES, "test_batch"):
-        if name not in batches:
-            raise DataError(f"{path}: missing CIFAR-10 batch {name!r}")
-        try:
-            batch = _NumpyOnlyUnpickler(io.BytesIO(batches[name]()), encoding="bytes").load()
-            data, labels = np.asarray(batch[b"data"]), np.asarray(batch[b"labels"])
-        except Exception as e:  # unpickling garbage raises nearly anything
-            raise DataError(f"{path}: corrupt CIFAR-10 batch {name!r} ({e!r})") from e
-        if data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
-            shape = data.shape
-            raise DataError(f"{path}: batch {name!r} has data of shape {shape}, expected (N, 3072)")
-        xs.append(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))  # stored as CHW rows
-        ys.append(labels)
-    x_train, y_train = np.concatenate(xs[:-1]), np.concatenate(ys[:-1])
-    return validate(str(path), x_train, y_train, xs[-1], ys[-1], CLASS_NAMES, "CIFAR-10 has 10 classes")
+def _from_cifar100(path: Path, files: dict[str, images.Read]) -> Decoded:
+    (x_train, y_train, x_test, y_test), names = cifar.read_cifar100(path, files)
+    if names is None:
+        names = CIFAR100_CLASS_NAMES
+    named_by = f"{'the meta file names' if files.get('meta') else 'CIFAR-100 has'} {len(names)} classes"
+    return validate(str(path), x_train, y_train, x_test, y_test, names, named_by)
 
 
 # --- .npz --------------------------------------------------------------------------------------
@@ -333,4 +320,6 @@ def validate(
         raise DataError(f"{where}: class {name!r} has no training images")
     if class_names is None:
         class_names = [str(label) for label in range(num_classes)]
+    if num_classes < 2:
+        raise DataError(f"{where}: one class only ({class_names[0]!r}): a classifier needs two or more")
     return Decoded(**arrays, class_names=tuple(class_names))
