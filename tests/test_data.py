@@ -534,6 +534,24 @@ def test_an_image_added_to_a_folder_is_decoded_again(tmp_path: Path) -> None:
     assert len(load_dataset(source, cache_dir=tmp_path / "cache").y_train) == 41
 
 
+def test_an_image_edited_in_place_is_decoded_again_even_with_its_size_and_time_put_back(tmp_path: Path) -> None:
+    source = _write_image_folder(tmp_path / "images", _arrays())
+    first = load_dataset(source, cache_dir=tmp_path / "cache")
+    image = sorted((source / "train" / "cat").iterdir())[0]
+    before = image.stat()
+    data = bytearray(image.read_bytes())
+    Image.new("RGB", (32, 32), (255, 0, 0)).save(edited := tmp_path / "red.png")
+    red = edited.read_bytes()
+    assert len(red) <= len(data)  # a plain red PNG is smaller: pad it to the old size with trailing bytes
+    image.write_bytes(red + b"\0" * (len(data) - len(red)))
+    os.utime(image, ns=(before.st_atime_ns, before.st_mtime_ns))  # as `touch -r` would
+    assert (image.stat().st_size, image.stat().st_mtime_ns) == (before.st_size, before.st_mtime_ns)
+    second = load_dataset(source, cache_dir=tmp_path / "cache")
+    assert second.content != first.content
+    assert len(_entries(tmp_path / "cache")) == 2
+    assert ((second.x_train == (255, 0, 0)).all(axis=(1, 2, 3))).sum() == 1  # the red image is read
+
+
 def test_cache_dir_defaults_to_hpo_cache(tmp_path: Path) -> None:
     load_dataset(_write_npz(tmp_path / "c.npz", _arrays()))
     assert len(_entries(tmp_path / "default-cache")) == 1

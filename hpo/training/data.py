@@ -172,19 +172,27 @@ def _cache_key(path: Path) -> str:
     part of the key.
 
     A folder tree is named by its root's (device, inode) and, below it, every directory's
-    relative path, mtime and file names: the same tree through a symlink or a bind mount shares
-    an entry. Hashing or even stat-ing 60,000 images would take longer than loading the cache,
-    so an image edited in place (same name) goes unnoticed.
+    relative path and every file's name, inode, size, mtime and ctime: the same tree through a
+    symlink or a bind mount shares an entry, and an image edited in place gets a new one, even
+    with its size and mtime put back (``touch -r``), as the kernel sets ctime on every write.
+    Hashing 60,000 images would take about as long as decoding them; stat-ing them takes 0.23 s
+    (CIFAR-10 as a JPEG folder, warm, 2-core VM), once per worker. A chmod or a rename also
+    changes ctime: the tree is decoded again, to the same content digest.
     """
     kind = decode.data_format(path)  # first: an unrecognised file is refused before it is read
     if kind == "folder":
         root = os.stat(path)
         digest = hashlib.blake2b(f"tree\0{root.st_dev}\0{root.st_ino}".encode(), digest_size=16)
-        for dirpath, dirnames, filenames in os.walk(path):
-            dirnames.sort()
-            relative = Path(dirpath).relative_to(path).as_posix()
-            digest.update(f"\0{relative}\0{os.stat(dirpath).st_mtime_ns}\0".encode())
-            digest.update("\0".join(sorted(filenames)).encode())
+        try:
+            for dirpath, dirnames, filenames in os.walk(path, onerror=_raise):
+                dirnames.sort()
+                digest.update(f"\0{Path(dirpath).relative_to(path).as_posix()}\0".encode())
+                for name in sorted(filenames):
+                    file = os.path.join(dirpath, name)
+                    st = os.stat(file) if os.path.exists(file) else os.lstat(file)  # a dangling link
+                    digest.update(f"{name}\0{st.st_ino}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ctime_ns}\0".encode())
+        except OSError as e:
+            raise DataError(f"{path}: cannot read ({e.strerror or e})") from e
         return f"tree-{digest.hexdigest()}"
     try:
         with path.open("rb") as file:
@@ -193,6 +201,10 @@ def _cache_key(path: Path) -> str:
         raise DataError(f"{path}: cannot read ({e.strerror or e})") from e
     content.update(f"\0{kind}".encode())
     return f"file-{content.hexdigest()}"
+
+
+def _raise(error: OSError) -> None:
+    raise error
 
 
 def _content_digest(data: Decoded) -> str:
