@@ -188,8 +188,8 @@ def _cache_key(path: Path) -> str:
                 dirnames.sort()
                 digest.update(f"\0{Path(dirpath).relative_to(path).as_posix()}\0".encode())
                 for name in sorted(filenames):
-                    file = os.path.join(dirpath, name)
-                    st = os.stat(file) if os.path.exists(file) else os.lstat(file)  # a dangling link
+                    member = os.path.join(dirpath, name)
+                    st = os.stat(member) if os.path.exists(member) else os.lstat(member)  # a dangling link
                     digest.update(f"{name}\0{st.st_ino}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ctime_ns}\0".encode())
         except OSError as e:
             raise DataError(f"{path}: cannot read ({e.strerror or e})") from e
