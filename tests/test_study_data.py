@@ -9,7 +9,9 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from conftest import (STUDIES, TWO_LR_GRID, ok, own_model_study, run_hpo, user_error, write_npz, write_study)
+from conftest import (BUILDER_MODULE, STUDIES, TWO_LR_GRID, ok, own_model_study, run_hpo, user_error, write_npz,
+                      write_study)
+from hpo.study.builder import BuilderIdentity, check_same, locate
 
 
 def _states(storage: str, name: str) -> set[TrialState]:
@@ -70,6 +72,53 @@ def test_another_version_of_the_builder_is_refused(storage_url: str, tmp_path: P
         user_error(run_hpo("worker", worker, storage=storage_url, cwd=tmp_path),
                    "is not the my_models.py the study was created with", "new study")
     assert _states(storage_url, "own") == {TrialState.WAITING}
+
+
+HELPED_BUILDER = BUILDER_MODULE.replace("import keras\n", "import keras\nimport blocks\n").replace(
+    'activation="relu")(x)\n    return', 'activation=blocks.ACTIVATION)(x)\n    return')
+
+
+def _write_helpers(folder: Path) -> None:
+    """my_models.py imports blocks.py beside it, which imports parts/activation.py."""
+    (folder / "blocks.py").write_text("from parts.activation import ACTIVATION\n", encoding="utf-8")
+    (folder / "parts").mkdir()
+    (folder / "parts" / "__init__.py").write_text("", encoding="utf-8")
+    (folder / "parts" / "activation.py").write_text('ACTIVATION = "relu"\n', encoding="utf-8")
+
+
+def test_a_builder_records_the_modules_of_its_own_it_imports(tmp_path: Path) -> None:
+    own_model_study(tmp_path, module=HELPED_BUILDER)
+    _write_helpers(tmp_path)
+    identity = locate("my_models:build", tmp_path)
+    assert sorted(identity.imports or {}) == ["blocks.py", "parts/__init__.py", "parts/activation.py"]
+    # Relative imports inside a package of the user's own, and installed packages left out.
+    (tmp_path / "zoo").mkdir()
+    (tmp_path / "zoo" / "__init__.py").write_text("", encoding="utf-8")
+    (tmp_path / "zoo" / "models.py").write_text("import numpy\nfrom .heads import head\nfrom . import necks\n",
+                                               encoding="utf-8")
+    (tmp_path / "zoo" / "heads.py").write_text("def head(): pass\n", encoding="utf-8")
+    (tmp_path / "zoo" / "necks.py").write_text("from ..parts import activation\n", encoding="utf-8")
+    assert sorted(locate("zoo.models:build", tmp_path).imports or {}) == ["zoo/__init__.py", "zoo/heads.py",
+                                                                          "zoo/necks.py"]
+    # A study created before the imports were recorded is checked on the builder's own file.
+    before = {key: value for key, value in identity.to_dict().items() if key != "imports"}
+    check_same(BuilderIdentity.from_dict(before), identity, "own")
+
+
+def test_another_version_of_a_module_the_builder_imports_is_refused(tmp_path: Path) -> None:
+    storage = f"sqlite:///{tmp_path / 'hpo.db'}"
+    study_file = own_model_study(tmp_path, trials=2, module=HELPED_BUILDER)
+    _write_helpers(tmp_path)
+    ok(run_hpo("create", str(study_file), storage=storage))
+    (tmp_path / "parts" / "activation.py").write_text('ACTIVATION = "tanh"\n', encoding="utf-8")
+    for worker in (str(study_file), "own"):
+        user_error(run_hpo("worker", worker, storage=storage, cwd=tmp_path),
+                   "parts/activation.py is not the parts/activation.py the study was created with", "new study")
+    (tmp_path / "parts" / "activation.py").write_text('ACTIVATION = "relu"\n', encoding="utf-8")
+    (tmp_path / "blocks.py").unlink()
+    user_error(run_hpo("worker", "own", storage=storage, cwd=tmp_path),
+               "blocks.py, which my_models.py imports, is missing beside it")
+    assert _states(storage, "own") == {TrialState.WAITING}
 
 
 def test_a_local_copy_must_be_the_data_set_it_stands_for(tmp_path: Path) -> None:
