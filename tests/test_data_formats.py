@@ -314,6 +314,31 @@ def _write_cifar100(root: Path, arrays: Arrays, names: tuple[str, ...] | None) -
     return folder
 
 
+def _cifar100_with(name: str, content: bytes) -> Callable[[Path], Path]:
+    def build(d: Path) -> Path:
+        folder = _write_cifar100(d, _arrays(100, (32, 32, 3), train=1, test=1), CIFAR100_CLASS_NAMES)
+        (folder / name).write_bytes(content)
+        return folder
+
+    return build
+
+
+@pytest.mark.parametrize(("build", "problem"), [
+    (_cifar100_with("train", b"garbage"), "corrupt CIFAR-100 file 'train'"),
+    (_cifar100_with("test", pickle.dumps({b"data": np.zeros((1, 3072), np.uint8)})),
+     "corrupt CIFAR-100 file 'test' (no b'fine_labels' entry)"),
+    (_cifar100_with("test", pickle.dumps([1, 2])), "corrupt CIFAR-100 file 'test' (a list, not a dict)"),
+    (_cifar100_with("meta", pickle.dumps({b"coarse_label_names": []})), "no list of fine_label_names"),
+    (_cifar100_with("meta", pickle.dumps({b"fine_label_names": [b"a", b"b"]})), "out of range 0..1"),
+], ids=["garbage train", "no fine labels", "not a dict", "meta without names", "meta of two names"])
+def test_a_damaged_cifar100_archive_is_one_line(build: Callable[[Path], Path], problem: str, tmp_path: Path) -> None:
+    source = build(tmp_path)
+    with pytest.raises(DataError) as info:
+        _load(source, tmp_path)
+    message = str(info.value)
+    assert message.startswith(f"{source.resolve()}: ") and problem in message and "\n" not in message
+
+
 def test_cifar100_official_archive_as_a_folder_and_a_tar_gz(tmp_path: Path) -> None:
     arrays = _arrays(100, (32, 32, 3), train=2, test=1)
     names = tuple(f"kind-{i:02d}" for i in range(100))
