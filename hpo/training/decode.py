@@ -10,8 +10,8 @@
 - one of Keras' built-in data sets, by name (:data:`KERAS_SOURCES`).
 
 Every form is checked the same way (:func:`validate`): uint8 images (N, H, W, 1|3) of one size
-in train and test, int64 labels 0..K-1, K >= 2, every class with a training image. A damaged archive is
-refused rather than read as a smaller data set.
+in train and test, int64 labels 0..K-1, K >= 2, every class with a training image. A damaged
+archive is refused rather than read as a smaller data set.
 """
 
 from __future__ import annotations
