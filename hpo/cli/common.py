@@ -67,9 +67,10 @@ def artifacts_option(help_text: str = "Artifact folder (see hpo worker).") -> Ca
 
 source_options = [  # which data: every command that creates or trains a study
     click.option("--data", envvar="HPO_DATA", metavar="PATH",
-                 help="A local copy of the named data set the studies train on (cifar10, mnist, ...): an archive, "
-                      "folder or .npz [env HPO_DATA; default: Keras' download]. A study whose data.source is a "
-                      "path reads that path."),
+                 help="A local copy of the named data set the studies train on (cifar10, mnist, ...): an archive "
+                      "(an image folder's .tar.gz, the official cifar-10-python.tar.gz or cifar-100-python.tar.gz), "
+                      "a folder or an .npz [env HPO_DATA; default: Keras' download]. A study whose data.source is "
+                      "a path reads that path."),
     click.option("--subset", type=click.IntRange(min=10), metavar="N",
                  help="Train on a stratified subset of N images (N/5 test images); recorded with the study when "
                       "it is created [default: the study's]."),
