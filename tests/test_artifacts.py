@@ -44,3 +44,18 @@ def test_a_full_artifact_disk_keeps_the_trial_and_registers_no_file(tiny_disk: P
     # The report of such a trial says its figures are missing; it copies nothing broken.
     ok(run_hpo("report", "full", "-o", str(tmp_path / "report"), "--artifacts", str(tiny_disk), storage=db))
     assert not list((tmp_path / "report").glob("*.png"))
+
+
+def test_a_full_disk_under_the_checkpoints_lets_the_trial_train_on_and_leaves_no_partial_file(
+        tiny_disk: Path, data_path: str, tmp_path: Path) -> None:
+    db = f"sqlite:///{tmp_path / 'hpo.db'}"
+    study = write_study(tmp_path, "full", study_body(epochs=[3]))
+    result = run_hpo("worker", str(study), "--data", data_path, "--subset", "100", "--threads", "1",
+                     "--artifacts", str(tiny_disk), storage=db, cwd=tmp_path)
+    ok(result)
+    (trial,) = optuna.load_study(study_name="full", storage=db).get_trials()
+    assert trial.state == TrialState.COMPLETE and len(trial.intermediate_values) == 3
+    # A checkpoint after epochs 1 and 2 (none after the last): each one line, the run goes on.
+    assert result.stderr.count("checkpoint not saved (No space left on device); training goes on") == 2
+    assert "Traceback" not in result.stderr
+    assert [p for p in tiny_disk.rglob("*") if p.is_file()] == []  # no torn checkpoint, no .partial
