@@ -46,7 +46,7 @@ def main() -> None:
             augmentation = "standard" if architecture == "batchnorm" else "none"
             training = Training(Params(architecture, augmentation, 0.001, 32, args.epochs), data, seed=0)
             store = Checkpoints(Path(tmp), "bench")
-            identity = Identity("bench", 0, {"architecture": architecture}, 0, data.fingerprint, "bench")
+            identity = Identity("bench", "", 0, {"architecture": architecture}, 0, data.fingerprint, "bench")
             epochs, saves = [], []
             started = time.perf_counter()
             for epoch in training.epochs():

@@ -82,8 +82,8 @@ def test_a_run_stopped_and_restored_ends_as_an_uninterrupted_one(architecture: s
 
 
 def _identity(**changes: object) -> Identity:
-    base = {"study": "s", "slot": 3, "params": {"learning_rate": 0.001}, "seed": 7, "data": "file-abc/subset=200",
-            "model": "v1"}
+    base = {"study": "s", "uid": "a1", "slot": 3, "params": {"learning_rate": 0.001}, "seed": 7,
+            "data": "file-abc/subset=200", "model": "v1"}
     return Identity(**{**base, **changes})  # type: ignore[arg-type]
 
 
@@ -98,9 +98,9 @@ def test_only_the_same_slot_configuration_seed_data_and_code_go_on(tmp_path: Pat
     assert loaded is not None and loaded[1] == 1 and loaded[0].epochs_done == 1
     with caplog.at_level(logging.WARNING):
         for other in (_identity(seed=8), _identity(data="file-def/subset=200"), _identity(model="v2"),
-                      _identity(params={"learning_rate": 0.01})):
+                      _identity(params={"learning_rate": 0.01}), _identity(uid="b2")):
             assert store.load(other) is None
-    assert caplog.text.count("belongs to another run") == 4
+    assert caplog.text.count("belongs to another run") == 5
     assert Checkpoints(tmp_path, "s").load(_identity(slot=4)) is None  # another slot has none
 
 
@@ -206,6 +206,33 @@ def test_a_killed_or_stopped_worker_s_trial_is_resumed_exactly(sig: signal.Signa
     assert EPOCHS <= trained <= EPOCHS + (1 if sig == signal.SIGKILL else 0)
     _same(done, _model_weights(done, storage_url, artifacts), _uninterrupted(study, data_path, tmp_path)[EPOCHS])
     assert not list((artifacts / "checkpoints" / "resume").glob("*.npz"))  # deleted once the trial completed
+
+
+@pytest.mark.chaos
+def test_a_checkpoint_of_a_same_named_study_in_another_database_is_not_gone_on_from(data_path: str,
+                                                                                    tmp_path: Path) -> None:
+    # A user stops a launch, deletes hpo.db (or points at another database) and starts again with
+    # the same study file and artifact folder: the old run's checkpoint has the same slot,
+    # parameters, seed and data, but it is another study's.
+    study = write_study(tmp_path, "again", study_body(batch_size=[32], epochs=[EPOCHS]))
+    artifacts = tmp_path / "store"
+    first = _worker(f"sqlite:///{tmp_path / 'first.db'}", study, data_path, tmp_path / "first.log", artifacts)
+    try:
+        wait_for(lambda: _checkpointed(artifacts, "again", 2), 240, "a checkpoint after two epochs")
+        first.send_signal(signal.SIGTERM)
+        first.wait(timeout=60)
+    finally:
+        if first.poll() is None:
+            first.kill()
+    assert list((artifacts / "checkpoints" / "again").glob("slot-0.npz"))
+    db = f"sqlite:///{tmp_path / 'second.db'}"
+    result = subprocess.run(_worker_command(db, study, data_path, artifacts), capture_output=True, text=True,
+                            timeout=600)
+    ok(result)
+    (done,) = _trials(db, "again")
+    assert done.state == TrialState.COMPLETE and records.RESUMED_FROM not in done.user_attrs
+    assert done.user_attrs[records.EPOCHS_ALL_ATTEMPTS] == EPOCHS
+    assert "belongs to another run (uid: " in result.stderr
 
 
 def _worker_command(storage: str, study: Path, data_path: str, artifacts: Path) -> list[str]:

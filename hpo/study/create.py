@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import uuid
 from typing import Any
 
 import optuna
@@ -82,6 +83,8 @@ def create_study(storage: optuna.storages.BaseStorage, definition: StudyDefiniti
         _save_note(study, definition, data)
         for key, value in (attrs or {}).items():
             study.set_user_attr(key, value)
+        if records.UID not in study.user_attrs:  # kept by a create that finishes one that died half-way
+            study.set_user_attr(records.UID, uuid.uuid4().hex)
         _record_inputs(study, data, builder)
         study.set_user_attr(records.DEFINITION, wanted)
     log.info("study %s: %d trials queued", definition.name, added)

@@ -5,9 +5,11 @@ A checkpoint belongs to a queue slot (the slot of the trial a run trains to its 
 in the artifact store, which every worker of a study shares (a volume in Compose and
 Kubernetes): ``<artifacts>/checkpoints/<study>/slot-<N>.npz``. It is written beside its place and
 renamed over it, so a reader finds the last whole checkpoint or none. It is used only by a run
-of the same slot with the same parameters, seed, data and model code (its :class:`Identity`);
-anything else, and anything unreadable, is ignored with one warning, and the run trains from
-scratch. The worker loop discards it when its trial completes, is pruned or fails for good.
+of the same slot of the same study (its name and the random id it was given when created: not
+one of the same name in another database, or deleted and made again) with the same parameters,
+seed, data and model code (its :class:`Identity`); anything else, and anything unreadable, is
+ignored with one warning, and the run trains from scratch. The worker loop discards it when its
+trial completes, is pruned or fails for good.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ class Identity:
     """What a run must share with the run that saved a checkpoint to go on from it."""
 
     study: str
+    uid: str    # the study's random id (hpo.storage.records.UID): "" for a study made before it had one
     slot: int
     params: Mapping[str, Any]
     seed: int

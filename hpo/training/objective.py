@@ -76,7 +76,8 @@ def run_trial(
     seed = plan.run_seed(frozen, definition)
     training = Training(params[trial.number], data, protocol=definition.protocol,
                         fraction=definition.validation_split, seed=seed, builder=builder)
-    identity = Identity(definition.name, int(frozen.system_attrs.get(records.SLOT, -trial.number - 1)),
+    identity = Identity(definition.name, str(trial.study.user_attrs.get(records.UID, "")),
+                        int(frozen.system_attrs.get(records.SLOT, -trial.number - 1)),
                         dataclasses.asdict(params[trial.number]), seed, data.fingerprint,
                         model_code_version() + (builder.sha256 if builder else ""))
     before = _epochs_of_earlier_attempts(trial, frozen)  # trained by this slot's failed attempts
