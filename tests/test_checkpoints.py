@@ -136,6 +136,20 @@ def _trials(storage: str, name: str) -> list[FrozenTrial]:
         return []
 
 
+def _stopped_after(epochs: int, sig: signal.Signals, storage: str, study: Path, data_path: str, artifacts: Path,
+                   log: Path) -> None:
+    """Run a worker on ``study`` and send it ``sig`` once its run has a checkpoint at ``epochs``
+    epochs or more; return when it has exited."""
+    worker = _worker(storage, study, data_path, log, artifacts)
+    try:
+        wait_for(lambda: _checkpointed(artifacts, study.stem, epochs), 240, f"a checkpoint after {epochs} epochs")
+        worker.send_signal(sig)
+        worker.wait(timeout=60)
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+
+
 def _checkpointed(artifacts: Path, name: str, epochs: int) -> bool:
     """Whether the study has a checkpoint at ``epochs`` epochs or more (the moment to strike)."""
     for path in (artifacts / "checkpoints" / name).glob("slot-*.npz"):
@@ -183,14 +197,7 @@ def test_a_killed_or_stopped_worker_s_trial_is_resumed_exactly(sig: signal.Signa
                                                                data_path: str, tmp_path: Path) -> None:
     study = write_study(tmp_path, "resume", study_body(batch_size=[32], epochs=[EPOCHS]))
     artifacts = tmp_path / "store"
-    first = _worker(storage_url, study, data_path, tmp_path / "first.log", artifacts)
-    try:
-        wait_for(lambda: _checkpointed(artifacts, "resume", 2), 240, "a checkpoint after two epochs")
-        first.send_signal(sig)
-        first.wait(timeout=60)
-    finally:
-        if first.poll() is None:
-            first.kill()
+    _stopped_after(2, sig, storage_url, study, data_path, artifacts, tmp_path / "first.log")
     assert list((artifacts / "checkpoints" / "resume").glob("slot-0.npz"))  # what the retry goes on from
     ok(subprocess.run(_worker_command(storage_url, study, data_path, artifacts), capture_output=True, text=True,
                       timeout=600))
@@ -216,14 +223,8 @@ def test_a_checkpoint_of_a_same_named_study_in_another_database_is_not_gone_on_f
     # parameters, seed and data, but it is another study's.
     study = write_study(tmp_path, "again", study_body(batch_size=[32], epochs=[EPOCHS]))
     artifacts = tmp_path / "store"
-    first = _worker(f"sqlite:///{tmp_path / 'first.db'}", study, data_path, tmp_path / "first.log", artifacts)
-    try:
-        wait_for(lambda: _checkpointed(artifacts, "again", 2), 240, "a checkpoint after two epochs")
-        first.send_signal(signal.SIGTERM)
-        first.wait(timeout=60)
-    finally:
-        if first.poll() is None:
-            first.kill()
+    _stopped_after(2, signal.SIGTERM, f"sqlite:///{tmp_path / 'first.db'}", study, data_path, artifacts,
+                   tmp_path / "first.log")
     assert list((artifacts / "checkpoints" / "again").glob("slot-0.npz"))
     db = f"sqlite:///{tmp_path / 'second.db'}"
     result = subprocess.run(_worker_command(db, study, data_path, artifacts), capture_output=True, text=True,
@@ -246,14 +247,7 @@ def test_a_shared_prefix_run_resumes_mid_run_and_completes_the_points_it_had_not
     db = f"sqlite:///{tmp_path / 'hpo.db'}"
     study = write_study(tmp_path, "group", study_body(batch_size=[32], epochs=[2, 4, EPOCHS]))
     artifacts = tmp_path / "store"
-    first = _worker(db, study, data_path, tmp_path / "first.log", artifacts)
-    try:
-        wait_for(lambda: _checkpointed(artifacts, "group", 3), 240, "a checkpoint after three epochs")
-        first.send_signal(signal.SIGKILL)
-        first.wait(timeout=60)
-    finally:
-        if first.poll() is None:
-            first.kill()
+    _stopped_after(3, signal.SIGKILL, db, study, data_path, artifacts, tmp_path / "first.log")
     ok(subprocess.run(_worker_command(db, study, data_path, artifacts), capture_output=True, text=True, timeout=600))
     trials = _trials(db, "group")
     by_epochs = {e: [t for t in trials if t.system_attrs[records.EPOCHS] == e] for e in (2, 4, EPOCHS)}
