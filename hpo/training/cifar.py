@@ -79,15 +79,15 @@ def read_cifar10(path: Path, files: Mapping[str, Read]) -> Arrays:
 def read_cifar100(path: Path, files: Mapping[str, Read]) -> tuple[Arrays, tuple[str, ...] | None]:
     """CIFAR-100's ``train`` and ``test`` with their fine labels, and the fine label names of
     ``meta`` (None when the archive has no ``meta``: the caller names them)."""
-    arrays: list[np.ndarray] = []
+    rows: list[np.ndarray] = []
     for name in CIFAR100_FILES:
         what = f"CIFAR-100 file {name!r}"
-        arrays.extend(_rows(path, what, _unpickle(path, what, files[name]), b"fine_labels"))
+        rows.extend(_rows(path, what, _unpickle(path, what, files[name]), b"fine_labels"))
+    arrays: Arrays = (rows[0], rows[1], rows[2], rows[3])
     if "meta" not in files:
-        return (arrays[0], arrays[1], arrays[2], arrays[3]), None
+        return arrays, None
     meta = _unpickle(path, "CIFAR-100 file 'meta'", files["meta"])
     names = meta.get(b"fine_label_names")
     if not isinstance(names, list) or not all(isinstance(n, bytes | str) for n in names):
         raise DataError(f"{path}: corrupt CIFAR-100 file 'meta' (no list of fine_label_names)")
-    decoded = tuple(n.decode("utf-8", "replace") if isinstance(n, bytes) else n for n in names)
-    return (arrays[0], arrays[1], arrays[2], arrays[3]), decoded
+    return arrays, tuple(n.decode("utf-8", "replace") if isinstance(n, bytes) else n for n in names)

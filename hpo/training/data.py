@@ -189,7 +189,10 @@ def _cache_key(path: Path) -> str:
                 digest.update(f"\0{Path(dirpath).relative_to(path).as_posix()}\0".encode())
                 for name in sorted(filenames):
                     member = os.path.join(dirpath, name)
-                    st = os.stat(member) if os.path.exists(member) else os.lstat(member)  # a dangling link
+                    try:
+                        st = os.stat(member)
+                    except FileNotFoundError:  # a dangling link
+                        st = os.lstat(member)
                     digest.update(f"{name}\0{st.st_ino}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ctime_ns}\0".encode())
         except OSError as e:
             raise DataError(f"{path}: cannot read ({e.strerror or e})") from e

@@ -206,9 +206,8 @@ def _from_cifar10(path: Path, batches: dict[str, images.Read]) -> Decoded:
 def _from_cifar100(path: Path, files: dict[str, images.Read]) -> Decoded:
     (x_train, y_train, x_test, y_test), names = cifar.read_cifar100(path, files)
     if names is None:
-        names = CIFAR100_CLASS_NAMES
-    named_by = f"{'the meta file names' if files.get('meta') else 'CIFAR-100 has'} {len(names)} classes"
-    return validate(str(path), x_train, y_train, x_test, y_test, names, named_by)
+        return validate(str(path), x_train, y_train, x_test, y_test, CIFAR100_CLASS_NAMES, "CIFAR-100 has 100 classes")
+    return validate(str(path), x_train, y_train, x_test, y_test, names, f"the meta file names {len(names)} classes")
 
 
 # --- .npz --------------------------------------------------------------------------------------
