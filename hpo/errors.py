@@ -39,3 +39,11 @@ class TrialError(HpoError):
     """A trial that cannot succeed however often it is tried (its model cannot be built, its
     data cannot serve it): it fails once, and is not retried. Any other exception in a trial is
     retried up to the study's ``max_retries``."""
+
+
+def ended_by(e: BaseException) -> str:
+    """What a user's code did that would have ended an hpo process (``SystemExit``,
+    ``KeyboardInterrupt``), for the one line that says so: "called sys.exit(0)"."""
+    if isinstance(e, SystemExit):
+        return f"called sys.exit({e.code!r})"
+    return f"raised {type(e).__name__}" + (f": {e}" if str(e) else "")

@@ -175,7 +175,7 @@ def user_error(result: subprocess.CompletedProcess[str], *fragments: str) -> str
 def freeze_outside_a_transaction(worker: subprocess.Popen[bytes], db: Path) -> None:
     """SIGSTOP the worker (alive, but no heartbeat, no progress) at a moment it holds no write
     lock on the SQLite file: one frozen inside a write transaction blocks every process until it
-    resumes (README: where exactly-once stops), and nobody could recover its trial meanwhile."""
+    resumes (docs/guarantees.md says where exactly-once stops), and nobody could recover its trial meanwhile."""
     for _ in range(100):
         worker.send_signal(signal.SIGSTOP)
         try:

@@ -5,8 +5,13 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 import socket
+import subprocess
+import sys
 from pathlib import Path
+
+import pytest
 
 from conftest import STUDIES, TWO_LR_GRID, ok, run_hpo, user_error, write_study
 
@@ -55,7 +60,12 @@ def test_create_launch_export_runs_the_whole_grid(tmp_path: Path, data_path: str
             assert best["test_accuracy"] in text and best["val_accuracy"] in text, fmt
 
     # The artifacts of every trial sit beside the database.
-    assert len([p for p in (tmp_path / "hpo-artifacts").rglob("*") if p.is_file()]) == 4 * 4
+    files = [p for p in (tmp_path / "hpo-artifacts").rglob("*") if p.is_file()]
+    assert len(files) == 4 * 4
+    # ... under names a person can read: study, what the file is, trial, a random part, its kind.
+    named = re.compile(r"smallgrid-(learning_curves|confusion_matrix|metrics|model)_trial\d+-[0-9a-f]{8}"
+                       r"\.(png|json|keras)")
+    assert all(named.fullmatch(p.name) for p in files), sorted(p.name for p in files)
 
     # Workers that find nothing left to do exit at once, and add nothing.
     again = run_hpo("worker", "smallgrid", "--data", data_path, "--subset", "300", storage=db)
@@ -142,3 +152,34 @@ def test_storage_and_debug_work_before_and_after_the_subcommand(tmp_path: Path) 
 def test_a_bad_option_is_one_line_too(tmp_path: Path) -> None:
     user_error(run_hpo("status", "--format", "nope", storage=f"sqlite:///{tmp_path / 'hpo.db'}"),
                "--format", "nope", "hpo status --help")
+
+
+def test_the_commands_printed_after_a_launch_run_as_this_one_was(monkeypatch: pytest.MonkeyPatch,
+                                                                   tmp_path: Path) -> None:
+    from hpo.cli.common import invoked_as
+
+    script = tmp_path / "venv" / "bin" / "hpo"  # a venv's script, its folder not on the PATH
+    script.parent.mkdir(parents=True)
+    script.write_text("#!/bin/sh\n")
+    script.chmod(0o755)
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")
+    monkeypatch.setattr(sys, "argv", [str(script), "launch"])
+    assert invoked_as() == str(script)  # pasteable: `hpo` alone would not be found
+    monkeypatch.setenv("PATH", f"{script.parent}:/usr/bin:/bin")
+    assert invoked_as() == "hpo"
+    monkeypatch.setattr(sys, "argv", ["/somewhere/hpo/__main__.py", "launch"])
+    assert invoked_as() == f"{sys.executable} -m hpo"
+
+
+def test_read_only_commands_load_no_dashboard_and_no_keras(tmp_path: Path) -> None:
+    """status and export answer in about a second: they import neither the dashboard (which
+    brings scikit-learn, 1.6 s) nor Keras and its backend."""
+    db = f"sqlite:///{tmp_path / 'hpo.db'}"
+    ok(run_hpo("create", str(write_study(tmp_path, "quick", GRID)), storage=db))
+    for command in (["status"], ["export", "quick"]):
+        shown = subprocess.run([sys.executable, "-X", "importtime", "-m", "hpo", "--storage", db, *command],
+                               capture_output=True, text=True, timeout=120)
+        ok(shown)
+        loaded = {line.split("|")[-1].strip() for line in shown.stderr.splitlines() if line.startswith("import time:")}
+        assert not loaded & {"optuna_dashboard", "sklearn", "keras", "tensorflow"}, (command, sorted(
+            loaded & {"optuna_dashboard", "sklearn", "keras", "tensorflow"}))

@@ -248,9 +248,9 @@ BAD: dict[str, tuple[Callable[[Path], Path], str]] = {
         lambda d: _write_npz(d / "bad.npz", {k: v for k, v in _arrays().items() if k != "x_test"}),
         "missing array(s) x_test",
     ),
-    "npz images of shape (N, 5)": (
-        _npz_with(x_train=np.zeros((40, 5), np.uint8)),
-        "x_train has shape (40, 5), expected (N, H, W), (N, H, W, 1) or (N, H, W, 3)",
+    "npz features of other shapes in train and test": (
+        _npz_with(x_train=np.zeros((40, 5), np.float32), x_test=np.zeros((20, 6), np.float32)),
+        "x_train and x_test differ in shape per example: (5,) and (6,)",
     ),
     "npz images of 4 channels": (
         _npz_with(x_test=np.zeros((20, 32, 32, 4), np.uint8)),
@@ -274,7 +274,7 @@ BAD: dict[str, tuple[Callable[[Path], Path], str]] = {
     ),
     "npz float labels": (
         _npz_with(y_train=np.zeros(40, np.float32)),
-        "y_train has shape (40,) and dtype float32, expected (N,) integers",
+        "y_train has dtype float32 but y_test int64: give both the same",
     ),
     "npz length mismatch": (
         _npz_with(y_train=np.zeros(39, np.int64)),

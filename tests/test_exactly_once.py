@@ -126,7 +126,7 @@ def test_three_launchers_of_one_study_train_every_point_once(storage_url: str, d
     study_file = write_study(tmp_path, "tiny", TINY_GRID)
     launchers = [subprocess.Popen(
         [sys.executable, "-m", "hpo", "--storage", storage_url, "launch", str(study_file), "-n", "1",
-         "--threads", "1", "--data", data_path, "--subset", "100", "--logs", str(tmp_path / f"logs{i}")],
+         "--threads", "1", "--data", data_path, "--subset", "200", "--logs", str(tmp_path / f"logs{i}")],
         cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(3)]
     for launcher in launchers:
         _, err = launcher.communicate(timeout=900)
@@ -183,7 +183,7 @@ def test_launch_of_parallel_tpe_trains_eight_different_configurations(data_path:
     study_file = write_study(tmp_path, "tpe8", _continuous("tpe", 8).replace(
         "{ low = 1, high = 3 }", "[1]"))
     db = f"sqlite:///{tmp_path / 'hpo.db'}"
-    ok(run_hpo("launch", str(study_file), "-n", "2", "--threads", "1", "--data", data_path, "--subset", "100",
+    ok(run_hpo("launch", str(study_file), "-n", "2", "--threads", "1", "--data", data_path, "--subset", "200",
                "--logs", str(tmp_path / "logs"), storage=db, cwd=tmp_path))
     trials = optuna.load_study(study_name="tpe8", storage=db).get_trials()
     assert Counter(t.state for t in trials) == {TrialState.COMPLETE: 8}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -46,12 +47,14 @@ def test_cpu_default_is_one_worker_per_core_as_memory_allows() -> None:
 
 
 def _status(complete: int, running: int, failed: int = 0, best: float | None = None,
-            epochs: list[tuple[int, int | None]] | None = None) -> StudyStatus:
+            epochs: list[tuple[int, int | None]] | None = None,
+            runs: list[tuple[int, int | None, int]] | None = None, work: tuple[int, int] | None = None) -> StudyStatus:
     pending = 27 - complete - running - failed
     return StudyStatus(name="exp3", sampler="grid", trials={}, total_points=27, duplicates=0,
                        points={"pending": pending, "running": running, "complete": complete,
                                "pruned": 0, "failed": failed},
-                       best_value=best, best_trial=None, metric="val_accuracy", running_epochs=epochs or [])
+                       best_value=best, best_trial=None, metric="val_accuracy", running_epochs=epochs or [],
+                       running_runs=runs if runs is not None else [(d, p, 1) for d, p in epochs or []], work=work)
 
 
 def test_progress_line_counts_and_estimates_time_left() -> None:
@@ -80,6 +83,61 @@ def test_progress_line_shows_each_running_trials_epoch() -> None:
         "exp3: 0/27 done, 2 running (epochs 3/10, 0/?), 0 failed, best val_accuracy -, 0m00s elapsed, ETA -",
         "exp3: 0/27 done, 2 running (epochs 4/10, 0/5), 0 failed, best val_accuracy -, 0m00s elapsed, ETA -",
     ]
+
+
+def test_points_that_share_a_run_are_counted_as_the_runs_that_train_them() -> None:
+    """exp3's 27 points train as 9 runs: 6 points in training are 2 runs, each carrying 3."""
+    out = io.StringIO()
+    Progress(out, 27, clock=lambda: 0.0).show([_status(0, 6, runs=[(3, 15, 3), (3, 15, 3)])])
+    assert out.getvalue().splitlines() == [
+        "exp3: 0/27 done, 6 running in 2 runs (epochs 3/15 x3, 3/15 x3), 0 failed, best val_accuracy -, "
+        "0m00s elapsed, ETA -"]
+
+
+def test_the_time_left_is_counted_in_epochs_where_a_grid_plans_them() -> None:
+    """Shared runs finish their points in bursts, and workers start before they train: the pace
+    counts epochs from the first one seen. 45 epochs in the 60 s after it, 225 of 280 left: 5 minutes."""
+    now = [0.0]
+    out = io.StringIO()
+    progress = Progress(out, 27, clock=lambda: now[0])
+    progress.show([_status(0, 2, runs=[(0, 15, 3), (0, 15, 3)], work=(0, 280))])
+    now[0] += 10  # the workers' start-up, then their first epochs
+    progress.show([_status(0, 2, runs=[(5, 15, 3), (5, 15, 3)], work=(10, 280))])
+    now[0] += 60
+    progress.show([_status(3, 2, runs=[(15, 15, 3), (12, 15, 3)], work=(55, 280))])
+    lines = out.getvalue().splitlines()
+    assert lines[1].endswith("0m10s elapsed, ETA -")
+    assert lines[2].endswith("1m10s elapsed, ETA 5m00s")
+
+
+# 4 learning rates x 3 epoch counts: 12 points, trained as 4 runs of 16 epochs that share their prefixes.
+SHARED_RUNS = study_body(seed=3, learning_rate=[0.01, 0.003, 0.001, 0.0003], batch_size=[32], epochs=[4, 8, 16])
+_LINE = re.compile(r"^eta: (\d+)/12 done.* (\d+)m(\d+)s elapsed(?:, ETA (\d+)m(\d+)s)?$")
+
+
+def test_a_launch_shows_its_runs_and_a_time_left_within_twice_the_real_one(data_path: str, tmp_path: Path) -> None:
+    """A CPU launch as a user sees it: the shared runs counted as runs, no TensorFlow or CUDA log
+    line, and once a quarter of the points are done an ETA within 2x of the time it really took."""
+    db = f"sqlite:///{tmp_path / 'hpo.db'}"
+    launched = run_hpo("launch", str(write_study(tmp_path, "eta", SHARED_RUNS)), "-n", "2", "--subset", "800",
+                       "--data", data_path, storage=db, cwd=tmp_path)
+    ok(launched)
+    lines = launched.stderr.splitlines()
+    assert any(re.search(r"6 running in 2 runs \(epochs \d+/16 x3, \d+/16 x3\)", line) for line in lines), lines
+    noise = [line for line in lines if re.search(r"tensorflow|cuda|absl|oneDNN|cpu_feature_guard|^[IWE]\d{4} ",
+                                                 line, re.IGNORECASE)]
+    assert noise == []
+    progress = [m for m in map(_LINE.match, lines) if m]
+    # The work is done at the first line that says so (after it, the workers only exit).
+    end = next(int(m[2]) * 60 + int(m[3]) for m in progress if m[1] == "12")
+    checked = []
+    for m in progress:
+        elapsed = int(m[2]) * 60 + int(m[3])
+        if m[4] is not None and int(m[1]) >= 3 and end - elapsed >= 8:
+            eta, real = int(m[4]) * 60 + int(m[5]), end - elapsed
+            checked.append((eta, real))
+            assert real / 2 <= eta <= real * 2, f"ETA {eta} s, {real} s left in fact: {m[0]}"
+    assert checked, lines
 
 
 def test_progress_line_counts_every_study_of_a_launch() -> None:

@@ -183,7 +183,7 @@ def test_status_shows_each_point_and_repeat(tmp_path: Path) -> None:
     ok(run_hpo("create", str(write_study(tmp_path, "cov", PREFIX_GRID)), storage=url))
     table = run_hpo("status", storage=url)
     ok(table)
-    assert "cov: repeat 0: 0/4 complete, 4 pending; repeat 1: 0/4 complete, 4 pending" in table.stdout
+    assert "cov: repeat 1: 0/4 complete, 4 pending; repeat 2: 0/4 complete, 4 pending" in table.stdout
     listing = run_hpo("status", "cov", "--format", "json", storage=url)
     ok(listing)
     coverage = json.loads(listing.stdout)[0]["coverage"]

@@ -126,3 +126,45 @@ def test_a_bad_by_is_one_line(tmp_path: Path) -> None:
     line = user_error(run_hpo("export", "repeats", "--by", "seed", storage=url), "--by", "seed")
     assert "trial" in line and "configuration" in line
 
+
+
+def _add_pruned(study: optuna.Study, intermediate: dict[int, float], attrs: dict[str, object]) -> None:
+    """A PRUNED trial at lr 0.001 / batch 128, as a worker leaves one: its epochs' values, no result."""
+    study.add_trial(optuna.trial.create_trial(
+        state=TrialState.PRUNED, params={"learning_rate": 0.001, "batch_size": 128},
+        distributions={"learning_rate": CategoricalDistribution([0.01, 0.001]),
+                       "batch_size": CategoricalDistribution([64, 128])},
+        intermediate_values=intermediate, user_attrs=attrs))
+
+
+def test_a_pruned_trial_shows_its_last_epochs_validation_metric(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'p.db'}"
+    study = _study_with_repeats(tmp_path, url, "pruned", "val_accuracy")
+    _add_pruned(study, {1: 0.21, 2: 0.24}, {records.SINGLE_VALUED: {}})
+    exported = run_hpo("export", "pruned", "--format", "json", storage=url)
+    ok(exported)
+    pruned = [row for row in json.loads(exported.stdout) if row["state"] == "PRUNED"]
+    assert len(pruned) == 1 and pruned[0]["val_accuracy"] == 0.24 and pruned[0]["test_accuracy"] is None
+
+
+def test_the_terminal_table_is_narrow_by_default_and_whole_with_all(tmp_path: Path) -> None:
+    """What a person reads in a terminal: the parameters that differ, the metric on both sets,
+    the state and a note cut to one short line; --all and the file formats keep every column."""
+    url = f"sqlite:///{tmp_path / 'n.db'}"
+    study = _study_with_repeats(tmp_path, url, "narrow", "val_accuracy")
+    _add_pruned(study, {1: 0.2}, {records.SINGLE_VALUED: {"architecture": "base", "augmentation": "none", "epochs": 1},
+                                  "error": "x" * 300})
+    short = run_hpo("export", "narrow", storage=url)
+    ok(short)
+    header = short.stdout.splitlines()[0].split()
+    # epochs differ: the pruned trial ran 1 (these made-up trials record no epochs_run of their own).
+    assert header == ["rank", "trial", "learning_rate", "batch_size", "epochs", "val_accuracy", "test_accuracy",
+                      "state", "note"]
+    assert max(len(line) for line in short.stdout.splitlines()) < 130
+    assert "x" * 39 + "…" in short.stdout and "x" * 40 not in short.stdout
+    whole = run_hpo("export", "narrow", "--all", storage=url)
+    ok(whole)
+    assert {"architecture", "augmentation", "test_loss", "duration_s"} <= set(whole.stdout.splitlines()[0].split())
+    assert "x" * 300 in whole.stdout
+    csv_rows = list(csv.DictReader(io.StringIO(run_hpo("export", "narrow", "--format", "csv", storage=url).stdout)))
+    assert {"architecture", "test_loss", "duration_s"} <= set(csv_rows[0])

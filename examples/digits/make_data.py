@@ -19,7 +19,7 @@ def main() -> None:
     parser.add_argument("--output", type=Path, default=Path(__file__).with_name("digits.npz"))
     args = parser.parse_args()
     try:
-        from sklearn.datasets import load_digits
+        from sklearn.datasets import load_digits  # noqa: PLC0415  (to say what to install where it is missing)
     except ImportError:
         raise SystemExit("make_data.py: scikit-learn is missing: pip install -e '.[examples]'") from None
 

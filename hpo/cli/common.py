@@ -4,10 +4,12 @@ subcommand, the storage URL resolved once, and studies looked up by name."""
 from __future__ import annotations
 
 import logging
+import os
+import shlex
+import shutil
 import sys
 import warnings
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 import click
@@ -15,11 +17,18 @@ import optuna
 from optuna import Study
 from optuna.storages import RDBStorage
 
-from hpo.errors import ConfigError, HpoError
-from hpo.storage.open import StorageEmpty, open_storage
+from hpo.api.prepare import checked_name, existing
+from hpo.api.worker import is_study_file
+from hpo.storage.open import open_storage
 from hpo.storage.url import StorageURL
-from hpo.study.create import load_study
-from hpo.study.definition import MAX_NAME_LENGTH, StudyDefinition
+from hpo.storage import records
+from hpo.study.definition import StudyDefinition
+
+
+def _not_retracing(record: logging.LogRecord) -> bool:
+    """TensorFlow warns that a tf.function was traced again when each trial builds a model of its
+    own, which is what a study does: a warning with nothing to act on."""
+    return "triggered tf.function retracing" not in record.getMessage()
 
 
 def setup_logging(debug: bool) -> None:
@@ -27,6 +36,10 @@ def setup_logging(debug: bool) -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     for noisy in ("optuna", "absl", "tensorflow", "alembic"):
         logging.getLogger(noisy).setLevel(logging.DEBUG if debug else logging.WARNING)
+    tensorflow = logging.getLogger("tensorflow")
+    tensorflow.removeFilter(_not_retracing)
+    if not debug:
+        tensorflow.addFilter(_not_retracing)
     optuna.logging.set_verbosity(optuna.logging.DEBUG if debug else optuna.logging.WARNING)
     # hpo relies on metric names on purpose; the notice helps no user.
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
@@ -104,34 +117,29 @@ def open_storage_of(ctx: click.Context, *, retry_for: float = 0.0, create: bool 
     return open_storage(url(ctx), retry_for=retry_for, create=create)
 
 
-def is_study_file(ref: str) -> bool:
-    try:
-        return ref.endswith(".toml") or Path(ref).is_file()
-    except OSError:  # a name too long to be a path, say: then it is a study name (and is checked as one)
-        return False
-
-
-def checked_name(name: str) -> str:
-    """A study name given on the command line: no study can have a longer one than the study
-    files allow (its characters are not held to their rule: a study stored by other means may
-    have others, and every file hpo writes from a name makes it safe first)."""
-    if len(name) > MAX_NAME_LENGTH:
-        raise ConfigError(f"study name {name[:57]!r}... is {len(name)} characters long; at most {MAX_NAME_LENGTH}")
-    return name
-
-
 def existing_study(ctx: click.Context, name: str) -> tuple[RDBStorage, Study, StudyDefinition]:
     """A study that must already exist; reading it writes nothing, not even an empty schema."""
-    checked_name(name)
-    try:
-        storage = open_storage_of(ctx, retry_for=60.0, create=False)
-    except StorageEmpty as exc:
-        raise HpoError(f"no study named {name!r}: {exc}") from None
-    study, definition = load_study(storage, name)
-    return storage, study, definition
+    study, definition = existing(url(ctx), name)
+    return records.storage_of(study), study, definition
+
+
+def invoked_as() -> str:
+    """How to run hpo again as this process was run, for the commands printed after a run: ``hpo``
+    where that is on the PATH, else the script's path (``.venv/bin/hpo``), else ``python -m hpo``."""
+    script = sys.argv[0] if sys.argv else ""
+    if os.path.basename(script) == "hpo":
+        found = shutil.which("hpo")
+        if found and os.path.realpath(found) == os.path.realpath(script):
+            return "hpo"
+        return shlex.quote(script)
+    python = sys.executable or "python3"
+    return f"{shlex.quote(python)} -m hpo"
 
 
 def storage_flag(ctx: click.Context) -> str:
     """' --storage URL' for the commands printed after a run, password hidden; nothing where
     HPO_STORAGE (or the default) named the storage: it still does."""
     return f" --storage '{url(ctx)}'" if ctx.find_root().ensure_object(dict).get("storage") else ""
+
+
+__all__ = ["checked_name", "is_study_file"]  # re-exported for the commands

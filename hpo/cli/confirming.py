@@ -6,14 +6,12 @@ from typing import Any
 
 import click
 
-from hpo.cli.common import common_options, existing_study, open_storage_of, pool_options, storage_flag, url
+from hpo.api.run import PoolOptions
+from hpo.api.run import confirm as confirm_search
+from hpo.api.run import plan_confirmation
+from hpo.cli.common import common_options, pool_options, storage_flag, url
 from hpo.results import formats
 from hpo.results.rows import confirmed_columns_of, confirmed_rows
-from hpo.storage import records
-from hpo.study import confirm as confirmation
-from hpo.study.create import create_study
-from hpo.workers.inputs import Loader
-from hpo.workers.pool import Pool
 
 
 @click.command()
@@ -32,18 +30,14 @@ def confirm(ctx: click.Context, study: str, top: int, repeats: int, name: str | 
 
     The runs are a study of their own (STUDY-confirm), linked to the trials they confirm.
     """
-    _, search_study, search = existing_study(ctx, study)
-    planned = confirmation.prepare(search_study, search, top, repeats, name)
-    if len(planned.trials) < top:
-        click.echo(f"hpo: study {study} has {len(planned.trials)} COMPLETE configurations; confirming those", err=True)
-    definition = planned.definition
-    pool = Pool(url(ctx), [definition.name], **options)
-    inputs = Loader(options["data"], options["subset"]).inputs(definition, attrs=search_study.user_attrs)
-    confirm_study, _ = create_study(open_storage_of(ctx, retry_for=60.0), definition, {records.CONFIRMS: planned.link},
-                                    data=inputs.identity, builder=inputs.builder)
-    code = pool.run([(confirm_study, definition)])
-    rows = confirmed_rows(confirm_study, definition)
+    planned = plan_confirmation(url(ctx), study, top=top, repeats=repeats, name=name)
+    found = len(planned.confirmation.trials)
+    if found < top:
+        click.echo(f"hpo: study {study} has {found} COMPLETE configurations; confirming those", err=True)
+    ready, outcome = confirm_search(url(ctx), planned, PoolOptions(**options))
+    definition = planned.confirmation.definition
+    rows = confirmed_rows(ready.study, definition)
     click.echo(formats.render(rows, "table", confirmed_columns_of(definition)), nl=False)
-    click.echo(f"search {search.metric} beside the confirmed test accuracy; again: "
+    click.echo(f"search {planned.search.metric} beside the confirmed test accuracy; again: "
                f"hpo{storage_flag(ctx)} export {definition.name}", err=True)
-    ctx.exit(code)
+    ctx.exit(outcome.code)

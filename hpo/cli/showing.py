@@ -14,7 +14,7 @@ from hpo.cli.common import artifacts_option, checked_name, common_options, exist
 from hpo.errors import OutputError
 from hpo.results import formats
 from hpo.results.dashboard import serve
-from hpo.results.rows import export_rows
+from hpo.results.rows import export_rows, short_view
 from hpo.results.status import study_status
 from hpo.storage import records
 from hpo.storage.open import StorageEmpty, check_whole
@@ -59,9 +59,12 @@ def status(ctx: click.Context, study: str | None, fmt: str) -> None:
 @click.option("--by", type=click.Choice(["trial", "configuration"]),
               help="One row per trial, or per configuration: n, mean and std over its COMPLETE trials "
                    "[default: trial; configuration for a confirmation study].")
+@click.option("--all", "every", is_flag=True,
+              help="Every column in the table on standard output too (by default it shows rank, trial, the parameters "
+                   "that differ, the metric, state and note; -o FILE and the other formats have every column).")
 @common_options
 @click.pass_context
-def export(ctx: click.Context, study: str, fmt: str, output: str | None, by: str | None) -> None:
+def export(ctx: click.Context, study: str, fmt: str, output: str | None, by: str | None, every: bool) -> None:
     """Write STUDY's best-trial table, best first.
 
     A search that has been confirmed (hpo confirm) gets the confirmed mean and spread of test
@@ -70,7 +73,10 @@ def export(ctx: click.Context, study: str, fmt: str, output: str | None, by: str
     """
     target = paths.output_file(output, "--output") if output else None
     name = load_definition(study).name if is_study_file(study) else study
-    rows, columns = export_rows(*existing_study(ctx, name), by)
+    storage, found, definition = existing_study(ctx, name)
+    rows, columns = export_rows(storage, found, definition, by)
+    if fmt == "table" and not every and target is None:  # a person reading a terminal; a file gets it all
+        rows, columns = short_view(rows, columns, definition)
     text = formats.render(rows, fmt, columns=columns)
     if target is None:
         click.echo(text, nl=False)

@@ -20,6 +20,7 @@ class CurvePoint:
     epochs: int            # training epochs spent so far, by every finished trial (pruned and failed too)
     seconds: float         # since the study's first trial started
     best: float | None     # the best metric of a COMPLETE trial so far
+    value: float | None = None  # this trial's own metric, where it completed with a finite one
 
 
 def epochs_trained(trial: FrozenTrial) -> int:
@@ -44,9 +45,11 @@ def search_curve(study: optuna.Study, definition: StudyDefinition) -> list[Curve
     points, epochs, best = [], 0, None
     for ended, trial in sorted(finished, key=lambda pair: (pair[0], pair[1].number)):
         epochs += spent[trial.number]
-        if trial.state == TrialState.COMPLETE and trial.value is not None and math.isfinite(trial.value):
-            best = trial.value if best is None or definition.rank_key(trial.value) < definition.rank_key(best) else best
-        points.append(CurvePoint(trial.number, epochs, (ended - start).total_seconds(), best))
+        value = trial.value if trial.state == TrialState.COMPLETE and trial.value is not None and \
+            math.isfinite(trial.value) else None
+        if value is not None:
+            best = value if best is None or definition.rank_key(value) < definition.rank_key(best) else best
+        points.append(CurvePoint(trial.number, epochs, (ended - start).total_seconds(), best, value))
     return points
 
 

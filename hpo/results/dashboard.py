@@ -12,7 +12,6 @@ from pathlib import Path
 
 import optuna
 from optuna.artifacts import FileSystemArtifactStore
-from optuna_dashboard import run_server
 
 from hpo.errors import HpoError
 
@@ -36,6 +35,8 @@ def serve(storage: optuna.storages.BaseStorage, *, host: str = "127.0.0.1", port
     log.info("dashboard on http://%s:%d/ (Ctrl-C to stop)", host if host != "0.0.0.0" else "127.0.0.1", port)
     store = FileSystemArtifactStore(str(artifacts)) if artifacts is not None else None
     try:
+        from optuna_dashboard import run_server  # noqa: PLC0415  (imports scikit-learn: only the dashboard needs it)
+
         run_server(storage, host=host, port=port, artifact_store=store)
     except OSError as exc:  # port taken, address not on this machine, ...
         raise HpoError(f"cannot serve the dashboard on {host}:{port}: {exc.strerror or exc}") from None

@@ -55,9 +55,18 @@ def _table(rows: Sequence[dict[str, Any]], columns: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
+# Cell escapes, one character at a time (no escape is escaped again). A line break in a value
+# would end the row: Markdown shows it as <br>, LaTeX (whose tabular cells hold one line) as a
+# space, as HTML does.
+_MARKDOWN = str.maketrans({"|": "\\|", "\n": "<br>", "\r": ""})
+_LATEX = str.maketrans({"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+                        "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
+                        "\n": " ", "\r": ""})
+
+
 def _markdown(rows: Sequence[dict[str, Any]], columns: list[str]) -> str:
     def line(values: Sequence[str]) -> str:
-        return "| " + " | ".join(v.replace("|", "\\|") for v in values) + " |"
+        return "| " + " | ".join(v.translate(_MARKDOWN) for v in values) + " |"
 
     lines = [line(columns), "|" + "---|" * len(columns)]
     lines += [line([_text(c, row.get(c)) for c in columns]) for row in rows]
@@ -79,10 +88,7 @@ def _json(rows: Sequence[dict[str, Any]], columns: list[str]) -> str:
 
 def _latex(rows: Sequence[dict[str, Any]], columns: list[str]) -> str:
     def esc(text: str) -> str:
-        for char, repl in (("\\", r"\textbackslash{}"), ("&", r"\&"), ("%", r"\%"), ("$", r"\$"),
-                           ("#", r"\#"), ("_", r"\_"), ("{", r"\{"), ("}", r"\}")):
-            text = text.replace(char, repl)
-        return text
+        return text.translate(_LATEX)
 
     lines = [r"\begin{tabular}{" + "l" * len(columns) + "}", r"\hline",
              " & ".join(esc(c) for c in columns) + r" \\", r"\hline"]

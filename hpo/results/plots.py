@@ -26,6 +26,7 @@ from matplotlib.colors import Normalize
 from matplotlib.patches import Rectangle
 from optuna.artifacts import FileSystemArtifactStore, download_artifact, get_all_artifact_meta
 from hpo.storage import records
+from hpo.training.artifacts import learning_curves, save_figure
 from optuna.trial import FrozenTrial
 
 
@@ -69,9 +70,7 @@ def grid_heatmap(rows: Sequence[Mapping[str, Any]], path: Path, title: str) -> P
     assert image is not None  # epochs is never empty
     fig.colorbar(image, ax=axes, label="test accuracy", shrink=0.8)
     fig.suptitle(title)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def _cell(row: Mapping[str, Any]) -> Cell:
@@ -104,8 +103,6 @@ def best_trial_figures(storage: optuna.storages.BaseStorage, trial: FrozenTrial,
     Returns the figures made, by kind, and what went missing, if anything: a trial without
     artifacts is reported, never an error.
     """
-    from hpo.training.artifacts import learning_curves  # noqa: PLC0415  (imports Keras)
-
     metas = {meta.filename: meta for meta in get_all_artifact_meta(trial, storage=storage)}
     metrics = next((m for name, m in metas.items()
                     if name.startswith("metrics_trial") and name.endswith(".json")), None)
@@ -122,11 +119,14 @@ def best_trial_figures(storage: optuna.storages.BaseStorage, trial: FrozenTrial,
                 raise FileNotFoundError("no metrics artifact")
             local = Path(tmp) / "metrics.json"
             download_artifact(artifact_store=store, file_path=str(local), artifact_id=metrics.artifact_id)
-            history = json.loads(local.read_text(encoding="utf-8"))["history"]
+            recorded = json.loads(local.read_text(encoding="utf-8"))
+            history = recorded["history"]
             title = f"best trial {trial.number}: " + ", ".join(
                 f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in records.trial_params(trial).items())
-            figures["learning curves"] = learning_curves(history, place(f"{stem}_learning_curves.png"), title)
-        except (OSError, KeyError, ValueError, optuna.artifacts.exceptions.ArtifactNotFound) as exc:
+            figures["learning curves"] = learning_curves(history, place(f"{stem}_learning_curves.png"), title,
+                                                         validated_on=str(recorded.get("validated_on", "validation")))
+        except (OSError, KeyError, TypeError, AttributeError, ValueError,
+                optuna.artifacts.exceptions.ArtifactNotFound) as exc:  # a damaged file: no figure
             log.warning("trial %d: learning curves not drawn: %s", trial.number, exc)
             missing.append("learning curves")
         try:
@@ -146,8 +146,14 @@ def best_trial_figures(storage: optuna.storages.BaseStorage, trial: FrozenTrial,
 
 def search_progress(curves: Mapping[str, Sequence[Any]], references: Mapping[str, float], path: Path,
                     metric: str) -> Path:
-    """Best ``metric`` so far of each search against training epochs spent (left) and wall time
-    (right), with horizontal reference lines (the report's best, the grid's best).
+    """:func:`search_progress_figure` as a PNG file at ``path``."""
+    return save_figure(search_progress_figure(curves, references, metric), path, dpi=110)
+
+
+def search_progress_figure(curves: Mapping[str, Sequence[Any]], references: Mapping[str, float],
+                           metric: str) -> Any:
+    """Best ``metric`` so far of each search, and each finished trial's own value, against training
+    epochs spent (left) and wall time (right), with horizontal reference lines (the report's best, the grid's best).
 
     ``curves``: study name -> :class:`hpo.results.status.CurvePoint` list, as :func:`search_curve` gives it.
     """
@@ -156,9 +162,16 @@ def search_progress(curves: Mapping[str, Sequence[Any]], references: Mapping[str
         reached = [p for p in points if p.best is not None]
         if not reached:
             continue
-        (line,) = by_epochs.step([p.epochs for p in reached], [p.best for p in reached], where="post", label=name)
+        (line,) = by_epochs.step([p.epochs for p in reached], [p.best for p in reached], where="post",
+                                 label=f"{name}, best so far")
         by_time.step([p.seconds / 60 for p in reached], [p.best for p in reached], where="post",
-                     color=line.get_color(), label=name)
+                     color=line.get_color(), label=f"{name}, best so far")
+        # Each finished trial's own value too, as Optuna's plot_optimization_history shows it.
+        valued = [p for p in points if p.value is not None]
+        by_epochs.scatter([p.epochs for p in valued], [p.value for p in valued], s=14, alpha=0.5,
+                          color=line.get_color(), label=f"{name}, a trial")
+        by_time.scatter([p.seconds / 60 for p in valued], [p.value for p in valued], s=14, alpha=0.5,
+                        color=line.get_color(), label=f"{name}, a trial")
     styles = iter(["--", ":", "-."])
     for label, value in references.items():
         style = next(styles, "--")
@@ -172,6 +185,4 @@ def search_progress(curves: Mapping[str, Sequence[Any]], references: Mapping[str
     by_time.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0))  # beside the curves, not on them
     fig.suptitle("Search progress")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return fig

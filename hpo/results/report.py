@@ -28,7 +28,7 @@ from hpo.storage import records
 from hpo.results import formats
 from hpo.study.definition import PARAMETERS
 from hpo.results.curves import search_curve
-from hpo.results.rows import (CONFIRMED_AFTER, best_trial_rows, configuration_columns, configuration_rows,
+from hpo.results.rows import (best_trial_rows, confirmed_after, configuration_columns, configuration_rows,
                               confirmed_rows_of, export_columns)
 from hpo.storage.url import StorageURL
 from hpo.study.create import load_study
@@ -45,9 +45,14 @@ LISTED_ROWS = 8       # rows beyond noise spelled out in the findings
 
 def findings(rows: Sequence[dict[str, Any]], experiments: Sequence[StudyResult],
              others: Sequence[StudyResult]) -> list[str]:
-    """Markdown bullet lines, every number taken from Table 1's rows and the studies' trials."""
+    """Markdown bullet lines, every number taken from Table 1's rows and the studies' trials.
+    Table 1's lines only where one of the report's experiments is among the studies: a report on
+    studies of one's own opens with their results."""
     measured = [row for row in rows if row["mean_test_accuracy"] is not None]
     lines = []
+    if not experiments:
+        lines += _best_trials(others)
+        return lines + _data_findings(others)
     if measured:
         top = max(measured, key=lambda row: row["mean_test_accuracy"])
         lines.append(f"- Best configuration of Table 1: experiment {top['experiment']}, {_describe(top)}: "
@@ -58,16 +63,7 @@ def findings(rows: Sequence[dict[str, Any]], experiments: Sequence[StudyResult],
     not_run = sum(row["n"] == 0 for row in rows)
     if not_run:
         lines.append(f"- {not_run} of the {len(rows)} rows of Table 1 not run yet (`{NOT_RUN}` in the table).")
-    for result in [*experiments, *others]:
-        best = result.best
-        if best is None:
-            lines.append(f"- Study {result.name}: no COMPLETE trial yet.")
-            continue
-        accuracy = best.user_attrs.get("test_accuracy")
-        params = _describe(records.trial_params(best), result.definition.parameter_names)
-        lines.append(f"- Best trial of study {result.name}: trial {best.number} ({params}), "
-                     f"{result.definition.metric} {best.value:.4f}, test accuracy "
-                     f"{'n/a' if accuracy is None else f'{accuracy:.4f}'}.")
+    lines += _best_trials([*experiments, *others])
     by_experiment: dict[int, list[dict[str, Any]]] = defaultdict(list)
     for row in rows:
         by_experiment[row["experiment"]].append(row)
@@ -81,6 +77,23 @@ def findings(rows: Sequence[dict[str, Any]], experiments: Sequence[StudyResult],
                      f"{mad:.4f} ({mad * 100:.1f} points) over {len(run)} of {len(group)} rows.")
     lines += _beyond_noise(rows, len(measured))
     lines += _data_findings([*experiments, *others])
+    return lines
+
+
+def _best_trials(results: Sequence[StudyResult]) -> list[str]:
+    lines = []
+    for result in results:
+        best = result.best
+        if best is None:
+            lines.append(f"- Study {result.name}: no COMPLETE trial yet.")
+            continue
+        test = result.definition.test_metric
+        score = best.user_attrs.get(test)
+        params = _describe(records.trial_params(best), result.definition.parameter_names)
+        tested = "" if test == result.definition.metric else \
+            f", {test.replace('_', ' ')} {'n/a' if score is None else f'{score:.4f}'}"
+        lines.append(f"- Best trial of study {result.name}: trial {best.number} ({params}), "
+                     f"{result.definition.metric} {best.value:.4f}{tested}.")
     return lines
 
 
@@ -150,7 +163,8 @@ def write_report(storage: optuna.storages.BaseStorage, names: Sequence[str], out
           f"written {datetime.datetime.now().isoformat(timespec='seconds')}.", "",
           "## Findings", "", *findings(rows, experiments, others), ""]
     out = paths.OutputFolder(output)
-    md += _table1_section(out, experiments, rows, named=bool(names))
+    if experiments:  # the report's Table 1, where one of its experiments is here
+        md += _table1_section(out, experiments, rows, named=bool(names))
     for result in experiments:
         if result.definition.experiment == 3 and result.rows:
             path = plots.grid_heatmap(result.rows, out.path(f"{out.stem(result.name)}_heatmap.png"),
@@ -203,7 +217,8 @@ def _search_section(out: paths.OutputFolder, storage: optuna.storages.BaseStorag
     rows = [{"search": result.name, **row} for result in searches for row in confirmed_rows_of(storage, result.name)]
     if rows:
         names = dict.fromkeys(name for result in searches for name in result.definition.parameter_names)
-        columns = ("search", "confirmation", "rank", *names, *CONFIRMED_AFTER)
+        after = dict.fromkeys(c for result in searches for c in confirmed_after(result.definition))
+        columns = ("search", "confirmation", "rank", *names, *after)
         out.path("confirmed.csv").write_text(formats.render(rows, "csv", columns), encoding="utf-8")
         lines += ["### Confirmed top configurations", "",
                   "Each search's best configurations trained again with fresh seeds on the whole training set "

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Iterable
+from collections.abc import Sequence, Iterable
 from typing import Any
 
 import optuna
@@ -41,7 +41,7 @@ def export_rows(storage: optuna.storages.BaseStorage, study: optuna.Study, defin
     confirmed = confirmed_by_configuration(storage, study.study_name, definition)
     if confirmed:
         rows = [{**row, **confirmed_columns(row, confirmed, definition)} for row in rows]
-        columns = (*columns, *CONFIRMED_EXTRA)
+        columns = (*columns, *confirmed_extra(definition))
     return rows, columns
 
 
@@ -75,8 +75,39 @@ def best_trial_rows(study: optuna.Study, definition: StudyDefinition) -> list[di
 def export_columns(definition: StudyDefinition) -> tuple[str, ...]:
     """The best-trial table's columns, in order: what trial_row gives, as hpo export and report
     show it; the study's own parameters in the middle (the epochs: those a pruned trial ran)."""
-    return ("rank", "trial", *definition.parameter_names, "val_accuracy", "test_accuracy", "test_loss",
-            "duration_s", "state", "note")
+    return ("rank", "trial", *definition.parameter_names, *definition.scores, "duration_s", "state", "note")
+
+
+# A note (a failed trial's error) longer than this is cut in the terminal table; the other formats keep it whole.
+SHORT_NOTE = 40
+
+
+def short_view(rows: list[dict[str, Any]], columns: Sequence[str],
+               definition: StudyDefinition) -> tuple[list[dict[str, Any]], tuple[str, ...]]:
+    """The best-trial table as a terminal shows it by default: rank, trial, the parameters that
+    differ between its rows (a value every row shares says nothing in a ranking), the metric on
+    the validation and test sets, the state and the note, cut to :data:`SHORT_NOTE` characters.
+    ``hpo export --all`` and every other format give all of ``columns``; a table of another view
+    (per configuration, a confirmation's) is given as it is."""
+    trial_view = export_columns(definition)
+    if tuple(columns[:len(trial_view)]) != trial_view:
+        return rows, tuple(columns)
+    varying = {name for name in definition.parameter_names
+               if len({repr(row.get(name)) for row in rows}) > 1}
+    keep = {"rank", "trial", definition.curve_metric, definition.test_metric, definition.metric, "state", "note",
+            *varying} | (set(columns) - set(trial_view))  # a confirmation's columns stay
+    if not varying:  # one configuration (or none yet): its parameters are what the table is about
+        keep |= set(definition.parameter_names)
+    shown = tuple(c for c in columns if c in keep)
+    cut = [{**row, "note": _cut(row.get("note"))} for row in rows]
+    return cut, shown
+
+
+def _cut(note: Any) -> Any:
+    if not isinstance(note, str):
+        return note
+    line = note.splitlines()[0] if note.strip() else note
+    return line if len(line) <= SHORT_NOTE and line == note else line[:SHORT_NOTE - 1].rstrip() + "…"
 
 
 def trial_row(trial: FrozenTrial, rank: int | None, definition: StudyDefinition) -> dict[str, Any]:
@@ -88,9 +119,7 @@ def trial_row(trial: FrozenTrial, rank: int | None, definition: StudyDefinition)
         "rank": rank,
         "trial": trial.number,
         **{name: params.get(name) for name in definition.parameter_names},
-        "val_accuracy": attrs.get("val_accuracy"),
-        "test_accuracy": attrs.get("test_accuracy"),
-        "test_loss": attrs.get("test_loss"),
+        **_scores(trial, definition),
         "epochs": attrs.get("epochs_run", len(trial.intermediate_values) or None),
         "duration_s": round(duration, 1) if duration is not None else None,
         "state": trial.state.name,
@@ -98,18 +127,24 @@ def trial_row(trial: FrozenTrial, rank: int | None, definition: StudyDefinition)
     }
 
 
+def _scores(trial: FrozenTrial, definition: StudyDefinition) -> dict[str, Any]:
+    """A trial's numbers of the table; a PRUNED trial's validation metric is its last epoch's."""
+    scores = {name: trial.user_attrs.get(name) for name in definition.scores}
+    curve = definition.curve_metric
+    if trial.state == TrialState.PRUNED and scores.get(curve) is None and trial.intermediate_values and \
+            curve in scores:
+        scores[curve] = trial.intermediate_values[max(trial.intermediate_values)]
+    return scores
+
+
 # --- one row per configuration -------------------------------------------------------------------
 
-# The per-configuration table's columns after the parameters, in order; "{metric}" stands for the
-# study's metric (configuration_columns fills it in).
-CONFIGURATION_COLUMNS = ("n", "mean_{metric}", "std_{metric}", "mean_test_accuracy", "std_test_accuracy",
-                         "mean_test_loss", "std_test_loss", "trials")
-
-
 def configuration_columns(definition: StudyDefinition) -> tuple[str, ...]:
-    """The per-configuration table's columns for a study: its parameters, then the means of its
-    metric and of the test numbers (a test metric is not listed twice)."""
-    after = (column.format(metric=definition.metric) for column in CONFIGURATION_COLUMNS)
+    """The per-configuration table's columns for a study: its parameters, n, then the mean and
+    spread of its metric and of its test numbers (test accuracy and loss for a study of hpo's own
+    compile; a test metric is not listed twice), and the trials."""
+    tests = [column for test in definition.test_scores for column in (f"mean_{test}", f"std_{test}")]
+    after = ("n", f"mean_{definition.metric}", f"std_{definition.metric}", *tests, "trials")
     return tuple(dict.fromkeys(("rank", *definition.parameter_names, *after)))
 
 
@@ -133,17 +168,18 @@ def configuration_rows(study: optuna.Study, definition: StudyDefinition) -> list
     groups: dict[tuple[Any, ...], list[FrozenTrial]] = {}
     for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
         groups.setdefault(configuration_key(records.trial_params(trial), names), []).append(trial)
-    rows = [_configuration_row(dict(zip(names, key, strict=True)), trials, definition.metric)
+    rows = [_configuration_row(dict(zip(names, key, strict=True)), trials, definition)
             for key, trials in groups.items()]
     mean = f"mean_{definition.metric}"
     rows.sort(key=lambda row: (definition.rank_key(row[mean]), row["trials"][0]))
     return [{"rank": rank, **row} for rank, row in enumerate(rows, 1)]
 
 
-def _configuration_row(params: dict[str, Any], trials: list[FrozenTrial], metric: str) -> dict[str, Any]:
+def _configuration_row(params: dict[str, Any], trials: list[FrozenTrial],
+                       definition: StudyDefinition) -> dict[str, Any]:
     row = {**params, "n": len(trials), "trials": sorted(t.number for t in trials)}
-    columns = {metric: [t.value for t in trials]}
-    columns.update({name: [t.user_attrs.get(name) for t in trials] for name in ("test_accuracy", "test_loss")})
+    columns = {definition.metric: [t.value for t in trials]}
+    columns.update({name: [t.user_attrs.get(name) for t in trials] for name in definition.test_scores})
     for name, values in columns.items():
         row[f"mean_{name}"], row[f"std_{name}"] = mean_std(values)
     return row
@@ -151,14 +187,19 @@ def _configuration_row(params: dict[str, Any], trials: list[FrozenTrial], metric
 
 # --- a confirmation's rows -----------------------------------------------------------------------
 
-# A confirmation's columns after its parameters: the search's number beside the confirmed mean and spread.
-CONFIRMED_AFTER = ("search_trial", "search_value", "n", "mean_test_accuracy", "std_test_accuracy", "mean_test_loss",
-                   "trials")
+# A confirmation's columns after its parameters: the search's number beside the confirmed mean and spread
+# ("{test}": the confirmation's metric, test accuracy for a study of hpo's own compile).
+CONFIRMED_AFTER = ("search_trial", "search_value", "n", "mean_{test}", "std_{test}", "mean_test_loss", "trials")
+
+
+def confirmed_after(definition: StudyDefinition) -> tuple[str, ...]:
+    """:data:`CONFIRMED_AFTER` for a confirmation of ``definition``'s metric."""
+    return tuple(dict.fromkeys(c.format(test=definition.test_metric) for c in CONFIRMED_AFTER))
 
 
 def confirmed_columns_of(definition: StudyDefinition) -> tuple[str, ...]:
-    """A confirmation's columns: its configurations, then :data:`CONFIRMED_AFTER`."""
-    return ("rank", *definition.parameter_names, *CONFIRMED_AFTER)
+    """A confirmation's columns: its configurations, then :func:`confirmed_after`."""
+    return ("rank", *definition.parameter_names, *confirmed_after(definition))
 
 
 def confirmed_rows(study: optuna.Study, definition: StudyDefinition) -> list[dict[str, Any]]:
@@ -174,18 +215,19 @@ def confirmed_rows(study: optuna.Study, definition: StudyDefinition) -> list[dic
     rows = []
     for index, point in enumerate(definition.points):
         trials = by_point.get(index, [])
-        accuracy = mean_std(t.user_attrs.get("test_accuracy") for t in trials)
+        test = definition.test_metric
+        score = mean_std(t.user_attrs.get(test) for t in trials)
         rows.append({
             **{key: point.get(key) for key in definition.parameter_names},
             "search_trial": _at(linked.get("trials"), index),
             "search_value": _at(linked.get("values"), index),
             "n": len(trials),
-            "mean_test_accuracy": accuracy[0],
-            "std_test_accuracy": accuracy[1],
+            f"mean_{test}": score[0],
+            f"std_{test}": score[1],
             "mean_test_loss": mean_std(t.user_attrs.get("test_loss") for t in trials)[0],
             "trials": sorted(t.number for t in trials),
         })
-    rows.sort(key=lambda row: definition.rank_key(row["mean_test_accuracy"]))  # its metric: test accuracy
+    rows.sort(key=lambda row: definition.rank_key(row[f"mean_{definition.test_metric}"]))  # its test metric
     return [{"rank": rank, **row} for rank, row in enumerate(rows, 1)]
 
 
@@ -212,13 +254,15 @@ def confirmed_by_configuration(storage: optuna.storages.BaseStorage, search_name
     return {configuration_key(row, search.parameter_names): row for row in confirmed_rows_of(storage, search_name)}
 
 
-# What a search's exported rows gain once it has been confirmed.
-CONFIRMED_EXTRA = ("confirmed_n", "confirmed_test_accuracy", "confirmed_std")
+def confirmed_extra(search: StudyDefinition) -> tuple[str, ...]:
+    """What a search's exported rows gain once it has been confirmed."""
+    return ("confirmed_n", f"confirmed_{search.test_metric}", "confirmed_std")
 
 
 def confirmed_columns(row: dict[str, Any], confirmed: Confirmed, search: StudyDefinition) -> dict[str, Any]:
-    """CONFIRMED_EXTRA for one of a search's exported rows (None where its configuration was not)."""
+    """:func:`confirmed_extra` for one of a search's exported rows (None where its configuration was not)."""
     match = confirmed.get(configuration_key(row, search.parameter_names))
+    test = search.test_metric
     return {"confirmed_n": match["n"] if match else None,
-            "confirmed_test_accuracy": match["mean_test_accuracy"] if match else None,
-            "confirmed_std": match["std_test_accuracy"] if match else None}
+            f"confirmed_{test}": match[f"mean_{test}"] if match else None,
+            "confirmed_std": match[f"std_{test}"] if match else None}

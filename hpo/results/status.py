@@ -6,7 +6,7 @@ line of ``hpo launch`` show it.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,21 +40,32 @@ class StudyStatus:
     coverage: list[dict[str, Any]] = field(default_factory=list)
     data: dict[str, Any] | None = None   # what the study trains on (hpo.study.data.DataIdentity), None if unknown
     parameters: tuple[str, ...] = ()     # the study's parameters, as Optuna names them
+    # Per training run now going, oldest first: (epochs done, epochs planned or None, trials it
+    # carries). Grid points that differ only in epochs share one run (hpo.study.plan).
+    running_runs: list[tuple[int, int | None, int]] = field(default_factory=list)
+    # (epochs trained, epochs planned) over the study's runs, where every slot's epochs are known:
+    # what an estimate of the time left counts, since trials of a shared run finish in bursts.
+    work: tuple[int, int] | None = None
 
     def repeat_summary(self) -> list[str]:
-        """Per repeat of a grid: "repeat 1: 27/27 complete" (+ running, pending, failed where any)."""
+        """Per repeat of a grid, from 1: "repeat 1: 27/27 complete" (+ running, pending, failed where any)."""
         n_repeats = len(self.coverage[0]["repeats"]) if self.coverage else 0
         lines = []
         for r in range(n_repeats):
             states = Counter(point["repeats"][r] for point in self.coverage)
             rest = ", ".join(f"{states[s]} {s}" for s in POINT_STATES if s != "complete" and states[s])
-            done = f"repeat {r}: {states['complete']}/{len(self.coverage)} complete"
+            done = f"repeat {r + 1}: {states['complete']}/{len(self.coverage)} complete"  # counted from 1, as people do
             lines.append(f"{done}, {rest}" if rest else done)
         return lines
 
+    def runs_progress(self) -> str:
+        """Epochs done of each training run, and the trials a shared run carries: "3/15 x3, 0/5"."""
+        return ", ".join(_epochs_text(done, planned) + (f" x{n}" if n > 1 else "")
+                         for done, planned, n in self.running_runs)
+
     def running_progress(self) -> str:
         """Epochs done of each running trial, "3/10, 0/5" ("?" before a trial has its params)."""
-        return ", ".join(f"{done}/{planned if planned is not None else '?'}" for done, planned in self.running_epochs)
+        return ", ".join(_epochs_text(done, planned) for done, planned in self.running_epochs)
 
     def row(self) -> dict[str, Any]:
         """The study's row of ``hpo status``'s table."""
@@ -69,7 +80,7 @@ class StudyStatus:
         if self.data is not None:
             lines.append(f"{self.name}: trains on {DataIdentity.from_dict(self.data).description}")
         repeats = self.repeat_summary()
-        if len(repeats) > 1:
+        if repeats:  # a grid's coverage, one repeat or several
             lines.append(f"{self.name}: " + "; ".join(repeats))
         if self.running_epochs:
             lines.append(f"{self.name}: running trials at epoch {self.running_progress()}")
@@ -134,6 +145,8 @@ def study_status(study: optuna.Study, definition: StudyDefinition) -> StudyStatu
         metric=definition.metric,
         failed_points=failed_points,
         running_epochs=[_epochs(t) for t in trials if t.state == TrialState.RUNNING],
+        running_runs=_running_runs(trials),
+        work=_work(definition, by_slot),
         coverage=_coverage(definition, by_slot) if definition.sampler == "grid" else [],
         data=study.user_attrs.get(records.DATA_IDENTITY),
         parameters=definition.parameter_names,
@@ -146,6 +159,46 @@ def _coverage(definition: StudyDefinition, by_slot: dict[int, list[FrozenTrial]]
     return [{"point": grid_id, "params": params,
              "repeats": [point_state(by_slot.get(r * len(points) + grid_id, [])) for r in range(definition.repeats)]}
             for grid_id, params in enumerate(points)]
+
+
+def _epochs_text(done: int, planned: int | None) -> str:
+    return f"{done}/{planned if planned is not None else '?'}"
+
+
+def _group(trial: FrozenTrial) -> Any:
+    """The training run a trial is part of: its shared-prefix group's, or its own."""
+    return trial.system_attrs.get(records.GROUP, ("trial", trial.number))
+
+
+def _running_runs(trials: Sequence[FrozenTrial]) -> list[tuple[int, int | None, int]]:
+    runs: dict[Any, list[tuple[int, int | None]]] = {}
+    for trial in trials:
+        if trial.state == TrialState.RUNNING:
+            runs.setdefault(_group(trial), []).append(_epochs(trial))
+    return [(max(done for done, _ in run), None if any(p is None for _, p in run) else max(p or 0 for _, p in run),
+             len(run)) for run in runs.values()]
+
+
+def _work(definition: StudyDefinition, by_slot: dict[int, list[FrozenTrial]]) -> tuple[int, int] | None:
+    """Epochs trained and planned over the study's runs (a shared run counted once, at its
+    longest point), or None where some slot's epochs are not known before it runs (a search)."""
+    planned: dict[Any, int] = {}
+    trained: dict[Any, int] = {}
+    finished: dict[Any, bool] = {}
+    for slot in range(definition.n_trials):
+        attempts = by_slot.get(slot)
+        if not attempts:
+            return None
+        epochs = plan.planned_epochs(attempts[0]) or records.trial_params(attempts[0]).get("epochs")
+        if not isinstance(epochs, int) or epochs <= 0:
+            return None
+        group = attempts[0].system_attrs.get(records.GROUP, slot)
+        planned[group] = max(planned.get(group, 0), epochs)
+        finished[group] = finished.get(group, True) and point_state(attempts) not in ("running", "pending")
+        running = [len(t.intermediate_values) for t in attempts if t.state == TrialState.RUNNING]
+        trained[group] = max(trained.get(group, 0), *running, 0)
+    total = sum(planned.values())
+    return sum(planned[g] if finished[g] else min(trained[g], planned[g]) for g in planned), total
 
 
 def _epochs(trial: FrozenTrial) -> tuple[int, int | None]:

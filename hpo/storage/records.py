@@ -25,6 +25,8 @@ DEFINITION = "definition"          # the resolved study definition (hpo.study.de
 CONFIRMS = "confirms"              # a confirmation study: its search, the trials and values it confirms
 DATA_IDENTITY = "data"             # what the study trains on (hpo.study.data.DataIdentity.to_dict)
 BUILDER = "builder"                # the user's model builder it trains (hpo.study.builder.BuilderIdentity.to_dict)
+QUEUEING = "queueing"              # the definition a create is queueing trials for, set before the first; a
+                                   # create that died half-way is finished only with the same one
 UID = "uid"                        # a random id given at creation: two studies of one name (another database,
                                    # or one deleted and made again) never share checkpoints
 

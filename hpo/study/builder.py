@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from hpo.errors import ConfigError
+from hpo.study import pickled
 
 Builder = Callable[..., Any]  # (params, *, input_shape, num_classes) -> keras.Model
 
@@ -42,9 +43,15 @@ class BuilderIdentity:
     (None in a study created before hpo recorded them: not compared)."""
 
     builder: str   # "module:function"
-    file: str      # the module's file, where the study's creator found it
-    sha256: str
+    file: str      # the module's file, where the study's creator found it ("" for a pickled one)
+    sha256: str    # of the module's file, or of the pickle
     imports: Mapping[str, str] | None = None
+    pickled: str | None = None  # a function from a notebook or __main__, pickled (hpo.study.pickled)
+    python: str | None = None   # the Python version that pickled it
+
+    @property
+    def is_pickled(self) -> bool:
+        return self.pickled is not None
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "imports": dict(self.imports) if self.imports is not None else None}
@@ -52,6 +59,19 @@ class BuilderIdentity:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> BuilderIdentity:
         return cls(**data)
+
+    @classmethod
+    def of_function(cls, function: Builder) -> BuilderIdentity:
+        """A function given from Python: by its module's file where it has one a worker can import
+        (a module beside the notebook, say), else pickled (a function of a cell or of ``__main__``)."""
+        module = sys.modules.get(getattr(function, "__module__", "") or "")
+        name = getattr(function, "__name__", "")
+        file = getattr(module, "__file__", None)
+        if (module is not None and module.__name__ != "__main__" and file and name.isidentifier()
+                and getattr(module, name, None) is function):
+            return locate(f"{module.__name__}:{name}", _root_of(Path(file).resolve(), module.__name__))
+        text, sha256 = pickled.encode(pickled.dumps(function))
+        return cls(pickled.label(function), "", sha256, None, text, pickled.PYTHON)
 
 
 @dataclass(frozen=True)
@@ -175,6 +195,12 @@ def _files_of(name: str, root: Path) -> Iterator[Path]:
 
 def check_same(stored: BuilderIdentity, mine: BuilderIdentity, study: str) -> None:
     """Refuse a worker whose builder is not the one the study was created with."""
+    if stored.is_pickled or mine.is_pickled:
+        if stored.sha256 != mine.sha256:
+            raise ConfigError(f"study {study!r} was created with another {stored.builder} (sha256 "
+                              f"{stored.sha256[:12]}; this one's is {mine.sha256[:12]}): a study is trained by one "
+                              "version of its model: give the new one a new study")
+        return
     if stored.builder != mine.builder:
         raise ConfigError(f"study {study!r} was created with builder {stored.builder}; this one names {mine.builder}")
     if stored.sha256 != mine.sha256:
@@ -198,7 +224,11 @@ def check_same(stored: BuilderIdentity, mine: BuilderIdentity, study: str) -> No
 
 
 def load_builder(identity: BuilderIdentity) -> LoadedBuilder:
-    """Import the builder's module from the file the identity names and return its function."""
+    """Import the builder's module from the file the identity names (or load the pickled
+    function the study recorded) and return its function."""
+    if identity.pickled is not None:
+        return LoadedBuilder(identity.builder, pickled.load(identity.builder, identity.pickled, identity.sha256,
+                                                            identity.python), identity.sha256)
     module_name, _, function = identity.builder.partition(":")
     file = Path(identity.file).resolve()
     root = _root_of(file, module_name)

@@ -70,8 +70,8 @@ def confirmation_definition(search: StudyDefinition, trials: Sequence[FrozenTria
         name=name or f"{search.name}{CONFIRM_SUFFIX}",
         description=(f"Confirms the {len(trials)} best configurations of study {search.name} (trials {numbers}): "
                      f"{repeats} fresh seeds each, trained on the whole training set, scored on the test set."),
-        direction="maximize",
-        metric="test_accuracy",
+        direction=search.direction,
+        metric=search.test_metric,
         sampler="grid",
         seed=search.seed + plan.CONFIRM_SEED_OFFSET,
         pruner="none",
@@ -86,6 +86,8 @@ def confirmation_definition(search: StudyDefinition, trials: Sequence[FrozenTria
         builder=search.builder,
         data=search.data,
         subset=search.subset,
+        loss=search.loss,
+        metrics=search.metrics,
     )
 
 

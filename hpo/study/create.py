@@ -10,10 +10,10 @@ from __future__ import annotations
 import json
 import logging
 import uuid
+import warnings
 from typing import Any
 
 import optuna
-from optuna_dashboard import save_note
 
 from hpo.study import plan
 from hpo.study import queueing
@@ -78,8 +78,13 @@ def create_study(storage: optuna.storages.BaseStorage, definition: StudyDefiniti
             _record_inputs(study, data, builder)
             return study, created
         # New, or a create that died half-way: queue what is missing, then mark the study ready.
+        if not created:
+            _check_half_way(study, definition, wanted)
+        study.set_user_attr(records.QUEUEING, wanted)
         added = queueing.add_missing(study, definition, still_held)
-        study.set_metric_names([definition.metric])
+        with warnings.catch_warnings():  # Optuna calls it experimental; hpo relies on it on purpose
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names([definition.metric])
         _save_note(study, definition, data)
         for key, value in (attrs or {}).items():
             study.set_user_attr(key, value)
@@ -89,6 +94,26 @@ def create_study(storage: optuna.storages.BaseStorage, definition: StudyDefiniti
         study.set_user_attr(records.DEFINITION, wanted)
     log.info("study %s: %d trials queued", definition.name, added)
     return study, True
+
+
+def _check_half_way(study: optuna.Study, definition: StudyDefinition, wanted: Any) -> None:
+    """A create that died while it queued this study's trials is finished only by one of the same
+    definition: another would leave the first one's trials queued beside its own."""
+    queueing_for = study.user_attrs.get(records.QUEUEING)
+    if queueing_for is not None:
+        before = _normalise(definition_from_dict(queueing_for).to_dict())
+        if before != wanted:
+            raise ConfigError(f"study {definition.name!r} was being created with a different definition when its "
+                              f"create stopped ({_first_difference(before, wanted)}); create it again with the same "
+                              f"file, or delete it first (optuna delete-study --study-name {definition.name})")
+        return
+    # Begun by an hpo that did not record what it queued: its trials must all be slots of this one.
+    outside = [t for t in study.get_trials(deepcopy=False)
+               if t.system_attrs.get(records.SLOT, definition.n_trials) >= definition.n_trials]
+    if outside:
+        raise ConfigError(f"study {definition.name!r} was being created when its create stopped, and holds "
+                          f"{len(outside)} trials that this definition has no place for; delete it first "
+                          f"(optuna delete-study --study-name {definition.name})")
 
 
 def _record_inputs(study: optuna.Study, data: DataIdentity | None, builder: BuilderIdentity | None) -> None:
@@ -178,4 +203,8 @@ def _save_note(study: optuna.Study, definition: StudyDefinition, data: DataIdent
         for ref in definition.references:
             cells = [str(ref.params.get(n, "")) for n in names]
             lines.append(f"| {' | '.join(cells)} | {ref.test_accuracy:.4f} | {ref.test_loss:.2f} |")
+    # optuna_dashboard imports scikit-learn (about 1.6 s): only a create that writes a note needs it,
+    # not every command that imports this module to read a study.
+    from optuna_dashboard import save_note  # noqa: PLC0415  (see above)
+
     save_note(study, "\n".join(lines))

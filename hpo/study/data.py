@@ -16,6 +16,7 @@ different data side by side.
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -57,9 +58,13 @@ class DataIdentity:
     class_names: tuple[str, ...]
     train: int               # training images (before a validation split)
     test: int                # test images
+    kind: str = "images"     # or "arrays" (hpo.training.data.Dataset.kind); studies before it: images
 
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "shape": list(self.shape), "class_names": list(self.class_names)}
+        data = {**asdict(self), "shape": list(self.shape), "class_names": list(self.class_names)}
+        if self.kind == "images":
+            del data["kind"]  # stored as before kinds were recorded
+        return data
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> DataIdentity:
@@ -68,6 +73,10 @@ class DataIdentity:
     @property
     def description(self) -> str:
         size = "all" if self.subset is None else f"{self.subset:,}"
+        if self.kind != "images":
+            classes = f"{len(self.class_names)} classes" if self.class_names else "targets"
+            return (f"{size} training examples of {self.source} (each {_shape(self.shape) or 'one value'}, "
+                    f"{classes}, content {self.content[:12]})")
         height, width, channels = self.shape
         return (f"{size} training images of {self.source} ({height}x{width}x{channels}, "
                 f"{len(self.class_names)} classes, content {self.content[:12]})")
@@ -76,6 +85,8 @@ class DataIdentity:
         """How ``other`` (a worker's data) differs from this (the study's), or None."""
         if self.subset != other.subset or self.seed != other.seed:
             return f"the study was created on {_subset(self.subset)}; this worker has {_subset(other.subset)}"
+        if self.kind != other.kind:
+            return f"the study's data is {self.kind}; this worker's is {other.kind}"
         if self.shape != other.shape:
             return f"the study's images are {_shape(self.shape)}; this worker's are {_shape(other.shape)}"
         if self.class_names != other.class_names:
@@ -113,6 +124,21 @@ def _names(names: tuple[str, ...]) -> str:
     return f"{len(names)} ({shown})"
 
 
+def study_folder(study_file: str | os.PathLike[str], *, follow: bool = False) -> Path:
+    """Where a study file's relative paths (its data, its builder's module) start: the file's
+    folder (the folder of the file a symlink names, with ``follow``), or the working directory
+    for a study file that is no regular file (a pipe, ``hpo create <(generate-study)``), which has
+    no folder of its own."""
+    path = Path(study_file)
+    try:
+        regular = stat.S_ISREG(path.stat().st_mode)
+    except OSError:  # gone, or unreadable: the path as given (its reader says what is wrong)
+        regular = True
+    if not regular:
+        return Path.cwd()
+    return (path.resolve() if follow else path).parent
+
+
 def location(source: str, *, study_file: str | os.PathLike[str] | None, stored: DataIdentity | None,
              data: str | None) -> str:
     """Where to read a study's data from.
@@ -123,7 +149,7 @@ def location(source: str, *, study_file: str | os.PathLike[str] | None, stored: 
     if is_named(source):
         return data or os.environ.get("HPO_DATA") or source
     if study_file is not None:
-        return str((Path(study_file).parent / source).resolve())
+        return str((study_folder(study_file) / source).resolve())
     if stored is not None:
         return stored.location
     return str(Path(source).resolve())

@@ -23,8 +23,32 @@ PARAMETERS = ("architecture", "augmentation", "learning_rate", "batch_size", "ep
 SAMPLERS = ("grid", "tpe", "random", "fixed")
 PRUNERS = ("none", "median", "hyperband")
 PROTOCOLS = ("validation_split", "test")
-METRICS = ("val_accuracy", "test_accuracy", "val_loss", "test_loss")
+METRICS = ("val_accuracy", "test_accuracy", "val_loss", "test_loss")  # what hpo's own compile reports
 DIRECTIONS = ("maximize", "minimize")
+# Any metric the model reports may be the study's, scored on the validation or the test set
+# ("val_mae", "test_auc"); these are the directions hpo knows without being told.
+LOWER_IS_BETTER = ("loss", "error", "mae", "mse", "rmse", "mape", "msle", "crossentropy", "hinge", "divergence")
+HIGHER_IS_BETTER = ("accuracy", "auc", "precision", "recall", "f1_score", "fbeta_score", "r2_score", "iou")
+
+
+def metric_problem(metric: str) -> str | None:
+    """Why ``metric`` cannot be a study's metric, or None: ``val_<name>`` or ``test_<name>``."""
+    split, _, name = metric.partition("_")
+    if split not in ("val", "test") or not name or not name.replace("_", "a").isalnum() or not name[0].isalpha():
+        return ("must be val_<name> or test_<name> of a metric the model reports "
+                f"(for example {', '.join(METRICS)}, val_mae or val_auc)")
+    return None
+
+
+def default_direction(metric: str) -> str | None:
+    """The direction of a metric whose name says it (losses and errors down, accuracies up); None
+    where the study must say it."""
+    name = metric.partition("_")[2]
+    if name.endswith(LOWER_IS_BETTER):
+        return "minimize"
+    if name.endswith(HIGHER_IS_BETTER):
+        return "maximize"
+    return None
 
 
 @dataclass(frozen=True)
@@ -62,10 +86,48 @@ class StudyDefinition:
     builder: str | None = None    # "module:function": the user's own model (hpo.study.builder)
     data: str = "cifar10"         # the data's source as the study file names it (hpo.study.data)
     subset: int | None = None     # the training images the study file asks for (None: all)
+    loss: str | None = None       # [model] loss: a Keras loss by name (None: the builder's, or hpo's default)
+    metrics: tuple[str, ...] = ()  # [model] metrics: Keras metrics by name, compiled with the loss
 
     @property
     def maximize(self) -> bool:
         return self.direction == "maximize"
+
+    @property
+    def standard(self) -> bool:
+        """Whether trials report what hpo's own compile gives (accuracy and loss, the report's
+        columns): no loss or metrics of the study's own, and a metric of those four."""
+        return self.metric in METRICS and self.loss is None and not self.metrics
+
+    @property
+    def measure(self) -> str:
+        """The metric's name without its set: "accuracy" of "val_accuracy", "mae" of "test_mae"."""
+        return self.metric.partition("_")[2]
+
+    @property
+    def curve_metric(self) -> str:
+        """What every epoch reports (the dashboard's curves, and the pruner's input): the metric
+        on the validation set (validation accuracy for the report's studies, scored on the test set)."""
+        return f"val_{self.measure}"
+
+    @property
+    def test_metric(self) -> str:
+        """What a confirmation ranks by: the metric on the test set (test accuracy, the report's
+        number, for its studies)."""
+        return f"test_{self.measure}"
+
+    @property
+    def scores(self) -> tuple[str, ...]:
+        """The numbers of a trial the best-trial table shows: the report's three, or the metric on
+        the validation and test sets and the losses."""
+        if self.standard:
+            return ("val_accuracy", "test_accuracy", "test_loss")
+        return tuple(dict.fromkeys((f"val_{self.measure}", f"test_{self.measure}", "val_loss", "test_loss")))
+
+    @property
+    def test_scores(self) -> tuple[str, ...]:
+        """The test-set numbers a configuration's repeats are averaged over."""
+        return tuple(name for name in self.scores if name.startswith("test_"))
 
     def rank_key(self, value: float | None) -> float:
         """Sorts values of the study's metric best first, in its direction; None (and NaN) last."""
@@ -145,6 +207,10 @@ class StudyDefinition:
             for value, table in self.conditional.items()}
         data["references"] = [asdict(ref) for ref in self.references]
         data["points"] = [dict(point) for point in self.points]
+        data["metrics"] = list(self.metrics)
+        for key in ("loss", "metrics"):  # stored as before studies had them, where not set
+            if not data[key]:
+                del data[key]
         return data
 
 
@@ -156,9 +222,9 @@ def definition_from_dict(data: Mapping[str, Any], origin: str = "stored definiti
     refs = tuple(Reference(**ref) for ref in data.get("references", ()))
     points = tuple(dict(point) for point in data.get("points", ()))
     conditional = {value: specs(table) for value, table in data.get("conditional", {}).items()}
-    fields = {k: v for k, v in data.items() if k not in ("space", "references", "points", "conditional")}
+    fields = {k: v for k, v in data.items() if k not in ("space", "references", "points", "conditional", "metrics")}
     definition = StudyDefinition(**fields, space=specs(data["space"]), references=refs, points=points,
-                                 conditional=conditional)
+                                 conditional=conditional, metrics=tuple(data.get("metrics", ())))
     # The name is not checked again here: a study stored by an older hpo may carry a name the
     # study files no longer accept, and whatever writes files from it makes the name safe.
     spaces.validate(definition.space, definition.conditional, definition.sampler, origin, definition.has_builder,

@@ -15,8 +15,8 @@ from typing import Any
 from hpo.errors import ConfigError
 from hpo.study import space as spaces
 from hpo.study.data import check_source
-from hpo.study.definition import (DIRECTIONS, METRICS, PARAMETERS, PROTOCOLS, PRUNERS, SAMPLERS, Reference,
-                                  StudyDefinition, name_problem)
+from hpo.study.definition import (DIRECTIONS, PARAMETERS, PROTOCOLS, PRUNERS, SAMPLERS, Reference, StudyDefinition,
+                                  default_direction, metric_problem, name_problem)
 from hpo.study.space import Range, Spec, check_value
 
 
@@ -73,7 +73,7 @@ _SECTIONS: dict[str, set[str] | None] = {
     "sampler": {"type", "seed"},
     "pruner": {"type", "min_resource", "reduction_factor"},
     "data": {"protocol", "validation_split", "source", "subset"},
-    "model": {"builder"},
+    "model": {"builder", "loss", "metrics"},
     "space": None,  # any name: hpo's parameters, a builder's, and [space.<value>] tables (hpo.study.space)
     "reference": {"test_accuracy", "test_loss", *PARAMETERS},
 }
@@ -128,6 +128,12 @@ def _kind_name(kind: type | tuple[type, ...]) -> str:
     return " or ".join(names.get(k, k.__name__) for k in kinds)
 
 
+def definition_from_tables(raw: dict[str, Any], origin: str) -> StudyDefinition:
+    """A definition from the tables a study file holds (``{"study": {...}, "space": {...}}``),
+    validated as a file's is: how a study defined in Python (:mod:`hpo.api.space`) is read."""
+    return _parse(raw, origin)
+
+
 def _parse(raw: dict[str, Any], origin: str) -> StudyDefinition:
     unknown = sorted(set(raw) - set(_SECTIONS))
     if unknown:
@@ -148,8 +154,15 @@ def _parse(raw: dict[str, Any], origin: str) -> StudyDefinition:
     split = float(data.get("validation_split", (int, float), 0.2 if protocol == "validation_split" else 0.0))
     if protocol == "validation_split" and not 0.0 < split < 1.0:
         data.fail("data.validation_split", split, "must be between 0 and 1 (exclusive)")
-    metric = study.choice("metric", METRICS, "val_accuracy")
-    direction = study.choice("direction", DIRECTIONS, "minimize" if metric.endswith("loss") else "maximize")
+    metric = study.get("metric", str, "val_accuracy")
+    problem = metric_problem(metric)
+    if problem:
+        study.fail("study.metric", metric, problem)
+    known = default_direction(metric)
+    if known is None and "direction" not in study.table:
+        raise ConfigError(f"{origin}: study.direction is missing: say whether a higher {metric} is better "
+                          "('maximize') or a lower one ('minimize')")
+    direction = study.choice("direction", DIRECTIONS, known)
 
     trials = study.integer("trials", 1, minimum=1)
     max_retries = study.integer("max_retries", 2, minimum=0, problem="must be 0 or more")
@@ -170,6 +183,7 @@ def _parse(raw: dict[str, Any], origin: str) -> StudyDefinition:
         problem = builder_problem(builder)
         if problem:
             model.fail("model.builder", builder, problem)
+    loss, metrics = _compiled_with(model, builder, metric)
     source = data.get("source", str, "cifar10")
     problem = check_source(source)
     if problem:
@@ -204,6 +218,8 @@ def _parse(raw: dict[str, Any], origin: str) -> StudyDefinition:
         builder=builder,
         data=source,
         subset=subset,
+        loss=loss,
+        metrics=metrics,
     )
     if definition.n_trials > definition.trial_limit:
         size = (f"the grid has {definition.n_points:,} points x {repeats} repeat(s) = {definition.n_trials:,} trials"
@@ -284,3 +300,20 @@ def _parse_references(rows: Any, origin: str) -> list[Reference]:
             check_value(key, value, f"{origin}: reference[{i}].{key}")
         refs.append(Reference(params=params, test_accuracy=acc, test_loss=loss))
     return refs
+
+
+def _compiled_with(model: _Reader, builder: str | None, metric: str) -> tuple[str | None, tuple[str, ...]]:
+    """``[model] loss`` and ``metrics``: Keras' names of a loss and of metrics, for a builder's
+    model that is not compiled (checked against Keras at the dry build)."""
+    loss = model.get("loss", str, None)
+    metrics = model.get("metrics", list, [])
+    for key, names in (("loss", [loss] if loss is not None else []), ("metrics", metrics)):
+        if names and builder is None:
+            model.fail(f"model.{key}", model.table[key], "needs model.builder: the report's CNNs compile their own")
+        for name in names:
+            if not isinstance(name, str) or not name.replace("_", "a").isalnum():
+                model.fail(f"model.{key}", model.table[key], "must name Keras losses and metrics, "
+                                                             "as in model.compile (\"mse\", [\"mae\"])")
+    if len(set(metrics)) != len(metrics):
+        model.fail("model.metrics", metrics, "names a metric twice")
+    return loss, tuple(metrics)

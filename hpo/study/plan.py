@@ -17,6 +17,7 @@ from collections import defaultdict
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import numpy as np
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
@@ -77,7 +78,15 @@ def make_sampler(definition: StudyDefinition, seed: int | None = None) -> optuna
 
 def trial_sampler(definition: StudyDefinition) -> Callable[[int], optuna.samplers.BaseSampler]:
     """For :func:`hpo.study.queueing.claim`: trial number -> that trial's own seeded sampler."""
-    return lambda number: make_sampler(definition, trial_seed(definition, number))
+    return lambda number: make_sampler(definition, sampler_seed(definition, number))
+
+
+def sampler_seed(definition: StudyDefinition, number: int) -> int:
+    """The seed of trial ``number``'s sampler: its :func:`trial_seed` mixed through NumPy's
+    SeedSequence. Optuna's samplers seed NumPy's Mersenne Twister, whose first draws from adjacent
+    seeds are close (seeds 100003, 100004, 100005 first draw 0.303, 0.312, 0.305), so seeding them
+    with the trial seed itself gave the first trials of a search almost the same parameters."""
+    return int(np.random.SeedSequence(trial_seed(definition, number)).generate_state(1)[0])
 
 
 def grid_search_space(definition: StudyDefinition) -> dict[str, list[Any]]:

@@ -92,14 +92,21 @@ def _fraction(v: Any) -> str | None:
     return None if _number(v) and 0 <= v < 1 else f"{v!r} must be a number >= 0 and < 1"
 
 
+MAX_LEARNING_RATE = 10
+MAX_EPOCHS = 10_000
+
 # hpo's parameters: the problem with a value, or None.
 CHECKS: Mapping[str, Callable[[Any], str | None]] = {
     "architecture": _one_of(ARCHITECTURE_NAMES, "architecture"),
     "augmentation": _one_of(AUGMENTATION_NAMES, "augmentation"),
     "optimizer": _one_of(tuple(OPTIMIZERS), "optimizer"),
-    "learning_rate": lambda v: None if _number(v) and v > 0 else f"learning rate {v!r} must be a number > 0",
+    # At most what could be meant: no optimizer trains at a learning rate past 10, and no trial is
+    # meant to run 10,000 epochs (a batch size is held to the training set when the study is made).
+    "learning_rate": lambda v: (None if _number(v) and 0 < v <= MAX_LEARNING_RATE
+                                else f"learning rate {v!r} must be a number > 0 and at most {MAX_LEARNING_RATE}"),
     "batch_size": lambda v: None if _integer(v) and v >= 1 else f"batch size {v!r} must be an integer >= 1",
-    "epochs": lambda v: None if _integer(v) and v >= 1 else f"epochs {v!r} must be an integer >= 1",
+    "epochs": lambda v: (None if _integer(v) and 1 <= v <= MAX_EPOCHS
+                         else f"epochs {v!r} must be an integer >= 1 and at most {MAX_EPOCHS:,}"),
     "conv_blocks": _integer_from(1, MAX_CONV_BLOCKS),
     **{f"filters_{i}": _integer_from(1) for i in range(1, MAX_CONV_BLOCKS + 1)},
     "dense_units": _integer_from(1),
@@ -192,12 +199,28 @@ def resolve(space: Mapping[str, Spec], conditional: Mapping[str, Mapping[str, Sp
     return values
 
 
+MAX_PROBED_VALUES = 8  # of one categorical parameter, besides those that open a table
+
+
+def _probed(values: Values, conditional: Mapping[str, Mapping[str, Spec]]) -> list[Any]:
+    """The values of a categorical parameter a dry build tries: every one that opens a
+    ``[space.<value>]`` table (its parameters are reached only so), and of the others at most
+    :data:`MAX_PROBED_VALUES`, spread over the list from its first to its last: 10,000 values
+    are not 10,000 dry builds."""
+    tabled = {i for i, value in enumerate(values) if isinstance(value, str) and value in conditional}
+    others = [i for i in range(len(values)) if i not in tabled]
+    if len(others) > MAX_PROBED_VALUES:
+        step = (len(others) - 1) / (MAX_PROBED_VALUES - 1)
+        others = [others[round(k * step)] for k in range(MAX_PROBED_VALUES)]
+    return [values[i] for i in sorted({*tabled, *others})]
+
+
 def probe_points(space: Mapping[str, Spec], conditional: Mapping[str, Mapping[str, Spec]],
                  builder: bool = False) -> list[dict[str, Any]]:
     """A few points that together reach every parameter of the space: each parameter at its first
-    value (a range: its low end), then each value of every categorical parameter that is the
-    builder's own or chooses a ``[space.<value>]`` table. A dry build of a user's model tries each
-    (:mod:`hpo.training.probe`)."""
+    value (a range: its low end), then each value (up to :data:`MAX_PROBED_VALUES` and those with a
+    table, :func:`_probed`) of every categorical parameter that is the builder's own or chooses a
+    ``[space.<value>]`` table. A dry build of a user's model tries each (:mod:`hpo.training.probe`)."""
     def first(choose: Mapping[str, Any]) -> Draw:
         def draw(_optuna_name: str, name: str, spec: Spec) -> Any:
             if name in choose:
@@ -211,7 +234,7 @@ def probe_points(space: Mapping[str, Spec], conditional: Mapping[str, Mapping[st
     for name, spec in space.items():
         if isinstance(spec, Range) or (name in TRAINING and not any(value in conditional for value in spec)):
             continue
-        for value in spec:
+        for value in _probed(spec, conditional):
             point = resolve(space, conditional, first({name: value}), builder)
             if point not in points:
                 points.append(point)

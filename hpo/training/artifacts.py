@@ -11,7 +11,9 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import re
 import tempfile
+import textwrap
 import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -21,6 +23,8 @@ import matplotlib
 
 matplotlib.use("Agg")  # no display on workers
 import matplotlib.pyplot as plt
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 import numpy as np
 import optuna
 from optuna.artifacts import FileSystemArtifactStore
@@ -62,7 +66,7 @@ class TrialArtifacts:
         try:
             with tempfile.TemporaryDirectory(prefix="hpo-artifacts-") as tmp:
                 for path in self.write(Path(tmp), trial, result):
-                    artifact_id = str(uuid.uuid4())
+                    artifact_id = readable_id(trial.study.study_name, path.name)
                     written.append(artifact_id)  # before writing: a partial file is removed too
                     with path.open("rb") as body:
                         self.store.write(artifact_id, body)
@@ -86,21 +90,32 @@ class TrialArtifacts:
     def write(self, folder: Path, trial: optuna.Trial, result: TrainResult) -> list[Path]:
         params = records.trial_params(records.frozen(trial))
         title = f"trial {trial.number}: " + ", ".join(f"{k}={v}" for k, v in params.items())
-        paths = [
-            learning_curves(result.history, folder / f"learning_curves_trial{trial.number}.png", title),
-            confusion_matrix_png(result.confusion, folder / f"confusion_matrix_trial{trial.number}.png",
-                                 f"trial {trial.number}: test accuracy {result.test_accuracy:.4f}",
-                                 result.class_names or CLASS_NAMES),
-        ]
+        paths = [learning_curves(result.history, folder / f"learning_curves_trial{trial.number}.png", title,
+                                 validated_on=result.validated_on)]
+        if result.confusion is not None:  # hpo's own compile, on labels of classes
+            paths.append(confusion_matrix_png(result.confusion, folder / f"confusion_matrix_trial{trial.number}.png",
+                                              f"trial {trial.number}: test accuracy {result.test_accuracy:.4f}",
+                                              result.class_names or CLASS_NAMES))
         metrics = folder / f"metrics_trial{trial.number}.json"
         metrics.write_text(json.dumps({"trial": trial.number, "params": params,
-                                       **result.metrics(), "history": result.history}, indent=2))
+                                       **result.metrics(), "validated_on": result.validated_on,
+                                       "history": result.history}, indent=2))
         paths.append(metrics)
         if self.save_model:
             model_path = folder / f"model_trial{trial.number}.keras"
             _inference_copy(result.model).save(model_path)
             paths.append(model_path)
         return paths
+
+
+def readable_id(study: str, filename: str) -> str:
+    """The name a file takes in the artifact folder: its study, its own name and a random part
+    that keeps it apart from a retry's ("exp3-model_trial14-1a2b3c4d.keras"), in characters any
+    file system and URL take."""
+    stem, dot, suffix = filename.rpartition(".")
+    safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", study).strip("._")[:40] or "study"
+    return f"{safe}-{re.sub(r'[^A-Za-z0-9_-]+', '_', stem or suffix)}-{uuid.uuid4().hex[:8]}" + \
+        (f".{re.sub(r'[^A-Za-z0-9]+', '', suffix)}" if dot else "")
 
 
 def _inference_copy(model: keras.Model) -> keras.Model:
@@ -112,27 +127,52 @@ def _inference_copy(model: keras.Model) -> keras.Model:
     return copy
 
 
-def learning_curves(history: dict[str, list[float]], path: Path, title: str) -> Path:
-    """Training and validation accuracy and loss per epoch, side by side."""
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for ax, metric in zip(axes, ("accuracy", "loss"), strict=True):
-        for key, label in ((metric, "training"), (f"val_{metric}", "validation")):
+def learning_curves(history: dict[str, list[float]], path: Path, title: str, *,
+                    validated_on: str = "validation") -> Path:
+    """:func:`learning_curves_figure` as a PNG file at ``path``."""
+    return save_figure(learning_curves_figure(history, title, validated_on=validated_on), path)
+
+
+def learning_curves_figure(history: dict[str, list[float]], title: str, *,
+                           validated_on: str = "validation") -> Figure:
+    """Training and validation accuracy and loss per epoch, side by side (a model of its own
+    metrics: each of them, and the loss). ``validated_on`` names what the ``val_`` series were
+    measured on: "validation", or "test" where the test set was the validation data."""
+    shown = [name for name in history if not name.startswith("val_") and name != "loss"] or ["accuracy"]
+    metrics = [*shown[:3], "loss"]
+    fig, axes = plt.subplots(1, len(metrics), figsize=(5 * len(metrics), 4))
+    for ax, metric in zip(axes, metrics, strict=True):
+        for key, label in ((metric, "training"), (f"val_{metric}", validated_on)):
             values = history.get(key, [])
             if values:
                 ax.plot(range(1, len(values) + 1), values, marker="o", label=label)
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole: no tick at 1.25
         ax.set_ylabel(metric)
         ax.grid(alpha=0.3)
         ax.legend()
-    fig.suptitle(f"Learning curves, {title}", fontsize=10)
+    # A study's many parameters wrap onto more lines, rather than run past the figure's edges.
+    fig.suptitle(textwrap.fill(f"Learning curves, {title}", width=45 * len(metrics)), fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    return fig
+
+
+def save_figure(fig: Figure, path: Path, dpi: int = 100) -> Path:
+    """Write ``fig`` as a PNG file and free it."""
+    try:
+        fig.savefig(path, dpi=dpi)
+    finally:
+        plt.close(fig)
     return path
 
 
 def confusion_matrix_png(matrix: np.ndarray, path: Path, title: str,
                          class_names: Sequence[str] = CLASS_NAMES) -> Path:
+    """:func:`confusion_matrix_figure` as a PNG file at ``path``."""
+    return save_figure(confusion_matrix_figure(matrix, title, class_names), path)
+
+
+def confusion_matrix_figure(matrix: np.ndarray, title: str, class_names: Sequence[str] = CLASS_NAMES) -> Figure:
     """Counts per (true class, predicted class), with the count printed in each cell (up to 20
     classes; past that the cells are too small to read, and the colours alone tell)."""
     labelled = len(class_names) <= MAX_LABELLED_CLASSES
@@ -145,12 +185,12 @@ def confusion_matrix_png(matrix: np.ndarray, path: Path, title: str,
     ax.set_ylabel("true class")
     threshold = matrix.max() / 2 if matrix.size else 0
     for (i, j), count in np.ndenumerate(matrix if labelled else np.zeros((0, 0))):
-        ax.text(j, i, str(count), ha="center", va="center", fontsize=7,
+        ax.text(j, i, str(count), ha="center", va="center", fontsize=10 if len(class_names) <= 10 else 8,
                 color="white" if count > threshold else "black")
-    fig.colorbar(image, ax=ax)
+    bar = fig.colorbar(image, ax=ax)
+    bar.locator = MaxNLocator(integer=True)  # counts: no tick at 2.5
+    bar.update_ticks()
     ax.set_title(f"Confusion matrix on the test set, {title}", fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return fig
 

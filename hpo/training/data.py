@@ -1,4 +1,4 @@
-"""Load an image classification data set from wherever it is, decode it once, and hand it out shuffled.
+"""Load a data set from wherever it is, decode it once, and hand it out shuffled.
 
 Sources (:mod:`hpo.training.decode` reads them): an image-folder tree ``train/<class>/*`` +
 ``test/<class>/*`` or ``<class>/*`` (or a tar of one), an ``.npz`` with ``x_train, y_train,
@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from hpo.errors import DataError
-from hpo.training import decode
+from hpo.training import decode, limits
 from hpo.training.decode import ARRAYS, CLASS_NAMES, KERAS_SOURCES, Decoded
 
 __all__ = ["CLASS_NAMES", "KERAS_SOURCES", "Dataset", "load_dataset", "validation_split"]
@@ -40,7 +40,8 @@ _CACHE_LAYOUT = "data-v2"  # bump when decoding changes, so stale caches are nev
 
 @dataclass(frozen=True, eq=False)
 class Dataset:
-    """Train and test arrays: uint8 images (N, H, W, C), int64 labels indexing ``class_names``."""
+    """Train and test arrays: uint8 images (N, H, W, C), int64 labels indexing ``class_names``;
+    or, ``kind="arrays"``, numbers of any shape with their targets (:func:`decode.validate_arrays`)."""
 
     x_train: np.ndarray = field(repr=False)
     y_train: np.ndarray = field(repr=False)
@@ -53,6 +54,17 @@ class Dataset:
     content: str = field(repr=False)
     subset: int | None = field(repr=False)
     seed: int = field(repr=False)
+    kind: str = field(default="images", repr=False)  # or "arrays": not images, or not labelled with classes
+
+    @property
+    def is_images(self) -> bool:
+        """Image classification data: what rescaling, augmentation and the report's CNNs are for."""
+        return self.kind == "images"
+
+    @property
+    def has_classes(self) -> bool:
+        """Whether the targets are labels of classes (images', or integer labels of arrays)."""
+        return bool(self.class_names)
 
     @property
     def fingerprint(self) -> str:
@@ -61,12 +73,13 @@ class Dataset:
 
     @property
     def num_classes(self) -> int:
+        """The classes the labels index; 0 for targets that are not classes."""
         return len(self.class_names)
 
     @property
-    def input_shape(self) -> tuple[int, int, int]:
-        height, width, channels = self.x_train.shape[1:]
-        return height, width, channels
+    def input_shape(self) -> tuple[int, ...]:
+        """One example's shape: (H, W, C) of an image."""
+        return tuple(int(n) for n in self.x_train.shape[1:])
 
 
 def load_dataset(
@@ -95,22 +108,27 @@ def load_dataset(
     if subset is not None:
         if not 10 <= subset <= len(train):
             raise DataError(f"--subset must be between 10 and {len(train)}, got {subset}")
-        # Shuffled again after the selection: kept in draw order, the classes that fill their
-        # quota first would crowd the front, and a validation split (the tail) would miss them.
-        classes = len(data.class_names)
-        train = rng.permutation(_stratified(train, data.y_train, subset, classes))
-        test = rng.permutation(_stratified(test, data.y_test, min(subset // 5, len(test)), classes))
+        if data.class_names:
+            # Shuffled again after the selection: kept in draw order, the classes that fill their
+            # quota first would crowd the front, and a validation split (the tail) would miss them.
+            classes = len(data.class_names)
+            train = rng.permutation(_stratified(train, data.y_train, subset, classes))
+            test = rng.permutation(_stratified(test, data.y_test, min(subset // 5, len(test)), classes))
+        else:  # targets with no classes to balance: the first of the shuffled order
+            train, test = train[:subset], test[:max(1, min(subset // 5, len(test)))]
     # Gathering straight from the memory map copies only the rows we keep.
+    labels = (lambda y: np.asarray(y, dtype=np.int64)) if data.class_names else np.asarray
     return Dataset(
         x_train=data.x_train[train],
-        y_train=np.asarray(data.y_train[train], dtype=np.int64),
+        y_train=labels(data.y_train[train]),
         x_test=data.x_test[test],
-        y_test=np.asarray(data.y_test[test], dtype=np.int64),
+        y_test=labels(data.y_test[test]),
         source=description,
         class_names=data.class_names,
         content=content,
         subset=subset,
         seed=seed,
+        kind=data.kind,
     )
 
 
@@ -180,6 +198,8 @@ def _cache_key(path: Path) -> str:
     changes ctime: the tree is decoded again, to the same content digest.
     """
     kind = decode.data_format(path)  # first: an unrecognised file is refused before it is read
+    if kind != "folder":
+        limits.check_file(path)  # a sparse file's length is a claim too: refused before it is hashed
     if kind == "folder":
         root = os.stat(path)
         digest = hashlib.blake2b(f"tree\0{root.st_dev}\0{root.st_ino}".encode(), digest_size=16)
@@ -230,7 +250,10 @@ def _read_cache(entry: Path) -> tuple[Decoded, str] | None:
     names, content = (meta.get("class_names"), meta.get("content")) if isinstance(meta, dict) else (None, None)
     if not (isinstance(content, str) and isinstance(names, list) and all(isinstance(n, str) for n in names)):
         return None
-    return Decoded(**arrays, class_names=tuple(names)), content
+    kind = meta.get("kind", "images")  # entries written before other kinds were all images
+    if kind not in ("images", "arrays"):
+        return None
+    return Decoded(**arrays, class_names=tuple(names), kind=kind), content
 
 
 def _cached(entry: Path, decode: Callable[[], Decoded], what: str) -> tuple[Decoded, str]:
@@ -264,7 +287,8 @@ def _write_cache(entry: Path, data: Decoded, content: str) -> None:
         try:
             for name in ARRAYS:
                 np.save(tmp / f"{name}.npy", getattr(data, name))
-            meta = {"content": content, "class_names": list(data.class_names)}
+            meta = {"content": content, "class_names": list(data.class_names),
+                    **({"kind": data.kind} if data.kind != "images" else {})}
             (tmp / "meta.json").write_text(json.dumps(meta, indent=1), encoding="utf-8")
             os.replace(tmp, entry)
         finally:

@@ -12,6 +12,12 @@
 Every form is checked the same way (:func:`validate`): uint8 images (N, H, W, 1|3) of one size
 in train and test, int64 labels 0..K-1, K >= 2, every class with a training image. A damaged
 archive is refused rather than read as a smaller data set.
+
+An ``.npz`` (or arrays given from Python) may also hold data of any other task
+(:func:`validate_arrays`): numbers of any shape (tabular features, token ids, float images) and
+targets of any shape (float regression targets; integer labels 0..K-1 are classes, checked as
+above). Such data is ``kind="arrays"``: image-only steps (rescaling, augmentation, the report's
+CNNs, the confusion matrix) do not apply to it.
 """
 
 from __future__ import annotations
@@ -22,14 +28,14 @@ import io
 import tarfile
 import zipfile
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Mapping, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from hpo.errors import DataError
-from hpo.training import cifar, images
+from hpo.training import cifar, images, limits
 
 CLASS_NAMES: tuple[str, ...] = (  # CIFAR-10's, in label order
     "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"
@@ -61,19 +67,25 @@ ARRAYS = ("x_train", "y_train", "x_test", "y_test")
 
 @dataclass(frozen=True, eq=False)
 class Decoded:
-    """A checked data set: uint8 images (N, H, W, C), int64 labels indexing ``class_names``."""
+    """A checked data set: uint8 images (N, H, W, C), int64 labels indexing ``class_names``; or,
+    ``kind="arrays"``, numbers of any shape with targets (``class_names`` empty unless they are
+    integer labels of classes)."""
 
     x_train: np.ndarray
     y_train: np.ndarray
     x_test: np.ndarray
     y_test: np.ndarray
     class_names: tuple[str, ...]
+    kind: str = "images"
 
 
 def load_keras(name: str) -> Decoded:
     """``keras.datasets.<name>.load_data()``; it downloads on first use, so it fails offline."""
     try:
-        import keras  # noqa: PLC0415  (slow: it imports a backend; only this download path needs it)
+        from hpo.workers import device  # noqa: PLC0415  (slow: it imports a backend; only this path needs it)
+
+        device.import_backend()  # TensorFlow's import-time lines filtered, as a worker's are
+        import keras  # noqa: PLC0415  (loaded just above)
 
         (x_train, y_train), (x_test, y_test) = getattr(keras.datasets, name).load_data()
     except Exception as e:  # any download or import failure; the user's fix is the same
@@ -150,17 +162,20 @@ def _check_end_of_archive(path: Path, stream: io.BufferedIOBase, tar: tarfile.Ta
 def _folder_members(root: Path) -> Iterator[Member]:
     for path in sorted(root.rglob("*")):
         if path.is_file():
+            limits.check_file(path)  # read one at a time, but a sparse one would still be read whole
             yield path.relative_to(root).as_posix(), path.read_bytes
         elif path.is_dir():  # so that an empty class folder is seen
             yield path.relative_to(root).as_posix(), None
 
 
 def _tar_members(path: Path, stream: io.BufferedIOBase, tar: tarfile.TarFile) -> Iterator[Member]:
+    budget = limits.Budget(str(path))  # every member is held until the images are decoded
     for member in tar:
         name = member.name.removeprefix("./")
         if member.isdir():
             yield name, None
         elif member.isfile():
+            budget.take(member.size, f"member {name}")
             # Read now: a streamed tar cannot seek back to this member later.
             extracted = tar.extractfile(member)
             assert extracted is not None  # a regular file always has its contents
@@ -214,8 +229,9 @@ def _from_cifar100(path: Path, files: dict[str, images.Read]) -> Decoded:
 
 
 def _from_npz(path: Path) -> Decoded:
+    limits.check_npz(path)  # what its members claim, before any is read
     try:
-        npz = np.load(path, allow_pickle=False)
+        npz = np.load(path, allow_pickle=False, mmap_mode="r")  # a bare .npy is mapped, not read
         if not isinstance(npz, np.lib.npyio.NpzFile):  # np.load reads a bare .npy too
             raise DataError(f"{path}: not an .npz archive (one array, not {', '.join(ARRAYS)})")
         with npz:
@@ -269,9 +285,13 @@ def validate(
     """Check shapes, dtypes and labels; return uint8 images (N, H, W, C) and flat int64 labels.
 
     Without ``class_names`` the classes are 0..the largest label, named "0", "1", ...;
-    ``named_by`` says where given names come from, for the out-of-range message.
+    ``named_by`` says where given names come from, for the out-of-range message. Data that is not
+    uint8 images with integer labels is checked as arrays of another task (:func:`validate_arrays`).
     """
+    if not is_images(np.asarray(x_train), np.asarray(y_train)):
+        return validate_arrays(where, x_train, y_train, x_test, y_test, class_names, named_by)
     arrays: dict[str, np.ndarray] = {}
+    given: dict[str, np.ndarray] = {}
     for split, x, y in (("train", x_train, y_train), ("test", x_test, y_test)):
         x, y = np.asarray(x), np.asarray(y)
         shape = x.shape
@@ -298,19 +318,96 @@ def validate(
         if len(x) == 0:
             raise DataError(f"{where}: the {split} set is empty")
         arrays[f"x_{split}"], arrays[f"y_{split}"] = np.ascontiguousarray(x), y.astype(np.int64)
+        given[split] = y  # a label past int64 (uint64) is negative in the cast: its message shows this one
     train_shape, test_shape = arrays["x_train"].shape[1:], arrays["x_test"].shape[1:]
     if train_shape != test_shape:
         raise DataError(f"{where}: train and test images differ in shape (H, W, C): {train_shape} and {test_shape}")
+    names = _checked_labels(where, arrays["y_train"], arrays["y_test"], class_names, named_by, given)
+    return Decoded(arrays["x_train"], arrays["y_train"], arrays["x_test"], arrays["y_test"], names)
+
+
+def is_images(x: np.ndarray, y: np.ndarray) -> bool:
+    """Whether ``x`` and ``y`` are an image classification set: uint8 pixels (N, H, W) or
+    (N, H, W, 1|3), with integer labels (N,) or (N, 1)."""
+    pixels = x.dtype == np.uint8 and (x.ndim == 3 or (x.ndim == 4 and x.shape[3] in (1, 3)))
+    labels = np.issubdtype(y.dtype, np.integer) and (y.ndim == 1 or (y.ndim == 2 and y.shape[1] == 1))
+    return bool(pixels and labels)
+
+
+def validate_arrays(
+    where: str,
+    x_train: np.ndarray,
+    y_train: np.ndarray,
+    x_test: np.ndarray,
+    y_test: np.ndarray,
+    class_names: Sequence[str] | None = None,
+    named_by: str = "",
+) -> Decoded:
+    """Check the data of a task other than image classification: numbers (bool, int, uint or
+    float) of one shape and dtype in train and test, one target per example. Integer targets of
+    one value per example (N,) are labels of classes, checked as images' labels are; any other
+    targets (floats, several per example) are kept as they are, with no classes. A 1-D ``x`` is
+    one feature per example, (N, 1)."""
+    arrays: dict[str, np.ndarray] = {}
+    for split, x, y in (("train", x_train, y_train), ("test", x_test, y_test)):
+        x, y = np.asarray(x), np.asarray(y)
+        for name, array in ((f"x_{split}", x), (f"y_{split}", y)):
+            if array.dtype.kind not in "biuf":
+                raise DataError(f"{where}: {name} has dtype {array.dtype}; expected numbers "
+                                "(bool, int, uint or float)")
+            if array.ndim == 0:
+                raise DataError(f"{where}: {name} is a single value, expected one row per example")
+        if x.ndim == 1:
+            x = x[:, np.newaxis]
+        if y.ndim == 2 and y.shape[1] == 1 and np.issubdtype(y.dtype, np.integer):
+            y = y[:, 0]
+        if len(x) != len(y):
+            raise DataError(f"{where}: {len(x)} examples in x_{split} but {len(y)} targets in y_{split}")
+        if len(x) == 0:
+            raise DataError(f"{where}: the {split} set is empty")
+        arrays[f"x_{split}"], arrays[f"y_{split}"] = np.ascontiguousarray(x), np.ascontiguousarray(y)
+    for axis in ("x", "y"):
+        train, test = arrays[f"{axis}_train"], arrays[f"{axis}_test"]
+        if train.shape[1:] != test.shape[1:]:
+            raise DataError(f"{where}: {axis}_train and {axis}_test differ in shape per example: "
+                            f"{train.shape[1:]} and {test.shape[1:]}")
+        if train.dtype != test.dtype:
+            raise DataError(f"{where}: {axis}_train has dtype {train.dtype} but {axis}_test {test.dtype}: "
+                            "give both the same")
+    y = arrays["y_train"]
+    if np.issubdtype(y.dtype, np.integer) and y.ndim == 1:  # labels of classes
+        given = {"train": y, "test": arrays["y_test"]}
+        arrays["y_train"], arrays["y_test"] = y.astype(np.int64), arrays["y_test"].astype(np.int64)
+        names = _checked_labels(where, arrays["y_train"], arrays["y_test"], class_names, named_by, given)
+        return Decoded(arrays["x_train"], arrays["y_train"], arrays["x_test"], arrays["y_test"], names, "arrays")
+    if class_names is not None:
+        raise DataError(f"{where}: class names are given, but y_train holds {y.dtype} targets of shape "
+                        f"{y.shape[1:]} per example, not integer labels of classes")
+    for name in ("y_train", "y_test"):
+        target = arrays[name]
+        if target.dtype.kind == "f" and not np.isfinite(target).all():
+            raise DataError(f"{where}: {name} holds a NaN or an infinity at row "
+                            f"{int(np.flatnonzero(~np.isfinite(target.reshape(len(target), -1)).all(axis=1))[0])}")
+    return Decoded(arrays["x_train"], arrays["y_train"], arrays["x_test"], arrays["y_test"], (), "arrays")
+
+
+def _checked_labels(where: str, y_train: np.ndarray, y_test: np.ndarray, class_names: Sequence[str] | None,
+                    named_by: str, given: Mapping[str, np.ndarray]) -> tuple[str, ...]:
+    """The class names of int64 labels: checked in range, every class with a training example.
+    ``given`` are the labels as they came (per split): a uint64 label past int64 is negative in
+    the cast, and the message shows the one given."""
+    arrays = {"y_train": y_train, "y_test": y_test}
     if class_names is None:
         num_classes = max(int(arrays["y_train"].max()), int(arrays["y_test"].max()), 0) + 1
     else:
         num_classes = len(class_names)
     for split in ("train", "test"):
         y = arrays[f"y_{split}"]
-        bad = y[(y < 0) | (y >= num_classes)]
+        bad = np.flatnonzero((y < 0) | (y >= num_classes))
         if bad.size:
             origin = f" ({named_by})" if named_by else ""
-            raise DataError(f"{where}: y_{split} label {bad[0]} out of range 0..{num_classes - 1}{origin}")
+            label = given[split][bad[0]]
+            raise DataError(f"{where}: y_{split} label {label} out of range 0..{num_classes - 1}{origin}")
     present = np.unique(arrays["y_train"])  # sorted: class i is present iff present[i] == i
     gaps = np.flatnonzero(present != np.arange(len(present)))
     missing = int(gaps[0]) if gaps.size else len(present)
@@ -321,4 +418,4 @@ def validate(
         class_names = [str(label) for label in range(num_classes)]
     if num_classes < 2:
         raise DataError(f"{where}: one class only ({class_names[0]!r}): a classifier needs two or more")
-    return Decoded(**arrays, class_names=tuple(class_names))
+    return tuple(class_names)

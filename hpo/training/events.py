@@ -57,16 +57,26 @@ class TrainResult:
     diverged: bool
     xla: bool  # whether the training step ran XLA-compiled (Keras' "auto": off on a CPU)
     model: keras.Model = field(repr=False)
-    confusion: np.ndarray = field(repr=False)  # counts[true class, predicted class] on the test set
+    # counts[true class, predicted class] on the test set; None for a model of its own loss
+    confusion: np.ndarray | None = field(repr=False)
     class_names: tuple[str, ...] = ()  # the data's, in label order: the confusion matrix's rows
+    # A model compiled with its own loss and metrics: each of them, val_<name> and test_<name>
+    # (empty for hpo's own compile, whose four are the fields above).
+    scores: dict[str, float] = field(default_factory=dict)
+    # What the val_* series were measured on: a held-out part of the training set, or the test set
+    # itself (the report's protocol "test"); the learning curves say which.
+    validated_on: str = "validation"
 
     def metrics(self) -> dict[str, Any]:
         """The numbers a trial records: finite floats, or None where training blew up."""
-        return {
+        scored = {name: _finite(value) for name, value in self.scores.items()} if self.scores else {
             "val_accuracy": _finite(self.val_accuracy),
             "val_loss": _finite(self.val_loss),
             "test_accuracy": _finite(self.test_accuracy),
             "test_loss": _finite(self.test_loss),
+        }
+        return {
+            **scored,
             "epochs_run": self.epochs_run,
             "fit_seconds": round(self.fit_seconds, 3),
             "build_seconds": round(self.build_seconds, 3),

@@ -24,6 +24,7 @@ import numpy as np
 from PIL import Image
 
 from hpo.errors import DataError
+from hpo.training import limits
 
 Read = Callable[[], bytes]
 Files = dict[tuple[str, ...], Read]  # a file's path parts, relative to the tree's root
@@ -98,11 +99,13 @@ def _class_layout(path: Path, files: Files, folders: set[tuple[str, ...]]) -> tu
 def _decode_images(path: Path, items: list[Item]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Pixels, splits and labels of ``items``, sorted: independent of the tar's order."""
     items.sort(key=lambda item: item[:3])  # split, class, file name
-    first = _pixels(path, *items[0][2:])
+    budget = limits.Budget(str(path))
+    first = _pixels(path, *items[0][2:], budget.bound)
+    budget.take(len(items) * first.nbytes, f"{len(items)} images of {_describe(first)}")
     x = np.empty((len(items), *first.shape), dtype=np.uint8)
     x[0] = first
     for i, (_, _, name, read) in enumerate(items[1:], start=1):
-        pixels = _pixels(path, name, read)
+        pixels = _pixels(path, name, read, budget.bound)
         if pixels.shape != first.shape:
             raise DataError(f"{path}: {name}: image is {_describe(pixels)}, the others are {_describe(first)}")
         x[i] = pixels
@@ -111,12 +114,19 @@ def _decode_images(path: Path, items: list[Item]) -> tuple[np.ndarray, np.ndarra
     return x, split, y
 
 
-def _pixels(path: Path, name: str, read: Read) -> np.ndarray:
+def _pixels(path: Path, name: str, read: Read, bound: int) -> np.ndarray:
     try:
         with Image.open(io.BytesIO(read())) as image:
+            width, height = image.size  # from its header: checked before its pixels are decoded
+            claimed = width * height * len(image.getbands())
+            if claimed > bound:
+                raise DataError(f"{path}: {name}: a {width}x{height} image claims {limits.human(claimed)}, more than "
+                                f"hpo reads into memory ({limits.human(bound)}: {limits.ENV})")
             image.load()
             mode = image.mode
             pixels = np.asarray(image) if mode in CHANNELS else None
+    except DataError:
+        raise
     except Exception as e:  # Pillow raises many types for bad bytes
         raise DataError(f"{path}: {name}: undecodable image ({type(e).__name__}: {e})") from e
     if pixels is None:

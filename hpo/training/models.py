@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import keras
 from keras import layers
 
-from hpo.errors import ConfigError, TrialError
+from hpo.errors import ConfigError, TrialError, ended_by
 from hpo.study.space import ARCHITECTURES, MODEL_KNOBS, OPTIMIZERS, check_value  # the one rule for each value
 from hpo.training.augment import augmentation_layer
 
@@ -95,33 +96,121 @@ def _front(input_shape: tuple[int, ...], augmentation: str, seed: int | None) ->
 
 
 def build_own(builder: Callable[..., Any], name: str, params: Mapping[str, Any], *, augmentation: str = "none",
-              input_shape: tuple[int, ...], num_classes: int, seed: int | None = None) -> keras.Model:
-    """The model a user's builder returns, behind hpo's front (augmentation, pixels to 0..1).
+              input_shape: tuple[int, ...], num_classes: int, seed: int | None = None, images: bool = True,
+              check_classes: bool = True) -> keras.Model:
+    """The model a user's builder returns, behind hpo's front where the data is images.
 
     ``builder(params, input_shape=..., num_classes=...)`` is called with the trial's parameters
-    (every one, hpo's own included) and must return a ``keras.Model`` taking ``input_shape`` images
-    in 0..1 and giving ``num_classes`` probabilities (a softmax). hpo compiles it.
+    (every one, hpo's own included). On image data it must return a ``keras.Model`` taking
+    ``input_shape`` images in 0..1 (hpo's front, augmentation and rescaling, comes before it); on
+    other data (``images=False``) one taking the arrays as they are, and ``num_classes`` is None
+    where the targets are not classes. With ``check_classes`` (hpo's own compile, sparse
+    cross-entropy) it must give ``num_classes`` probabilities (a softmax). It may return a compiled
+    model: its loss and metrics are kept (:func:`compile_own`).
 
     Raises:
-        TrialError: the builder raised, or returned something hpo cannot train (a trial that fails
-            once: no retry would mend it).
+        TrialError: the builder raised (SystemExit and KeyboardInterrupt too: no user's code ends
+            an hpo process), or returned something hpo cannot train (a trial that fails once: no
+            retry would mend it).
     """
     try:
-        model = builder(dict(params), input_shape=tuple(input_shape), num_classes=num_classes)
+        model = builder(dict(params), input_shape=tuple(input_shape), num_classes=num_classes or None)
     except Exception as e:  # the user's code: anything at all
         raise TrialError(f"{name} raised {type(e).__name__}: {e}") from e
+    except (SystemExit, KeyboardInterrupt) as e:  # a user's code never ends an hpo process
+        raise TrialError(f"{name} {ended_by(e)}, instead of returning a model") from e
     if not isinstance(model, keras.Model):
         raise TrialError(f"{name} returned {type(model).__name__}, not a keras.Model")
+    front = _front(input_shape, augmentation, seed) if images else [keras.Input(shape=input_shape)]
+    what = "images" if images else "examples"
     try:
-        wrapped = keras.Sequential([*_front(input_shape, augmentation, seed), model], name="own")
-        output = tuple(wrapped.output_shape)
+        wrapped = keras.Sequential([*front, model], name="own")
+        wrapped.output_shape  # noqa: B018  (built on the data's shape: Keras refuses one that does not fit)
     except Exception as e:  # Keras' refusal of a model that does not fit the images
-        raise TrialError(f"{name}: its model does not take {'x'.join(map(str, input_shape))} images "
+        raise TrialError(f"{name}: its model does not take {'x'.join(map(str, input_shape))} {what} "
                          f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from e
+    except (SystemExit, KeyboardInterrupt) as e:  # its layers' code, called on the images' shape
+        raise TrialError(f"{name}: its model {ended_by(e)} when called on {'x'.join(map(str, input_shape))} "
+                         f"{what}") from e
+    if check_classes:
+        check_class_outputs(wrapped, num_classes, name)
+    return wrapped
+
+
+def check_class_outputs(model: keras.Model, num_classes: int, name: str) -> None:
+    """Refuse a model for hpo's own compile (sparse cross-entropy) without one output per class."""
+    output = tuple(model.output_shape)
     if output[1:] != (num_classes,):
         raise TrialError(f"{name}: its model gives outputs of shape {output[1:]}; the data has {num_classes} "
                          f"classes, so it must give ({num_classes},)")
-    return wrapped
+
+
+def own_compile(model: keras.Model) -> dict[str, Any] | None:
+    """What the builder's own model (the last layer of :func:`build_own`'s) was compiled with:
+    ``model.compile``'s arguments (optimizer, loss, metrics, ...), or None for one not compiled."""
+    inner = model.layers[-1] if model.layers else model
+    if not getattr(inner, "compiled", False):
+        return None
+    config = getattr(inner, "_compile_config", None)  # Keras 3 keeps compile's arguments here
+    if config is None:
+        return {"optimizer": inner.optimizer, "loss": inner.loss}
+    return dict(config.config)
+
+
+@dataclass(frozen=True)
+class StudyCompile:
+    """How a study compiles a builder's model: the ``[model] loss`` and ``metrics`` it names, and
+    whether its space names the optimizer (else a compiled model keeps its own, at the trial's
+    learning rate)."""
+
+    loss: str | None = None
+    metrics: tuple[str, ...] = ()
+    optimizer_named: bool = False
+
+    def is_hpos(self, own: Mapping[str, Any] | None) -> bool:
+        """Whether hpo's own compile applies (the report's: sparse cross-entropy and accuracy)."""
+        return own is None and self.loss is None and not self.metrics
+
+
+def compile_own(model: keras.Model, own: Mapping[str, Any] | None, study: StudyCompile, learning_rate: float, *,
+                optimizer: str = "adam", settings: Mapping[str, Any] | None = None, classes: bool = True,
+                name: str = "the builder") -> keras.Model:
+    """Compile a builder's model with its own loss and metrics (``own``, :func:`own_compile`) or
+    the study's (``study``; the study's win), and the trial's optimizer and learning rate.
+
+    The optimizer is the trial's where the space names one, else the compiled model's own kind
+    with its settings, at the trial's learning rate, else Adam.
+
+    Raises:
+        TrialError: no loss anywhere for targets that are not classes, or a name Keras does not know.
+    """
+    check_value("learning_rate", learning_rate, "compile_own(learning_rate)")
+    own = dict(own or {})
+    loss = study.loss if study.loss is not None else own.get("loss")
+    if loss is None:
+        if not classes:
+            raise TrialError(f"{name}: its model is not compiled and the study names no loss; the targets are "
+                             "not classes, so say which loss ([model] loss, or loss= in hpo.tune)")
+        loss = "sparse_categorical_crossentropy"
+    metrics = list(study.metrics) if study.metrics else own.get("metrics")
+    if metrics is None and own.get("loss") is None and classes:
+        metrics = ["accuracy"]
+    chosen = own.get("optimizer")
+    if study.optimizer_named or chosen is None:
+        trained_by = make_optimizer(optimizer, float(learning_rate), settings or {})
+    else:
+        try:
+            mine = keras.optimizers.get(chosen)
+            trained_by = type(mine).from_config({**mine.get_config(), "learning_rate": float(learning_rate)})
+        except (ValueError, TypeError) as e:
+            raise TrialError(f"{name}: cannot set its optimizer's learning rate ({type(e).__name__}: {e})") from e
+    try:
+        model.compile(optimizer=trained_by, loss=loss, metrics=metrics, loss_weights=own.get("loss_weights"),
+                      weighted_metrics=own.get("weighted_metrics"))
+    except (ValueError, TypeError) as e:  # a loss or metric Keras does not know
+        raise TrialError(f"{name}: cannot compile its model with loss {loss!r} and metrics {metrics!r} "
+                         f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from e
+    return model
 
 
 def compile_model(

@@ -26,9 +26,19 @@ from hpo.training.data import Dataset
 from hpo.training.events import Begun, EpochEnd, Event, Finished, Run, TrainResult
 from hpo.storage.open import retrying
 from hpo.training.checkpoints import Checkpoints, Identity, model_code_version
+from hpo.errors import TrialError
+from hpo.training.models import StudyCompile
 from hpo.training.train import Params, Training, TrainingState
 
 log = logging.getLogger(__name__)
+
+
+def study_compile(definition: StudyDefinition) -> StudyCompile:
+    """How the study compiles a builder's model: its [model] loss and metrics, and whether its
+    space names the optimizer."""
+    optimizer_named = "optimizer" in definition.space or any(
+        "optimizer" in table for table in definition.conditional.values())
+    return StudyCompile(definition.loss, definition.metrics, optimizer_named)
 
 
 def suggest(trial: optuna.Trial, definition: StudyDefinition) -> Params:
@@ -75,7 +85,9 @@ def run_trial(
     frozen = records.frozen(trial)
     seed = plan.run_seed(frozen, definition)
     training = Training(params[trial.number], data, protocol=definition.protocol,
-                        fraction=definition.validation_split, seed=seed, builder=builder)
+                        fraction=definition.validation_split, seed=seed, builder=builder,
+                        compile=study_compile(definition))
+    curve = definition.curve_metric
     identity = Identity(definition.name, str(trial.study.user_attrs.get(records.UID, "")),
                         int(frozen.system_attrs.get(records.SLOT, -trial.number - 1)),
                         dataclasses.asdict(params[trial.number]), seed, data.fingerprint,
@@ -98,11 +110,12 @@ def run_trial(
         described[t.number] = {records.SEED: seed, records.SINGLE_VALUED: definition.fixed, records.DATA: data.source,
                                records.TRAIN_IMAGES: int(len(data.x_train)), **shared, **resumed,
                                **(environment or {}), **({records.REPEAT_SHOWN: repeat} if repeat is not None else {})}
-    log.info("trial %d: %s (seed %d)%s%s", trial.number, params[trial.number], seed,
+    shown = ", ".join(f"{name}={value}" for name, value in params[trial.number].values().items())
+    log.info("trial %d: %s (seed %d)%s%s", trial.number, shown, seed,
              "".join(f"; trial {t.number} at epoch {params[t.number].epochs}" for t in run.shorter),
              f"; resumed after epoch {training.epochs_run} (+{training.batches_done} batches)" if resumed else "")
     yield Begun(described)
-    for epoch, value in enumerate(training.history.get("val_accuracy", []), 1):  # the curve before the resume
+    for epoch, value in enumerate(training.history.get(curve, []), 1):  # the curve before the resume
         yield EpochEnd(epoch, value)
 
     first = training.epochs_run
@@ -113,11 +126,14 @@ def run_trial(
 
     def finished(t: optuna.Trial, result: TrainResult) -> Finished:
         metrics = result.metrics()
+        if definition.metric not in metrics:
+            raise TrialError(f"the study's metric {definition.metric} is not among what the model reports: "
+                             f"{', '.join(m for m in metrics if m.startswith(('val_', 'test_')))}")
         value = metrics[definition.metric]
         if value is None:  # a loss that blew up to inf/nan still ranks, last
             value = definition.worst
-        log.info("trial %d: %s = %.4f, test accuracy %s%s", t.number, definition.metric, value,
-                 metrics["test_accuracy"], " (diverged)" if result.diverged else "")
+        log.info("trial %d: %s = %.4f, %s %s%s", t.number, definition.metric, value, definition.test_metric,
+                 metrics.get(definition.test_metric), " (diverged)" if result.diverged else "")
         return Finished(t, float(value), {**metrics, records.EPOCHS_ALL_ATTEMPTS: trained()}, result)
 
     if checkpoints is not None:
@@ -126,7 +142,11 @@ def run_trial(
         if loaded is not None and params[t.number].epochs == training.epochs_run and t.number not in run.done:
             yield finished(t, training.result())
     for epoch in training.epochs():
-        yield EpochEnd(epoch, training.history["val_accuracy"][-1])
+        if curve not in training.history:
+            reported = ", ".join(name for name in training.history if name.startswith("val_"))
+            raise TrialError(f"the study's metric {definition.metric} needs {curve} every epoch; the model "
+                             f"reports {reported or 'nothing on the validation set'} (name it in its metrics)")
+        yield EpochEnd(epoch, training.history[curve][-1])
         for t in run.shorter:
             if params[t.number].epochs == epoch and t.number not in run.done:  # else given up by the loop
                 yield finished(t, training.result())

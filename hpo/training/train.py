@@ -19,7 +19,8 @@ import numpy as np
 
 from hpo.training.data import Dataset, validation_split
 from hpo.study.builder import LoadedBuilder
-from hpo.training.models import build_model, build_own, compile_model
+from hpo.training.models import (StudyCompile, build_model, build_own, check_class_outputs, compile_model, compile_own,
+                                 own_compile)
 from hpo.training.events import STOP, TrainResult
 
 log = logging.getLogger(__name__)
@@ -28,6 +29,7 @@ log = logging.getLogger(__name__)
 # not started: a CNN at a sane learning rate is visibly below ln(10) by then, while 1 epoch on
 # 200 images (3 steps) is still at chance, and its first steps at lr 0.01 overshoot far above.
 JUDGE_AFTER_STEPS = 100
+HPOS_COMPILE = StudyCompile()  # no loss or metrics of the study's own
 
 
 @dataclass(frozen=True)
@@ -105,20 +107,34 @@ class Training:
 
     def __init__(self, params: Params, data: Dataset, *, protocol: str = "validation_split", fraction: float = 0.2,
                  seed: int = 0, callbacks: Sequence[keras.callbacks.Callback] = (),
-                 builder: LoadedBuilder | None = None) -> None:
+                 builder: LoadedBuilder | None = None, compile: StudyCompile = HPOS_COMPILE) -> None:
         keras.backend.clear_session()  # a worker trains many models; free the last one's graph
         keras.utils.set_random_seed(seed)
         started = time.perf_counter()
+        self.hpos_compile = True  # sparse cross-entropy and accuracy, scored as the report did
         if builder is None:
             model = build_model(params.architecture, augmentation=params.augmentation, seed=seed, knobs=params.others,
                                 input_shape=data.input_shape, num_classes=data.num_classes)
+            self.model = compile_model(model, params.learning_rate, optimizer=params.optimizer,
+                                       settings=params.others)
         else:
             model = build_own(builder.function, builder.name, params.values(), augmentation=params.augmentation,
-                              seed=seed, input_shape=data.input_shape, num_classes=data.num_classes)
-        self.model = compile_model(model, params.learning_rate, optimizer=params.optimizer, settings=params.others)
+                              seed=seed, input_shape=data.input_shape, num_classes=data.num_classes,
+                              images=data.is_images, check_classes=False)
+            own = own_compile(model)
+            self.hpos_compile = compile.is_hpos(own) and data.has_classes
+            if self.hpos_compile:
+                check_class_outputs(model, data.num_classes, builder.name)
+                self.model = compile_model(model, params.learning_rate, optimizer=params.optimizer,
+                                           settings=params.others)
+            else:
+                self.model = compile_own(model, own, compile, params.learning_rate, optimizer=params.optimizer,
+                                         settings=params.others, classes=data.has_classes, name=builder.name)
         self.build_seconds = time.perf_counter() - started
         self.params, self.data, self.seed, self.callbacks = params, data, seed, list(callbacks)
         (self.x_fit, self.y_fit), self.validation = split(data, protocol, fraction)
+        # What the val_* series are measured on, as the learning curves name it.
+        self.validated_on = "test" if protocol == "test" else "validation"
         self.history: dict[str, list[float]] = {}
         self.fit_seconds = 0.0
         self.batches_done = 0  # of the epoch in progress, when the run resumes in the middle of one
@@ -183,9 +199,12 @@ class Training:
 
     def result(self) -> TrainResult:
         """The epochs trained so far: the model as it is now, scored on the test set."""
-        return _score(self.model, self.history, self.data, fit_images=len(self.x_fit),
-                      batch_size=self.params.batch_size, fit_seconds=self.fit_seconds,
-                      build_seconds=self.build_seconds)
+        score = _score if self.hpos_compile else _score_any
+        result = score(self.model, self.history, self.data, fit_images=len(self.x_fit),
+                       batch_size=self.params.batch_size, fit_seconds=self.fit_seconds,
+                       build_seconds=self.build_seconds)
+        result.validated_on = self.validated_on
+        return result
 
 
 class _StopAtBatchEnd(keras.callbacks.Callback):
@@ -205,10 +224,11 @@ class _StopAtBatchEnd(keras.callbacks.Callback):
 
 
 def train(params: Params, data: Dataset, *, protocol: str = "validation_split", fraction: float = 0.2, seed: int = 0,
-          callbacks: Sequence[keras.callbacks.Callback] = (), builder: LoadedBuilder | None = None) -> TrainResult:
+          callbacks: Sequence[keras.callbacks.Callback] = (), builder: LoadedBuilder | None = None,
+          compile: StudyCompile = HPOS_COMPILE) -> TrainResult:
     """Train ``params`` for all its epochs and score it on the test set."""
     training = Training(params, data, protocol=protocol, fraction=fraction, seed=seed, callbacks=callbacks,
-                        builder=builder)
+                        builder=builder, compile=compile)
     for _ in training.epochs():
         pass
     return training.result()
@@ -230,6 +250,35 @@ def _score(model: keras.Model, history: Mapping[str, Sequence[float]], data: Dat
     if diverged:
         log.info("training diverged: test accuracy %.4f, loss %s after %d steps", test_accuracy,
                  list(history["loss"][-1:]), steps)
+    return _result(model, history, data, fit_images=fit_images, fit_seconds=fit_seconds, build_seconds=build_seconds,
+                   steps=steps, diverged=diverged, confusion=confusion_matrix(data.y_test, predicted, data.num_classes),
+                   scores={}, val_accuracy=val_accuracy, val_loss=val_loss, test_accuracy=test_accuracy,
+                   test_loss=test_loss)
+
+
+def _score_any(model: keras.Model, history: Mapping[str, Sequence[float]], data: Dataset, *, fit_images: int,
+               batch_size: int, fit_seconds: float, build_seconds: float) -> TrainResult:
+    """The result of a model compiled with a loss and metrics of its own: every metric it reports,
+    on the validation set (the last epoch's, ``val_<name>``) and on the test set (``test_<name>``)."""
+    epochs_run = len(history.get("loss", []))
+    tested = model.evaluate(data.x_test, data.y_test, batch_size=max(batch_size, 256), verbose=0, return_dict=True)
+    scores = {name: float(values[-1]) for name, values in history.items() if name.startswith("val_") and values}
+    scores |= {f"test_{name}": float(value) for name, value in tested.items() if np.ndim(value) == 0}
+    steps = math.ceil(fit_images / batch_size) * epochs_run
+    losses = history.get("loss", [])
+    diverged = not all(math.isfinite(loss) for loss in losses) or not math.isfinite(scores.get("test_loss", 0.0))
+    return _result(model, history, data, fit_images=fit_images, fit_seconds=fit_seconds, build_seconds=build_seconds,
+                   steps=steps, diverged=diverged, confusion=None, scores=scores,
+                   **{name: scores.get(name, math.nan) for name in ("val_accuracy", "val_loss", "test_accuracy",
+                                                                     "test_loss")})
+
+
+def _result(model: keras.Model, history: Mapping[str, Sequence[float]], data: Dataset, *, fit_images: int,
+            fit_seconds: float, build_seconds: float, steps: int, diverged: bool, confusion: np.ndarray | None,
+            scores: dict[str, float], val_accuracy: float, val_loss: float, test_accuracy: float,
+            test_loss: float) -> TrainResult:
+    """A TrainResult of the epochs in ``history``, with its scores."""
+    epochs_run = len(history.get("loss", []))
     return TrainResult(
         history={k: [float(v) for v in values] for k, values in history.items()},
         val_accuracy=val_accuracy,
@@ -244,8 +293,9 @@ def _score(model: keras.Model, history: Mapping[str, Sequence[float]], data: Dat
         diverged=diverged,
         xla=bool(getattr(model, "jit_compile", False)),
         model=model,
-        confusion=confusion_matrix(data.y_test, predicted, data.num_classes),
+        confusion=confusion,
         class_names=tuple(data.class_names),
+        scores=scores,
     )
 
 

@@ -10,6 +10,8 @@ import importlib.metadata
 import os
 import platform
 import socket
+import sys
+import tempfile
 from typing import Any
 
 
@@ -51,6 +53,38 @@ def apply(threads: int | None = None) -> None:
             os.environ[key] = value  # asked for with --threads
         else:
             os.environ.setdefault(key, value)  # the user's own setting wins
+
+
+# What TensorFlow's C++ logging (absl, which TF_CPP_MIN_LOG_LEVEL no longer reaches) prints on
+# every import on a machine like ours: no GPU, oneDNN on, the CPU's instructions. Not a problem.
+IMPORT_NOISE = ("All log messages before absl::InitializeLog() is called", "port.cc:", "cudart_stub.cc:",
+                "cuda_executor.cc:", "failed call to cuInit", "cpu_feature_guard.cc:",
+                "To enable the following instructions:", "Unable to register cu", "computation_placer.cc:")
+
+
+def import_backend() -> None:
+    """Import Keras (and its backend) and start its runtime with what its C++ side prints then
+    filtered: the lines of :data:`IMPORT_NOISE` are dropped, anything else is printed as it came.
+    Call after :func:`apply`."""
+    if "keras" in sys.modules:
+        return
+    with tempfile.TemporaryFile() as captured:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        os.dup2(captured.fileno(), 2)
+        try:
+            import keras  # noqa: PLC0415  (the import is the point; it must come after apply())
+
+            keras.ops.convert_to_numpy(keras.ops.zeros((1,)))  # the runtime's start, and its cuInit line
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            kept = [line for line in captured.read().decode(errors="replace").splitlines()
+                    if line.strip() and not any(noise in line for noise in IMPORT_NOISE)]
+            if kept:
+                print("\n".join(kept), file=sys.stderr, flush=True)
 
 
 def describe() -> dict[str, Any]:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from hpo.storage import records
-from hpo.study.data import DataIdentity, check_named_copy, choose_subset, is_named, location
+from hpo.study.data import DataIdentity, check_named_copy, choose_subset, is_named, location, study_folder
 from hpo.study.data import check_same as check_same_data
 from hpo.study.definition import StudyDefinition
 from hpo.study.builder import BuilderIdentity, check_same, locate
@@ -49,8 +49,9 @@ class Loader:
         self._loaded: dict[tuple[str, int | None], Dataset] = {}
 
     def inputs(self, definition: StudyDefinition, *, study_file: str | None = None,
-               attrs: Mapping[str, Any] | None = None) -> Inputs:
-        """The study's inputs, checked against ``attrs`` (its stored user attributes) where given."""
+               attrs: Mapping[str, Any] | None = None, builder: BuilderIdentity | None = None) -> Inputs:
+        """The study's inputs, checked against ``attrs`` (its stored user attributes) where given.
+        ``builder``: the builder's identity where the caller has it (a function given from Python)."""
         data_before, builder_before = stored_data(attrs or {}), stored_builder(attrs or {})
         subset = choose_subset(definition.subset, data_before, self.subset, definition.name)
         where = location(definition.data, study_file=study_file, stored=data_before, data=self.data)
@@ -64,20 +65,27 @@ class Loader:
         identity = identify(definition.data, dataset)
         if data_before is not None:
             check_same_data(data_before, identity, definition.name)
-        builder = None
-        if definition.builder is not None:
-            if study_file is not None or builder_before is None:
-                folder = Path(study_file).resolve().parent if study_file is not None else None
-                builder = locate(definition.builder, folder)
-            else:  # a worker given the name: the file the study was created with, as it is now
-                builder = locate(definition.builder, Path(builder_before.file).parent)
-            if builder_before is not None:
-                check_same(builder_before, builder, definition.name)
+        builder = builder or _builder(definition, study_file, builder_before)
+        if builder is not None and builder_before is not None:
+            check_same(builder_before, builder, definition.name)
         return Inputs(dataset, identity, builder)
+
+
+def _builder(definition: StudyDefinition, study_file: str | None,
+             before: BuilderIdentity | None) -> BuilderIdentity | None:
+    """The builder a study file names, found beside it; for a study given by name, the one it
+    was created with: the function it holds, or its module's file as it is now."""
+    if definition.builder is None:
+        return None
+    if study_file is not None or before is None:
+        return locate(definition.builder, study_folder(study_file, follow=True) if study_file is not None else None)
+    if before.is_pickled:
+        return before
+    return locate(definition.builder, Path(before.file).parent)
 
 
 def identify(source: str, dataset: Dataset) -> DataIdentity:
     return DataIdentity(source=source, location=dataset.source, content=dataset.content, subset=dataset.subset,
                         seed=dataset.seed, shape=tuple(dataset.input_shape), class_names=tuple(dataset.class_names),
-                        train=len(dataset.y_train), test=len(dataset.y_test))
+                        train=len(dataset.y_train), test=len(dataset.y_test), kind=dataset.kind)
 

@@ -15,12 +15,10 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-import signal
 import time
 import traceback
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from types import FrameType
 from typing import Any
 
 import optuna
@@ -28,12 +26,13 @@ from optuna.trial import TrialState
 
 from hpo.study import queueing
 
-from hpo.errors import ConfigError, DataError, TrialError
+from hpo.errors import ConfigError, DataError, TrialError, ended_by
 from hpo.storage import records
 from hpo.study.definition import StudyDefinition
 from hpo.study import plan
 from hpo.workers import liveness
 from hpo.workers.liveness import Heartbeat, Settings, Watch
+from hpo.workers.stopping import Signals
 from hpo.training.events import STOP, Artifacts, Begun, CheckpointStore, EpochEnd, Finished, Objective, Run, Stopped
 from hpo.storage.open import StorageUnusable, retrying
 
@@ -52,27 +51,6 @@ class WorkerSummary:
     failed: int = 0
     dropped: int = 0  # trained, but recovered by another worker meanwhile
     interrupted: bool = False
-
-
-class _Signals:
-    """SIGTERM, SIGINT and SIGHUP (a closed terminal) ask the worker to stop: the trial training
-    now stops at its next batch boundary and fails as retryable (see :data:`hpo.training.events.STOP`)."""
-
-    def __init__(self) -> None:
-        self.requested: int | None = None
-
-    def __enter__(self) -> _Signals:
-        STOP.clear()
-        self._previous = {s: signal.signal(s, self._handle) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-
-    def _handle(self, signum: int, _frame: FrameType | None) -> None:
-        self.requested = signum
-        STOP.set(signal.Signals(signum).name)
 
 
 @dataclass
@@ -98,7 +76,7 @@ def run_worker(jobs: Sequence[Job], *, poll_interval: float = 2.0,
     settings = Settings.from_environment()
     watch = Watch()  # the beats this worker has seen, for as long as it lives
     summary = WorkerSummary()
-    with _Signals() as signals:
+    with Signals() as signals:
         while signals.requested is None and (max_trials is None or summary.complete < max_trials):
             claimed = _claim(jobs, settings, watch)
             if claimed is None:
@@ -112,7 +90,7 @@ def run_worker(jobs: Sequence[Job], *, poll_interval: float = 2.0,
                 time.sleep(poll_interval)
                 continue
             job, trial = claimed
-            _run_one(job, _shared_run(job, trial, settings), settings, summary)
+            _run_one(job, _shared_run(job, trial, settings), settings, summary, signals)
         summary.interrupted = signals.requested is not None
     return summary
 
@@ -204,11 +182,14 @@ class _Recorder:
         self.summary.dropped += 1
 
 
-def _run_one(job: Job, run: Run, settings: Settings, summary: WorkerSummary) -> None:
+def _run_one(job: Job, run: Run, settings: Settings, summary: WorkerSummary, signals: Signals | None = None) -> None:
     """Train one run and record how its trials ended."""
     study, trial = job.study, run.trial
     record = _Recorder(job, run, summary)
-    with Heartbeat(records.storage_of(study), run.trials, settings):
+    # Should its code not stop on a signal, the watchdog fails the run as retryable.
+    fail = functools.partial(_fail_run, job, record, interrupted=True)
+    running = signals.running(trial.number, fail) if signals is not None else contextlib.nullcontext()
+    with Heartbeat(records.storage_of(study), run.trials, settings), running:
         try:
             for event in job.objective(run):
                 STOP.check()
@@ -217,8 +198,8 @@ def _run_one(job: Job, run: Run, settings: Settings, summary: WorkerSummary) -> 
                 elif isinstance(event, EpochEnd):
                     record.epoch(event)
                     if retrying(trial.should_prune, what="ask the pruner"):
-                        log.info("trial %d pruned after epoch %d (val_accuracy %.4f)", trial.number,
-                                 event.epoch, event.value)
+                        log.info("trial %d pruned after epoch %d (%s %.4f)", trial.number,
+                                 event.epoch, job.definition.curve_metric, event.value)
                         record.finish(trial, TrialState.PRUNED)
                         _discard_checkpoint(job, record)  # never to be retried
                         return
@@ -244,6 +225,14 @@ def _run_one(job: Job, run: Run, settings: Settings, summary: WorkerSummary) -> 
             if not _lost(job, record):  # else its writes were refused: UpdateFinishedTrialError
                 log.error("trial %d failed: %s\n%s", trial.number, exc, traceback.format_exc())
             _fail_run(job, record, f"{type(exc).__name__}: {exc}")
+            return
+        except (SystemExit, KeyboardInterrupt) as exc:
+            # Not a signal (those only ask the loop to stop, hpo.workers.stopping): the trial's own
+            # code would end the worker, and would again on a retry. It fails once; the worker goes on.
+            message = f"the trial's code {ended_by(exc)}, which would end the worker"
+            log.error("trial %d failed, and will not be retried: %s\n%s", trial.number, message,
+                      traceback.format_exc())
+            _fail_run(job, record, message, fatal=True)
             return
 
 

@@ -15,9 +15,11 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TextIO
+from typing import Protocol, TextIO
 from collections.abc import Sequence
 
 import optuna
@@ -59,6 +61,7 @@ class Workers:
         self.log_dir = log_dir
         self.procs: list[subprocess.Popen[bytes]] = []
         self.stop_requested_at: float | None = None
+        self.stopped_by: int | None = None  # the signal that stopped the launch, if one did
         for i, place in enumerate(placements):
             env = {**os.environ, **device.worker_environment(place.threads, place.gpu), "HPO_STORAGE": url.secret}
             try:
@@ -142,6 +145,22 @@ PR_SET_PDEATHSIG = 1
 LoadedStudy = tuple[optuna.Study, StudyDefinition]
 
 
+class Display(Protocol):
+    """What shows a launch's progress: :class:`hpo.workers.progress.Progress`, a line on stderr,
+    or a notebook's progress bar."""
+
+    def show(self, statuses: Sequence[StudyStatus], final: bool = False) -> None: ...
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How a launch ended: its exit code (0 done, 1 a worker failed, 130 stopped) and the signal
+    that stopped it, if one did (the caller's to act on: a library caller re-raises it)."""
+
+    code: int
+    stopped_by: int | None = None
+
+
 def launch(
     studies: Sequence[LoadedStudy],
     url: StorageURL,
@@ -151,25 +170,29 @@ def launch(
     *,
     out: TextIO = sys.stderr,
     interval: float = 2.0,
-) -> int:
+    display: Display | None = None,
+) -> Outcome:
     """Start the workers on the studies, show progress until they all exit, return the exit code.
 
     Every worker takes every study, in order: one pool, so no core idles while one study's last
     trial trains. SIGINT, SIGTERM and SIGHUP (a closed terminal) stop the workers cleanly, and
-    so does an error of the launcher's own: no worker is left running.
+    so does an error of the launcher's own: no worker is left running. (Signals are caught only
+    where Python lets them be, in the main thread; elsewhere the caller stops the launch.)
     """
     names = [definition.name for _, definition in studies]
     workers = Workers(names, url, placements, worker_args, log_dir)
     say(out, f"hpo: {len(workers.procs)} workers on {_studies(names)} ({describe(placements)}); "
               f"logs in {log_dir}/")
 
-    def stop(_signum: int, _frame: object) -> None:
+    def stop(signum: int, _frame: object) -> None:
         if workers.stop_requested_at is None:
             say(out, f"\nhpo: stopping {len(workers.procs)} workers...")
+            workers.stopped_by = signum
         workers.stop()
 
-    previous = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
-    progress = Progress(out, sum(definition.n_trials for _, definition in studies))
+    main = threading.current_thread() is threading.main_thread()
+    previous = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)} if main else {}
+    progress = display or Progress(out, sum(definition.n_trials for _, definition in studies))
     try:
         while workers.running:
             progress.show(_statuses(studies))
@@ -188,8 +211,17 @@ def launch(
     except StorageUnusable:
         workers.exit_code(out)  # a worker's own account of the same cause comes first
         raise
-    progress.show(_statuses(studies), final=True)
-    return workers.exit_code(out)
+    statuses = _statuses(studies)
+    progress.show(statuses, final=True)
+    code = workers.exit_code(out)
+    unfinished = [s for s in statuses if s.trials["waiting"] or s.trials["running"]]
+    if code == 0 and unfinished:
+        # Every worker said it was done, yet trials are left: one ended without finishing its
+        # trial (os._exit in a user's code, say), which was failed and queued again above.
+        say(out, f"hpo: study {unfinished[0].name} is not done ({unfinished[0].trials['waiting']} trials waiting, "
+                 f"{unfinished[0].trials['running']} running) though every worker has exited; see {log_dir}/")
+        code = 1
+    return Outcome(code, workers.stopped_by)
 
 
 def _studies(names: Sequence[str]) -> str:
@@ -221,8 +253,8 @@ class Pool:
             if value is not None:
                 self.args += [flag, str(value)]
 
-    def run(self, studies: Sequence[LoadedStudy]) -> int:
-        return launch(studies, self.url, self.placements, self.args, self.logs)
+    def run(self, studies: Sequence[LoadedStudy], display: Display | None = None) -> Outcome:
+        return launch(studies, self.url, self.placements, self.args, self.logs, display=display)
 
 
 def log_folder_name(names: Sequence[str]) -> str:
