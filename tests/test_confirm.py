@@ -63,7 +63,7 @@ def test_a_confirmation_retrains_the_best_configurations_with_seeds_the_search_n
     search, confirmation = _studies(db)
     searched = search.get_trials(deepcopy=False)
     ranked = sorted((t for t in searched if t.state == TrialState.COMPLETE), key=lambda t: (-(t.value or 0), t.number))
-    link = confirmation.user_attrs[records.CONFIRMS]
+    link = records.record_of(confirmation)[records.CONFIRMS]
     assert link["study"] == "search" and link["trials"] == [t.number for t in ranked[:2]]
 
     trials = confirmation.get_trials(deepcopy=False)

@@ -7,10 +7,12 @@ from pathlib import Path
 
 import optuna
 import pytest
+import sqlalchemy
 from optuna.trial import TrialState
 
 from hpo.errors import ConfigError, StudyNotFound
 from hpo.results.status import study_status
+from hpo.storage import records
 from hpo.storage.open import open_storage
 from hpo.study.create import create_study, load_study, make_pruner
 from hpo.study.files import load_definition
@@ -69,3 +71,26 @@ def test_hyperband_prunes_at_rungs_from_min_resource_to_the_top_of_the_epoch_ran
     # Reduction factor 3 over 1..15 epochs: rungs at 1, 3 and 9; from 5: at 5 (and 15, the end).
     assert _pruned_steps(1, tmp_path) and _pruned_steps(1, tmp_path) <= {1, 3, 9}
     assert _pruned_steps(5, tmp_path) and _pruned_steps(5, tmp_path) <= {5, 15}
+
+
+def test_a_study_made_when_hpo_kept_its_record_in_user_attributes_still_loads(storage_url: str,
+                                                                             tmp_path: Path) -> None:
+    """Until issue 30 the definition, data, builder and uid were study user attributes (the
+    dashboard showed them as JSON). A database made then is read as it is: nothing is migrated."""
+    study, definition = created_study(storage_url, tmp_path)
+    record = records.record_of(study)
+    engine = sqlalchemy.create_engine(storage_url)
+    with engine.begin() as conn:  # the layout an older hpo wrote
+        conn.execute(sqlalchemy.text("DELETE FROM study_system_attributes WHERE key LIKE 'hpo:%'"))
+        conn.execute(sqlalchemy.text("DELETE FROM study_user_attributes"))
+    engine.dispose()
+    for key, value in record.items():
+        study.set_user_attr(records.STUDY_RECORD_BEFORE[key], value)
+
+    assert records.record_of(study) == record
+    again, created = create_study(open_storage(storage_url), definition)
+    assert not created and len(again.get_trials()) == 6
+    assert records.records_by_name(open_storage(storage_url))["grid"][records.UID] == record[records.UID]
+    changed = load_definition(write_study(tmp_path, "grid", SMALL_GRID.replace("epochs = [1]", "epochs = [1, 2]")))
+    with pytest.raises(ConfigError, match="already exists with a different definition"):
+        create_study(open_storage(storage_url), changed)

@@ -216,6 +216,14 @@ def test_dashboard_shows_the_study_its_trials_artifacts_and_note(
     browser.get(pages)
     _wait_for_text(browser, f"dashgrid (id={study_id})", "History", "Best Trial")
     _screenshot(browser, "study")
+    # The study's attributes read as words, each a line: hpo's JSON record is not among them.
+    attrs = {a["key"]: a["value"] for a in json.loads(_get(f"{dashboard.url}/api/studies/{study_id}"))["user_attrs"]}
+    assert set(attrs) == {"study", "data set", "model"}
+    assert all(len(value) <= 160 and "{" not in value for value in attrs.values()), attrs
+    assert attrs["study"] == "grid of 2 points; maximize val_accuracy"
+    body = _wait_for_text(browser, "Study User Attributes", attrs["data set"], attrs["model"])
+    assert "hpo:definition" not in body and '"space"' not in body
+    _screenshot(browser, "study-attributes", scroll_to="Study User Attributes")
 
     browser.get(f"{pages}/trials")
     body = _wait_for_text(browser, "2 Trials", "Trial 0", "Trial 1", "Artifacts")
@@ -236,6 +244,12 @@ def test_dashboard_shows_the_study_its_trials_artifacts_and_note(
     assert f"learning_rate {other.params['learning_rate']}" in body
     _wait_for_images(browser, f"confusion_matrix_trial{other.number}.png")
     _screenshot(browser, "trial1-artifacts", scroll_to="Artifacts")
+    # hpo's readable names are served for the trial that holds them, and nothing else is.
+    trial_id = other._trial_id
+    for name in ("nope.png", "..", "..%2Fhpo.db", "dashgrid-model_trial0-x.keras"):
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            _get(f"{dashboard.url}/artifacts/{study_id}/{trial_id}/{name}")
+        assert refused.value.code == 404, name
 
     # The study note: the description and the report's numbers, saved when the study was created.
     browser.get(f"{pages}/note")

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+from hpo.storage import records
 from optuna.trial import TrialState
 
 from conftest import ROOT, ok, run_hpo
@@ -38,7 +39,7 @@ def test_the_digits_example_tunes_its_own_model_on_its_own_data(tmp_path: Path) 
         assert (row["mlp.units"] != "") == (row["family"] == "mlp")
         assert (row["cnn.filters"] != "") == (row["family"] == "cnn")
         assert (row["sgd.momentum"] != "") == (row["optimizer"] == "sgd")
-    assert study.user_attrs["data"]["class_names"] == [str(n) for n in range(10)]
+    assert records.record_of(study)[records.DATA_IDENTITY]["class_names"] == [str(n) for n in range(10)]
 
 
 def _copy_examples(tmp_path: Path) -> None:

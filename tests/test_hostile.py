@@ -60,7 +60,7 @@ def test_a_builder_that_iterates_its_params_is_accepted(storage_url: str, tmp_pa
     ok(created)
     assert "study own created" in created.stderr
     study = optuna.load_study(study_name="own", storage=storage_url)
-    assert study.user_attrs["builder"]["builder"] == "my_models:build"
+    assert records.record_of(study)[records.BUILDER]["builder"] == "my_models:build"
 
 
 # --- data files that claim more than they hold ---------------------------------------------------
@@ -427,9 +427,9 @@ def test_a_piped_study_file_finds_its_data_and_builder_in_the_working_directory(
     command = f"{shlex.quote(sys.executable)} -m hpo --storage {shlex.quote(storage_url)} create <(cat own.toml)"
     created = subprocess.run(["bash", "-c", command], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     ok(created)
-    attrs = optuna.load_study(study_name="own", storage=storage_url).user_attrs
-    assert attrs["data"]["location"] == str(tmp_path / "shapes.npz")
-    assert attrs["builder"]["file"] == str(tmp_path / "my_models.py")
+    attrs = records.record_of(optuna.load_study(study_name="own", storage=storage_url))
+    assert attrs[records.DATA_IDENTITY]["location"] == str(tmp_path / "shapes.npz")
+    assert attrs[records.BUILDER]["file"] == str(tmp_path / "my_models.py")
     assert study_file.exists()
 
 

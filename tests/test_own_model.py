@@ -10,6 +10,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+from hpo.storage import records
 from optuna.trial import TrialState
 
 from conftest import BUILDER_MODULE, ok, own_model_study, run_hpo, user_error
@@ -22,10 +23,10 @@ def test_a_builder_of_your_own_trains_on_data_of_your_own(storage_url: str, tmp_
     study = optuna.load_study(study_name="own", storage=storage_url)
     trials = study.get_trials()
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 12
-    data = study.user_attrs["data"]
+    data = records.record_of(study)[records.DATA_IDENTITY]
     assert (data["shape"], data["class_names"]) == ([12, 12, 1], ["shape-0", "shape-1", "shape-2", "shape-3"])
     assert (data["train"], data["test"], data["subset"]) == (160, 40, None)
-    assert study.user_attrs["builder"]["builder"] == "my_models:build"
+    assert records.record_of(study)[records.BUILDER]["builder"] == "my_models:build"
     # The shapes are learnable: the best trial is far above chance (25%).
     assert max(t.user_attrs["test_accuracy"] for t in trials) > 0.6
 
@@ -57,7 +58,8 @@ def test_a_confirmation_trains_the_builders_best_again(tmp_path: Path) -> None:
     ok(confirmed)
     study = optuna.load_study(study_name="own-confirm", storage=db)
     assert [t.state for t in study.get_trials()] == [TrialState.COMPLETE] * 2
-    assert study.user_attrs["data"] == optuna.load_study(study_name="own", storage=db).user_attrs["data"]
+    search = optuna.load_study(study_name="own", storage=db)
+    assert records.record_of(study)[records.DATA_IDENTITY] == records.record_of(search)[records.DATA_IDENTITY]
     assert "family" in confirmed.stdout
 
 

@@ -198,9 +198,9 @@ def test_a_study_created_before_repeats_existed_still_loads(tmp_path: Path) -> N
     study_file = write_study(tmp_path, "old", PREFIX_GRID.replace("repeats = 2", ""))
     ok(run_hpo("create", str(study_file), storage=url))
     study = optuna.load_study(study_name="old", storage=url)
-    saved = dict(study.user_attrs[records.DEFINITION])
+    saved = dict(records.record_of(study)[records.DEFINITION])
     del saved["repeats"], saved["share_prefixes"]
-    study.set_user_attr(records.DEFINITION, saved)
+    records.set_record(study, records.DEFINITION, saved)
     result = run_hpo("create", str(study_file), storage=url)
     ok(result)
     assert "already exists, unchanged" in result.stderr

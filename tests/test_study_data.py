@@ -12,6 +12,7 @@ from optuna.trial import TrialState
 from conftest import (BUILDER_MODULE, STUDIES, TWO_LR_GRID, ok, own_model_study, run_hpo, user_error, write_npz,
                       write_study)
 from hpo.study.builder import BuilderIdentity, check_same, locate
+from hpo.storage import records
 
 
 def _states(storage: str, name: str) -> set[TrialState]:
@@ -47,7 +48,7 @@ def test_a_study_file_may_name_its_subset(tmp_path: Path, data_path: str) -> Non
     db = f"sqlite:///{tmp_path / 'hpo.db'}"
     study = write_study(tmp_path, "small", TWO_LR_GRID.replace("[data]", "[data]\nsubset = 150"))
     ok(run_hpo("create", str(study), storage=db))
-    assert optuna.load_study(study_name="small", storage=db).user_attrs["data"]["subset"] == 150
+    assert records.record_of(optuna.load_study(study_name="small", storage=db))[records.DATA_IDENTITY]["subset"] == 150
     user_error(run_hpo("create", str(study), "--subset", "300", storage=db), "data.subset = 150", "--subset 300")
 
 

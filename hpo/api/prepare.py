@@ -17,10 +17,11 @@ from typing import Any
 import optuna
 
 from hpo.errors import ConfigError, StudyNotFound
+from hpo.storage import records
 from hpo.storage.open import StorageEmpty, open_storage
 from hpo.storage.url import StorageURL
 from hpo.study.builder import BuilderIdentity, LoadedBuilder, load_builder
-from hpo.study.create import create_study, load_study, record_inputs, stored_attrs
+from hpo.study.create import create_study, load_study, record_inputs, stored_record
 from hpo.study.definition import MAX_NAME_LENGTH, StudyDefinition
 from hpo.study import footprint
 from hpo.study.space import Range
@@ -45,13 +46,13 @@ class Checked:
 
 
 def stored(url: StorageURL, name: str) -> dict[str, Any] | None:
-    """The stored user attributes of study ``name``, or None where it does not exist yet; reading
+    """hpo's stored record of study ``name``, or None where it does not exist yet; reading
     them makes nothing (no database file, no schema)."""
     try:
         storage = open_storage(url, retry_for=60.0, create=False)
     except StorageEmpty:
         return None
-    return stored_attrs(storage, name)
+    return stored_record(storage, name)
 
 
 def check_new(url: StorageURL, definition: StudyDefinition, loader: Loader, *, origin: str,
@@ -151,7 +152,7 @@ def existing(url: StorageURL, name: str) -> LoadedStudy:
 def check_existing(url: StorageURL, name: str, loader: Loader) -> Checked:
     """A study that exists (given by name), with its data and builder checked against its record."""
     study, definition = existing(url, name)
-    inputs = loader.inputs(definition, attrs=study.user_attrs)
+    inputs = loader.inputs(definition, attrs=records.record_of(study))
     return Checked(definition, inputs, builder_of(definition, inputs, new=False, origin=name)[0], study)
 
 

@@ -124,7 +124,7 @@ def confirm(url: StorageURL, planned: Planned, options: PoolOptions,
     their own linked to the trials they confirm."""
     definition = planned.confirmation.definition
     # On the search's data, as the search recorded it; its builder is loaded by the workers.
-    inputs = Loader(options.data, options.subset).inputs(definition, attrs=planned.search_study.user_attrs)
+    inputs = Loader(options.data, options.subset).inputs(definition, attrs=records.record_of(planned.search_study))
     ready, outcome = run(url, [Checked(definition, inputs, None)], options,
                          attrs={records.CONFIRMS: planned.confirmation.link}, display=display)
     return ready[0], outcome

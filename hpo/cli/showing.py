@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 import click
-import optuna
 
 from hpo import paths
 from hpo.cli.common import artifacts_option, checked_name, common_options, existing_study, is_study_file, \
@@ -38,8 +37,8 @@ def status(ctx: click.Context, study: str | None, fmt: str) -> None:
         except StorageEmpty:
             pass  # nothing created yet, and nothing is
         else:  # every study hpo created (other Optuna studies may share the database)
-            studies = [load_study(storage, s.study_name) for s in optuna.get_all_study_summaries(storage)
-                       if records.DEFINITION in s.user_attrs]
+            studies = [load_study(storage, name) for name, record in records.records_by_name(storage).items()
+                       if records.DEFINITION in record]
     statuses = [study_status(optuna_study, definition) for optuna_study, definition in studies]
     if fmt == "json":
         click.echo(json.dumps([s.to_dict() for s in statuses], indent=2))

@@ -135,7 +135,7 @@ def select(storage: optuna.storages.BaseStorage, names: Sequence[str]) -> tuple[
     """The experiment studies (in report order) and the other studies to report on (without
     ``rows`` yet: :func:`table1_rows` fills them)."""
     if not names:
-        names = [s.study_name for s in optuna.get_all_study_summaries(storage) if _reported(s.user_attrs)]
+        names = [name for name, record in records.records_by_name(storage).items() if _reported(record)]
     results = [StudyResult(*load_study(storage, name)) for name in dict.fromkeys(names)]
     experiments = sorted((r for r in results if r.definition.experiment is not None),
                          key=lambda r: (r.definition.experiment, r.name))

@@ -28,7 +28,7 @@ def export_rows(storage: optuna.storages.BaseStorage, study: optuna.Study, defin
     configuration (the default for a confirmation study, whose rows set the search's value beside
     the confirmed mean). A search that has been confirmed gets its confirmed mean and spread
     beside each confirmed configuration."""
-    confirms = records.CONFIRMS in study.user_attrs
+    confirms = records.CONFIRMS in records.record_of(study)
     by = by or ("configuration" if confirms else "trial")
     rows: list[dict[str, Any]]
     columns: tuple[str, ...]
@@ -206,7 +206,7 @@ def confirmed_rows(study: optuna.Study, definition: StudyDefinition) -> list[dic
     """Per confirmed configuration: the search trial and value it was chosen by, and the mean and
     standard deviation of test accuracy (and mean test loss) over its COMPLETE confirmation
     trials; ranked by mean test accuracy."""
-    linked = study.user_attrs.get(records.CONFIRMS) or {}
+    linked = records.record_of(study).get(records.CONFIRMS) or {}
     by_point: dict[int, list[FrozenTrial]] = {}
     for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
         point = trial.system_attrs.get(records.POINT)

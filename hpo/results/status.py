@@ -148,7 +148,7 @@ def study_status(study: optuna.Study, definition: StudyDefinition) -> StudyStatu
         running_runs=_running_runs(trials),
         work=_work(definition, by_slot),
         coverage=_coverage(definition, by_slot) if definition.sampler == "grid" else [],
-        data=study.user_attrs.get(records.DATA_IDENTITY),
+        data=records.record_of(study).get(records.DATA_IDENTITY),
         parameters=definition.parameter_names,
     )
 

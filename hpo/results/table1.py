@@ -126,7 +126,7 @@ class StudyResult:
     @property
     def data(self) -> DataIdentity | None:
         """What the study trains on (None: a study stored before hpo recorded it)."""
-        saved = self.study.user_attrs.get(records.DATA_IDENTITY)
+        saved = records.record_of(self.study).get(records.DATA_IDENTITY)
         return DataIdentity.from_dict(saved) if saved else None
 
     @property

@@ -20,15 +20,26 @@ from optuna.storages._rdb import models
 from optuna.storages._rdb.storage import _create_scoped_session
 from optuna.trial import FrozenTrial, TrialState
 
-# --- study user attributes ---------------------------------------------------------------------
-DEFINITION = "definition"          # the resolved study definition (hpo.study.definition.StudyDefinition.to_dict)
-CONFIRMS = "confirms"              # a confirmation study: its search, the trials and values it confirms
-DATA_IDENTITY = "data"             # what the study trains on (hpo.study.data.DataIdentity.to_dict)
-BUILDER = "builder"                # the user's model builder it trains (hpo.study.builder.BuilderIdentity.to_dict)
-QUEUEING = "queueing"              # the definition a create is queueing trials for, set before the first; a
+# --- study system attributes: hpo's record of a study ----------------------------------------
+# Machine-read JSON, kept out of the user attributes so that the dashboard, which shows those,
+# shows the readable summary below instead (until issue 30 these were user attributes, under the
+# names in STUDY_RECORD_BEFORE; studies made then are still read from there: see study_record).
+DEFINITION = "hpo:definition"      # the resolved study definition (hpo.study.definition.StudyDefinition.to_dict)
+CONFIRMS = "hpo:confirms"          # a confirmation study: its search, the trials and values it confirms
+DATA_IDENTITY = "hpo:data"         # what the study trains on (hpo.study.data.DataIdentity.to_dict)
+BUILDER = "hpo:builder"            # the user's model builder it trains (hpo.study.builder.BuilderIdentity.to_dict)
+QUEUEING = "hpo:queueing"          # the definition a create is queueing trials for, set before the first; a
                                    # create that died half-way is finished only with the same one
-UID = "uid"                        # a random id given at creation: two studies of one name (another database,
+UID = "hpo:uid"                    # a random id given at creation: two studies of one name (another database,
                                    # or one deleted and made again) never share checkpoints
+STUDY_RECORD_BEFORE = {DEFINITION: "definition", CONFIRMS: "confirms", DATA_IDENTITY: "data",
+                       BUILDER: "builder", QUEUEING: "queueing", UID: "uid"}
+
+# --- study user attributes: the same record, as a person reads it in the dashboard -------------
+SHOWN_STUDY = "study"              # sampler, trials, metric and direction, in words
+SHOWN_DATA = "data set"            # hpo.study.data.DataIdentity.description
+SHOWN_MODEL = "model"              # the builder, or the report's architectures
+SHOWN_CONFIRMS = "confirms"        # a confirmation study: which search and trials, in words
 
 # --- trial system attributes (hpo's queue) -----------------------------------------------------
 SLOT = "hpo:slot"                  # position of the trial in the queue: grid id, or budget index
@@ -76,6 +87,35 @@ def trial_params(trial: FrozenTrial) -> dict[str, Any]:
     params.update(trial.system_attrs.get(FIXED_PARAMS, {}))
     params.update(trial.params)
     return params
+
+
+# --- A study's record ---------------------------------------------------------------------------
+
+def study_record(storage: optuna.storages.BaseStorage, study_id: int) -> dict[str, Any]:
+    """hpo's record of a study (the keys above, where stored): its system attributes, or for a study
+    created before they moved there, the user attributes it was stored in then."""
+    return _record(storage.get_study_user_attrs(study_id), storage.get_study_system_attrs(study_id))
+
+
+def record_of(study: optuna.Study) -> dict[str, Any]:
+    """:func:`study_record` of a loaded study."""
+    return study_record(study._storage, study._study_id)
+
+
+def set_record(study: optuna.Study, key: str, value: Any) -> None:
+    """Store one entry of the study's record (a JSON value)."""
+    study._storage.set_study_system_attr(study._study_id, key, value)
+
+
+def records_by_name(storage: optuna.storages.BaseStorage) -> dict[str, dict[str, Any]]:
+    """Every study's name and record, read in one pass (hpo's studies have a definition in it)."""
+    return {s.study_name: _record(s.user_attrs, s.system_attrs) for s in storage.get_all_studies()}
+
+
+def _record(user: Mapping[str, Any], system: Mapping[str, Any]) -> dict[str, Any]:
+    record = {key: user[before] for key, before in STUDY_RECORD_BEFORE.items() if before in user}
+    record.update({key: system[key] for key in STUDY_RECORD_BEFORE if key in system})
+    return record
 
 
 # --- Optuna's private API ----------------------------------------------------------------------

@@ -122,5 +122,5 @@ def prepare(search_study: optuna.Study, search: StudyDefinition, top: int, repea
 
 def confirmations_of(storage: optuna.storages.BaseStorage, search_name: str) -> list[str]:
     """Names of the studies that confirm ``search_name``, oldest first."""
-    return [s.study_name for s in optuna.get_all_study_summaries(storage)
-            if (s.user_attrs.get(records.CONFIRMS) or {}).get("study") == search_name]
+    return [name for name, record in records.records_by_name(storage).items()
+            if (record.get(records.CONFIRMS) or {}).get("study") == search_name]

@@ -1,6 +1,6 @@
 """Creating and loading studies, with their definition stored beside them.
 
-The resolved definition is a study user attribute, as nanoGPT saves its config in every
+The resolved definition is stored with the study (hpo.storage.records), as nanoGPT saves its config in every
 checkpoint: any result can be traced to what produced it, and a worker needs only the study
 name. The sampler and pruner are rebuilt from it on every load.
 """
@@ -17,6 +17,7 @@ import optuna
 
 from hpo.study import plan
 from hpo.study import queueing
+from hpo.study import shown
 
 from hpo.storage import records
 from hpo.study.definition import StudyDefinition, definition_from_dict
@@ -66,7 +67,8 @@ def create_study(storage: optuna.storages.BaseStorage, definition: StudyDefiniti
         except optuna.exceptions.DuplicatedStudyError:
             study = _load(storage, definition)
             created = False
-        stored_definition = study.user_attrs.get(records.DEFINITION)
+        record = records.record_of(study)
+        stored_definition = record.get(records.DEFINITION)
         if stored_definition is not None:
             # As this hpo reads it: keys added since (with their defaults) are no difference.
             stored_definition = _normalise(definition_from_dict(stored_definition).to_dict())
@@ -75,31 +77,33 @@ def create_study(storage: optuna.storages.BaseStorage, definition: StudyDefiniti
                     f"study {definition.name!r} already exists with a different definition "
                     f"({_first_difference(stored_definition, wanted)}); give the changed study a new name"
                 )
-            _record_inputs(study, data, builder)
+            _record_inputs(study, record, data, builder)
             return study, created
         # New, or a create that died half-way: queue what is missing, then mark the study ready.
         if not created:
-            _check_half_way(study, definition, wanted)
-        study.set_user_attr(records.QUEUEING, wanted)
+            _check_half_way(study, record, definition, wanted)
+        records.set_record(study, records.QUEUEING, wanted)
         added = queueing.add_missing(study, definition, still_held)
         with warnings.catch_warnings():  # Optuna calls it experimental; hpo relies on it on purpose
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             study.set_metric_names([definition.metric])
         _save_note(study, definition, data)
         for key, value in (attrs or {}).items():
-            study.set_user_attr(key, value)
-        if records.UID not in study.user_attrs:  # kept by a create that finishes one that died half-way
-            study.set_user_attr(records.UID, uuid.uuid4().hex)
-        _record_inputs(study, data, builder)
-        study.set_user_attr(records.DEFINITION, wanted)
+            records.set_record(study, key, value)
+        if records.UID not in record:  # kept by a create that finishes one that died half-way
+            records.set_record(study, records.UID, uuid.uuid4().hex)
+        _record_inputs(study, record, data, builder)
+        for key, text in shown.study_attrs(definition, data, builder, (attrs or {}).get(records.CONFIRMS)).items():
+            study.set_user_attr(key, text)
+        records.set_record(study, records.DEFINITION, wanted)
     log.info("study %s: %d trials queued", definition.name, added)
     return study, True
 
 
-def _check_half_way(study: optuna.Study, definition: StudyDefinition, wanted: Any) -> None:
+def _check_half_way(study: optuna.Study, record: dict[str, Any], definition: StudyDefinition, wanted: Any) -> None:
     """A create that died while it queued this study's trials is finished only by one of the same
     definition: another would leave the first one's trials queued beside its own."""
-    queueing_for = study.user_attrs.get(records.QUEUEING)
+    queueing_for = record.get(records.QUEUEING)
     if queueing_for is not None:
         before = _normalise(definition_from_dict(queueing_for).to_dict())
         if before != wanted:
@@ -116,20 +120,21 @@ def _check_half_way(study: optuna.Study, definition: StudyDefinition, wanted: An
                           f"(optuna delete-study --study-name {definition.name})")
 
 
-def _record_inputs(study: optuna.Study, data: DataIdentity | None, builder: BuilderIdentity | None) -> None:
+def _record_inputs(study: optuna.Study, record: dict[str, Any], data: DataIdentity | None,
+                   builder: BuilderIdentity | None) -> None:
     """Store the study's data and builder; where stored already (by its creator, or a worker of a
     study created before hpo recorded them), refuse others."""
     name = study.study_name
     if data is not None:
-        stored = study.user_attrs.get(records.DATA_IDENTITY)
+        stored = record.get(records.DATA_IDENTITY)
         if stored is None:
-            study.set_user_attr(records.DATA_IDENTITY, data.to_dict())
+            records.set_record(study, records.DATA_IDENTITY, data.to_dict())
         else:
             check_same_data(DataIdentity.from_dict(stored), data, name)
     if builder is not None:
-        stored = study.user_attrs.get(records.BUILDER)
+        stored = record.get(records.BUILDER)
         if stored is None:
-            study.set_user_attr(records.BUILDER, builder.to_dict())
+            records.set_record(study, records.BUILDER, builder.to_dict())
         else:
             check_same(BuilderIdentity.from_dict(stored), builder, name)
 
@@ -139,24 +144,22 @@ def record_inputs(storage: optuna.storages.BaseStorage, study: optuna.Study, dat
     """:func:`create_study`'s record of what an existing study trains with, for a worker given its
     name: a study created before hpo recorded them takes the first worker's."""
     with study_lock(storage, study.study_name):
-        _record_inputs(study, data, builder)
+        _record_inputs(study, records.record_of(study), data, builder)
 
 
-def stored_attrs(storage: optuna.storages.BaseStorage, name: str) -> dict[str, Any] | None:
-    """The user attributes of the study ``name``, or None where there is no such study yet."""
-    for summary in optuna.get_all_study_summaries(storage):
-        if summary.study_name == name:
-            return dict(summary.user_attrs)
-    return None
+def stored_record(storage: optuna.storages.BaseStorage, name: str) -> dict[str, Any] | None:
+    """hpo's record of the study ``name`` (:func:`hpo.storage.records.study_record`), or None where
+    there is no such study yet."""
+    return records.records_by_name(storage).get(name)
 
 
 def load_study(storage: optuna.storages.BaseStorage, name: str) -> tuple[optuna.Study, StudyDefinition]:
     """Load a study by name, with its sampler and pruner rebuilt from its stored definition."""
-    summaries = {s.study_name: s for s in optuna.get_all_study_summaries(storage)}
-    if name not in summaries:
-        known = ", ".join(sorted(summaries)) or "none"
+    by_name = records.records_by_name(storage)
+    if name not in by_name:
+        known = ", ".join(sorted(by_name)) or "none"
         raise StudyNotFound(f"no study named {name!r} in this storage (studies: {known})")
-    saved = summaries[name].user_attrs.get(records.DEFINITION)
+    saved = by_name[name].get(records.DEFINITION)
     if saved is None:
         raise StudyNotFound(f"study {name!r} was not created by hpo (no stored definition); run hpo create")
     definition = definition_from_dict(saved, origin=f"study {name!r}")

@@ -88,7 +88,7 @@ def run_trial(
                         fraction=definition.validation_split, seed=seed, builder=builder,
                         compile=study_compile(definition))
     curve = definition.curve_metric
-    identity = Identity(definition.name, str(trial.study.user_attrs.get(records.UID, "")),
+    identity = Identity(definition.name, str(records.record_of(trial.study).get(records.UID, "")),
                         int(frozen.system_attrs.get(records.SLOT, -trial.number - 1)),
                         dataclasses.asdict(params[trial.number]), seed, data.fingerprint,
                         model_code_version() + (builder.sha256 if builder else ""))

@@ -50,7 +50,8 @@ class Loader:
 
     def inputs(self, definition: StudyDefinition, *, study_file: str | None = None,
                attrs: Mapping[str, Any] | None = None, builder: BuilderIdentity | None = None) -> Inputs:
-        """The study's inputs, checked against ``attrs`` (its stored user attributes) where given.
+        """The study's inputs, checked against ``attrs`` (its stored record:
+        hpo.storage.records.study_record) where given.
         ``builder``: the builder's identity where the caller has it (a function given from Python)."""
         data_before, builder_before = stored_data(attrs or {}), stored_builder(attrs or {})
         subset = choose_subset(definition.subset, data_before, self.subset, definition.name)
