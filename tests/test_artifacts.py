@@ -59,3 +59,39 @@ def test_a_full_disk_under_the_checkpoints_lets_the_trial_train_on_and_leaves_no
     assert result.stderr.count("checkpoint not saved (No space left on device); training goes on") == 2
     assert "Traceback" not in result.stderr
     assert [p for p in tiny_disk.rglob("*") if p.is_file()] == []  # no torn checkpoint, no .partial
+
+
+@pytest.mark.parametrize("keep", ["best", "none"])
+def test_the_models_kept_are_the_best_so_far_or_none(keep: str, data_path: str, tmp_path: Path) -> None:
+    """A trial saves its model with "best" (the default) only if no COMPLETE trial was better when
+    it finished, so the study's best always has one; "none" saves plots and metrics only."""
+    db = f"sqlite:///{tmp_path / 'hpo.db'}"
+    study = write_study(tmp_path, "kept", study_body(study={} if keep == "best" else {"keep_models": keep},
+                                                     learning_rate=[0.01, 0.003, 0.001, 0.0003, 0.0001]))
+    ok(run_hpo("worker", str(study), "--data", data_path, "--subset", "200", "--threads", "1",
+               storage=db, cwd=tmp_path))
+    loaded = optuna.load_study(study_name="kept", storage=db)
+    storage = optuna.storages.get_storage(db)
+    trials = sorted(loaded.get_trials(), key=lambda t: t.datetime_complete)
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 5
+    files = {t.number: {m.filename.split("_trial")[0] for m in get_all_artifact_meta(t, storage=storage)}
+             for t in trials}
+    assert all({"learning_curves", "confusion_matrix", "metrics"} <= kinds for kinds in files.values())
+    with_model = {n for n, kinds in files.items() if "model" in kinds}
+    if keep == "none":
+        assert with_model == set()
+        return
+    best_so_far, expected = -1.0, set()
+    for t in trials:
+        if t.value >= best_so_far:
+            expected.add(t.number)
+            best_so_far = t.value
+    assert with_model == expected and loaded.best_trial.number in with_model
+    assert len(list((tmp_path / "hpo-artifacts").glob("*.keras"))) == len(expected)
+
+
+def test_keep_models_takes_one_of_its_three_values(tmp_path: Path) -> None:
+    study = write_study(tmp_path, "kept", study_body(study={"keep_models": "some"}))
+    result = run_hpo("create", str(study), storage=f"sqlite:///{tmp_path / 'hpo.db'}", cwd=tmp_path)
+    assert result.returncode == 2 and "study.keep_models" in result.stderr and "best, all, none" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1

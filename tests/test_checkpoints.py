@@ -150,6 +150,10 @@ def _stopped_after(epochs: int, sig: signal.Signals, storage: str, study: Path, 
             worker.kill()
 
 
+# Every trial saves its model: the tests compare its weights with an uninterrupted run's.
+KEEP_ALL = {"keep_models": "all"}
+
+
 def _checkpointed(artifacts: Path, name: str, epochs: int) -> bool:
     """Whether the study has a checkpoint at ``epochs`` epochs or more (the moment to strike)."""
     for path in (artifacts / "checkpoints" / name).glob("slot-*.npz"):
@@ -195,7 +199,7 @@ def _same(trial: FrozenTrial, weights: list[np.ndarray], reference: tuple[Frozen
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
 def test_a_killed_or_stopped_worker_s_trial_is_resumed_exactly(sig: signal.Signals, storage_url: str,
                                                                data_path: str, tmp_path: Path) -> None:
-    study = write_study(tmp_path, "resume", study_body(batch_size=[32], epochs=[EPOCHS]))
+    study = write_study(tmp_path, "resume", study_body(study=KEEP_ALL, batch_size=[32], epochs=[EPOCHS]))
     artifacts = tmp_path / "store"
     _stopped_after(2, sig, storage_url, study, data_path, artifacts, tmp_path / "first.log")
     assert list((artifacts / "checkpoints" / "resume").glob("slot-0.npz"))  # what the retry goes on from
@@ -221,7 +225,7 @@ def test_a_checkpoint_of_a_same_named_study_in_another_database_is_not_gone_on_f
     # A user stops a launch, deletes hpo.db (or points at another database) and starts again with
     # the same study file and artifact folder: the old run's checkpoint has the same slot,
     # parameters, seed and data, but it is another study's.
-    study = write_study(tmp_path, "again", study_body(batch_size=[32], epochs=[EPOCHS]))
+    study = write_study(tmp_path, "again", study_body(study=KEEP_ALL, batch_size=[32], epochs=[EPOCHS]))
     artifacts = tmp_path / "store"
     _stopped_after(2, signal.SIGTERM, f"sqlite:///{tmp_path / 'first.db'}", study, data_path, artifacts,
                    tmp_path / "first.log")
@@ -245,7 +249,7 @@ def _worker_command(storage: str, study: Path, data_path: str, artifacts: Path) 
 def test_a_shared_prefix_run_resumes_mid_run_and_completes_the_points_it_had_not_reached(
         data_path: str, tmp_path: Path) -> None:
     db = f"sqlite:///{tmp_path / 'hpo.db'}"
-    study = write_study(tmp_path, "group", study_body(batch_size=[32], epochs=[2, 4, EPOCHS]))
+    study = write_study(tmp_path, "group", study_body(study=KEEP_ALL, batch_size=[32], epochs=[2, 4, EPOCHS]))
     artifacts = tmp_path / "store"
     _stopped_after(3, signal.SIGKILL, db, study, data_path, artifacts, tmp_path / "first.log")
     ok(subprocess.run(_worker_command(db, study, data_path, artifacts), capture_output=True, text=True, timeout=600))
@@ -269,7 +273,7 @@ def test_a_retry_on_another_host_goes_on_from_the_shared_store(data_path: str, t
     if os.geteuid() != 0 or shutil.which("unshare") is None:
         missing("another host needs root and unshare (util-linux)")
     db = f"sqlite:///{tmp_path / 'hpo.db'}"
-    study = write_study(tmp_path, "far", study_body(batch_size=[32], epochs=[EPOCHS]))
+    study = write_study(tmp_path, "far", study_body(study=KEEP_ALL, batch_size=[32], epochs=[EPOCHS]))
     store = tmp_path / "store"
     (tmp_path / "mnt").mkdir()
     (tmp_path / "mnt" / "shared").symlink_to(store)

@@ -74,7 +74,8 @@ def _shown(value: Any) -> str:
 def definition(*, name: str, space: Mapping[str, Any], source: str, builder: str, trials: int, metric: str,
                direction: str | None, sampler: str, seed: int, pruner: str, protocol: str, validation_split: float,
                subset: int | None, max_retries: int, repeats: int, description: str,
-               loss: str | None = None, metrics: Sequence[str] | None = None) -> StudyDefinition:
+               loss: str | None = None, metrics: Sequence[str] | None = None,
+               keep_models: str = "best") -> StudyDefinition:
     """The definition of a study made in Python, validated as a study file's."""
     study: dict[str, Any] = {"name": name, "metric": metric, "trials": trials, "max_retries": max_retries,
                              "description": description}
@@ -82,6 +83,8 @@ def definition(*, name: str, space: Mapping[str, Any], source: str, builder: str
         study["direction"] = direction
     if repeats != 1:
         study["repeats"] = repeats
+    if keep_models != "best":
+        study["keep_models"] = keep_models
     data: dict[str, Any] = {"source": source, "protocol": protocol}
     if protocol == "validation_split":
         data["validation_split"] = validation_split

@@ -60,7 +60,8 @@ def tune(build: Callable[..., Any], train_data: tuple[Any, Any], *, space: Mappi
          subset: int | None = None, repeats: int = 1, max_retries: int = 2, loss: str | None = None,
          metrics: Sequence[str] | None = None, class_names: Sequence[str] | None = None, description: str = "",
          threads: int | None = None, gpus: str | None = None, checkpoint_every: int = 1,
-         artifacts: str | None = None, logs: str = "hpo-logs", progress: bool = True) -> Result:
+         artifacts: str | None = None, logs: str = "hpo-logs", progress: bool = True,
+         keep_models: str = "best") -> Result:
     """Tune ``build`` on arrays in memory with a pool of worker processes; the study's result.
 
     ``build(params, input_shape, num_classes)`` returns a Keras model, as a ``[model] builder``
@@ -78,7 +79,8 @@ def tune(build: Callable[..., Any], train_data: tuple[Any, Any], *, space: Mappi
     returns compiled keeps its loss and metrics; one not compiled takes ``loss`` and ``metrics``
     (Keras' names), or hpo's sparse cross-entropy and accuracy for classes. ``metric`` is any
     ``val_<name>`` or ``test_<name>`` the model reports; ``direction`` may be left out for losses,
-    errors (``val_mae``), accuracies and AUCs.
+    errors (``val_mae``), accuracies and AUCs. ``keep_models``: whose trained models are saved with
+    their artifacts: ``"best"`` (a trial's, when it is the best so far), ``"all"`` or ``"none"``.
     """
     url = StorageURL.resolve(storage)
     identity = BuilderIdentity.of_function(build)
@@ -88,7 +90,8 @@ def tune(build: Callable[..., Any], train_data: tuple[Any, Any], *, space: Mappi
         name=name if name is not None else identity.builder.partition(":")[2], space=space,
         source=str(data.path(folder)), builder=identity.builder, trials=trials, metric=metric, direction=direction,
         sampler=sampler, seed=seed, pruner=pruner, protocol=protocol, validation_split=validation_split, subset=subset,
-        max_retries=max_retries, repeats=repeats, description=description, loss=loss, metrics=metrics)
+        max_retries=max_retries, repeats=repeats, description=description, loss=loss, metrics=metrics,
+        keep_models=keep_models)
     options = PoolOptions(workers=workers, gpus=gpus, threads=threads, checkpoint_every=checkpoint_every,
                           artifacts=artifacts, log_dir=logs)
     options.pool(url, [definition.name])  # every option checked before anything is written

@@ -25,6 +25,7 @@ PRUNERS = ("none", "median", "hyperband")
 PROTOCOLS = ("validation_split", "test")
 METRICS = ("val_accuracy", "test_accuracy", "val_loss", "test_loss")  # what hpo's own compile reports
 DIRECTIONS = ("maximize", "minimize")
+KEEP_MODELS = ("best", "all", "none")  # which trials' trained models are saved (StudyDefinition.keep_models)
 # Any metric the model reports may be the study's, scored on the validation or the test set
 # ("val_mae", "test_auc"); these are the directions hpo knows without being told.
 LOWER_IS_BETTER = ("loss", "error", "mae", "mse", "rmse", "mape", "msle", "crossentropy", "hinge", "divergence")
@@ -88,6 +89,7 @@ class StudyDefinition:
     subset: int | None = None     # the training images the study file asks for (None: all)
     loss: str | None = None       # [model] loss: a Keras loss by name (None: the builder's, or hpo's default)
     metrics: tuple[str, ...] = ()  # [model] metrics: Keras metrics by name, compiled with the loss
+    keep_models: str = "best"     # "best": a trial's model is saved when it is the best so far; "all"; "none"
 
     @property
     def maximize(self) -> bool:

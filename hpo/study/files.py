@@ -15,8 +15,8 @@ from typing import Any
 from hpo.errors import ConfigError
 from hpo.study import space as spaces
 from hpo.study.data import check_source
-from hpo.study.definition import (DIRECTIONS, PARAMETERS, PROTOCOLS, PRUNERS, SAMPLERS, Reference, StudyDefinition,
-                                  default_direction, metric_problem, name_problem)
+from hpo.study.definition import (DIRECTIONS, KEEP_MODELS, PARAMETERS, PROTOCOLS, PRUNERS, SAMPLERS, Reference,
+                                  StudyDefinition, default_direction, metric_problem, name_problem)
 from hpo.study.space import Range, Spec, check_value
 
 
@@ -69,7 +69,7 @@ def load_definitions(patterns: Sequence[str]) -> list[tuple[str, StudyDefinition
 
 _SECTIONS: dict[str, set[str] | None] = {
     "study": {"name", "description", "direction", "metric", "trials", "max_retries", "experiment", "repeats",
-              "share_prefixes", "trial_limit"},
+              "share_prefixes", "trial_limit", "keep_models"},
     "sampler": {"type", "seed"},
     "pruner": {"type", "min_resource", "reduction_factor"},
     "data": {"protocol", "validation_split", "source", "subset"},
@@ -220,6 +220,7 @@ def _parse(raw: dict[str, Any], origin: str) -> StudyDefinition:
         subset=subset,
         loss=loss,
         metrics=metrics,
+        keep_models=study.choice("keep_models", KEEP_MODELS, "best"),
     )
     if definition.n_trials > definition.trial_limit:
         size = (f"the grid has {definition.n_points:,} points x {repeats} repeat(s) = {definition.n_trials:,} trials"

@@ -56,16 +56,15 @@ class TrialArtifacts:
     writing it, which would leave a broken artifact behind on a full disk.)
     """
 
-    def __init__(self, folder: Path, *, save_model: bool = True) -> None:
+    def __init__(self, folder: Path) -> None:
         self.store = FileSystemArtifactStore(str(folder))
-        self.save_model = save_model
 
-    def save(self, trial: optuna.Trial, result: TrainResult) -> dict[str, str]:
+    def save(self, trial: optuna.Trial, result: TrainResult, *, model: bool = True) -> dict[str, str]:
         written: list[str] = []
         links: dict[str, str] = {}
         try:
             with tempfile.TemporaryDirectory(prefix="hpo-artifacts-") as tmp:
-                for path in self.write(Path(tmp), trial, result):
+                for path in self.write(Path(tmp), trial, result, model=model):
                     artifact_id = readable_id(trial.study.study_name, path.name)
                     written.append(artifact_id)  # before writing: a partial file is removed too
                     with path.open("rb") as body:
@@ -87,7 +86,7 @@ class TrialArtifacts:
             with contextlib.suppress(OSError, ArtifactNotFound):
                 self.store.remove(artifact_id)
 
-    def write(self, folder: Path, trial: optuna.Trial, result: TrainResult) -> list[Path]:
+    def write(self, folder: Path, trial: optuna.Trial, result: TrainResult, *, model: bool = True) -> list[Path]:
         params = records.trial_params(records.frozen(trial))
         title = f"trial {trial.number}: " + ", ".join(f"{k}={v}" for k, v in params.items())
         paths = [learning_curves(result.history, folder / f"learning_curves_trial{trial.number}.png", title,
@@ -101,7 +100,7 @@ class TrialArtifacts:
                                        **result.metrics(), "validated_on": result.validated_on,
                                        "history": result.history}, indent=2))
         paths.append(metrics)
-        if self.save_model:
+        if model:
             model_path = folder / f"model_trial{trial.number}.keras"
             _inference_copy(result.model).save(model_path)
             paths.append(model_path)

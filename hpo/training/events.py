@@ -134,8 +134,9 @@ class CheckpointStore(Protocol):
 class Artifacts(Protocol):
     """Files a finished trial leaves behind (hpo.training.artifacts.TrialArtifacts)."""
 
-    def save(self, trial: optuna.Trial, result: TrainResult) -> dict[str, str]:
-        """Write the trial's files; return the system attributes that link them to it."""
+    def save(self, trial: optuna.Trial, result: TrainResult, *, model: bool = True) -> dict[str, str]:
+        """Write the trial's files (its trained model too, with ``model``); return the system
+        attributes that link them to it."""
 
     def remove(self, links: Mapping[str, str]) -> None:
         """Delete files :meth:`save` wrote, for a trial whose result was not recorded."""

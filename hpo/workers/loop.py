@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import math
 import time
 import traceback
 from collections.abc import Mapping, Sequence
@@ -154,11 +155,30 @@ class _Recorder:
 
     def finished(self, event: Finished) -> None:
         """Record a trial's result and link its files, all at once, or give it up."""
-        links = self.job.artifacts.save(event.trial, event.result) if self.job.artifacts is not None else {}
+        links = ({} if self.job.artifacts is None else
+                 self.job.artifacts.save(event.trial, event.result, model=self.keeps_model(event.value)))
         if self.finish(event.trial, TrialState.COMPLETE, event.value, dict(event.metrics), links):
             return
         if self.job.artifacts is not None:
             self.job.artifacts.remove(links)
+
+    def keeps_model(self, value: float | None) -> bool:
+        """Whether a trial that ends with ``value`` saves its trained model (the study's
+        ``keep_models``): with "best", when no COMPLETE trial has a better value yet. The models
+        kept are the best so far as each finished, so the study's best always has one, and a
+        27-trial grid keeps a handful (one model of the report's base CNN: about 10 MB)."""
+        keep = self.job.definition.keep_models
+        if keep != "best":
+            return keep == "all"
+        if value is None or math.isnan(value):
+            return False
+        try:  # one query, however many trials the study holds
+            best = retrying(lambda: self.job.study.best_value, what="read the study's best value")
+        except ValueError:  # no COMPLETE trial yet
+            return True
+        if math.isnan(best):
+            return True
+        return value >= best if self.job.definition.direction == "maximize" else value <= best
 
     def finish(self, trial: optuna.Trial, state: TrialState, value: float | None = None,
                attrs: dict[str, Any] | None = None, links: Mapping[str, str] | None = None) -> bool:
