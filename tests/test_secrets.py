@@ -19,6 +19,8 @@ import optuna
 import pytest
 from optuna_dashboard import get_note  # the dashboard's own reader of a study's note
 
+from hpo.storage import records
+
 from conftest import ok, run_hpo, study_body, user_error, write_study
 
 SECRET = "S3cretPassw0rdXyZ"
@@ -78,7 +80,8 @@ def test_launch_never_shows_the_password(via: str, postgres_url: str, data_path:
     not_a_url = run_hpo("status", storage=f"postgresql://user:{SECRET}@host:notaport/db")
 
     study_obj = optuna.load_study(study_name="secret", storage=postgres_url)
-    stored = repr([(t.user_attrs, t.system_attrs) for t in study_obj.get_trials()]) + repr(study_obj.user_attrs)
+    stored = (repr([(t.user_attrs, t.system_attrs) for t in study_obj.get_trials()]) + repr(study_obj.user_attrs)
+              + repr(records.record_of(study_obj)))
     note = repr(get_note(study_obj))
 
     places = {
@@ -96,6 +99,18 @@ def test_launch_never_shows_the_password(via: str, postgres_url: str, data_path:
     user_error(bad_scheme, "only SQLite and PostgreSQL", "***")
     user_error(not_a_url, "not a database URL", "***")
     assert "best trials: " in stderr and "-m hpo " in stderr and "export secret" in stderr
+    # The last lines' commands run as printed: with a password given by --storage, once HPO_STORAGE
+    # holds the URL (the line before them says so); given by HPO_STORAGE, they name no storage.
+    export = next(line for line in stderr.splitlines() if line.startswith("best trials: "))
+    export = export.removeprefix("best trials: ")
+    if via == "flag":
+        assert "export HPO_STORAGE=" in stderr and '--storage "$HPO_STORAGE" export secret' in export
+    else:
+        assert "--storage" not in export and "HPO_STORAGE=" not in stderr
+    printed = subprocess.run(["bash", "-c", export], capture_output=True, text=True, cwd=tmp_path, timeout=120,
+                             env={**os.environ, "HPO_STORAGE": url})
+    ok(printed)
+    assert "rank" in printed.stdout and _places(printed.stdout + printed.stderr) == 0
 
 
 

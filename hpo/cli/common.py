@@ -137,9 +137,20 @@ def invoked_as() -> str:
 
 
 def storage_flag(ctx: click.Context) -> str:
-    """' --storage URL' for the commands printed after a run, password hidden; nothing where
-    HPO_STORAGE (or the default) named the storage: it still does."""
-    return f" --storage '{url(ctx)}'" if ctx.find_root().ensure_object(dict).get("storage") else ""
+    """' --storage URL' for the commands printed after a run; nothing where HPO_STORAGE (or the
+    default) named the storage: it still does. A URL with a password is never printed: the
+    commands then read it from HPO_STORAGE (see :func:`storage_hint`)."""
+    if not ctx.find_root().ensure_object(dict).get("storage"):
+        return ""
+    return ' --storage "$HPO_STORAGE"' if url(ctx).parsed.password else f" --storage '{url(ctx)}'"
+
+
+def storage_hint(ctx: click.Context) -> str:
+    """The line that goes before the printed commands when their URL is read from HPO_STORAGE."""
+    if storage_flag(ctx) != ' --storage "$HPO_STORAGE"':
+        return ""
+    return (f"(the storage URL's password is not printed; first: export HPO_STORAGE='{url(ctx)}', "
+            "with the password in place of ***)\n")
 
 
 __all__ = ["checked_name", "is_study_file"]  # re-exported for the commands

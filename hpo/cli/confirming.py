@@ -9,7 +9,7 @@ import click
 from hpo.api.run import PoolOptions
 from hpo.api.run import confirm as confirm_search
 from hpo.api.run import plan_confirmation
-from hpo.cli.common import common_options, pool_options, storage_flag, url
+from hpo.cli.common import common_options, invoked_as, pool_options, storage_flag, storage_hint, url
 from hpo.results import formats
 from hpo.results.rows import confirmed_columns_of, confirmed_rows
 
@@ -38,6 +38,6 @@ def confirm(ctx: click.Context, study: str, top: int, repeats: int, name: str | 
     definition = planned.confirmation.definition
     rows = confirmed_rows(ready.study, definition)
     click.echo(formats.render(rows, "table", confirmed_columns_of(definition)), nl=False)
-    click.echo(f"search {planned.search.metric} beside the confirmed test accuracy; again: "
-               f"hpo{storage_flag(ctx)} export {definition.name}", err=True)
+    click.echo(f"{storage_hint(ctx)}search {planned.search.metric} beside the confirmed test accuracy; again: "
+               f"{invoked_as()}{storage_flag(ctx)} export {definition.name}", err=True)
     ctx.exit(outcome.code)

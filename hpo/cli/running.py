@@ -14,7 +14,7 @@ from hpo.api.run import create as create_study
 from hpo.api.run import launch as launch_files
 from hpo.api.worker import work
 from hpo.cli.common import (artifacts_option, common_options, data_options, invoked_as, pool_options, source_options,
-                            stacked, storage_flag, url)
+                            stacked, storage_flag, storage_hint, url)
 
 
 @click.command()
@@ -67,6 +67,6 @@ def launch(ctx: click.Context, study_files: tuple[str, ...], **options: Any) -> 
     ready, outcome = launch_files(url(ctx), study_files, PoolOptions(**options))
     hpo, flag = invoked_as(), storage_flag(ctx)
     report = f"report:      {hpo}{flag} report --output report/\n" if len(ready) > 1 else ""
-    click.echo(f"best trials: {hpo}{flag} export {ready[0].definition.name}\n{report}"
+    click.echo(f"{storage_hint(ctx)}best trials: {hpo}{flag} export {ready[0].definition.name}\n{report}"
                f"dashboard:   {hpo}{flag} dashboard   (then open http://127.0.0.1:8080)", err=True)
     ctx.exit(outcome.code)
