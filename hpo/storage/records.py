@@ -39,7 +39,8 @@ STUDY_RECORD_BEFORE = {DEFINITION: "definition", CONFIRMS: "confirms", DATA_IDEN
 SHOWN_STUDY = "study"              # sampler, trials, metric and direction, in words
 SHOWN_DATA = "data set"            # hpo.study.data.DataIdentity.description
 SHOWN_MODEL = "model"              # the builder, or the report's architectures
-SHOWN_CONFIRMS = "confirms"        # a confirmation study: which search and trials, in words
+SHOWN_CONFIRMS = "confirmation of"  # a confirmation study: which search and trials, in words (not
+                                   # "confirms": a study made before kept its record under that name)
 
 # --- trial system attributes (hpo's queue) -----------------------------------------------------
 SLOT = "hpo:slot"                  # position of the trial in the queue: grid id, or budget index
