@@ -124,8 +124,8 @@ def child_hpo(args: argparse.Namespace) -> dict[str, Any]:
     import hpo.training.data
     import hpo.training.objective
     import hpo.training.events
+    import hpo.workers.inputs
     import hpo.workers.loop
-    import hpo.cli.running
     from hpo.cli import main
 
     marks["imported"] = time.time()
@@ -161,7 +161,7 @@ def child_hpo(args: argparse.Namespace) -> dict[str, Any]:
         return links
 
     hpo.training.artifacts.TrialArtifacts.save = timed_save  # type: ignore[method-assign]
-    hpo.cli.running.load_dataset = timed_load  # the name `hpo worker` calls it by
+    hpo.workers.inputs.load_dataset = timed_load  # the name `hpo worker` calls it by (through its Loader)
     hpo.training.objective.run_trial = timed_run_trial
 
     argv = ["--storage", args.storage, "worker", "overhead", "--subset", str(args.subset),
@@ -173,7 +173,7 @@ def child_hpo(args: argparse.Namespace) -> dict[str, Any]:
 
     from hpo.storage.open import open_storage
 
-    trial = open_storage(args.storage).get_trial(marks["trial_id"])
+    trial = open_storage(args.storage).get_trial(int(marks["trial_id"]))
     if trial.state.name != "COMPLETE":
         raise SystemExit(f"the hpo trial ended {trial.state.name}: {trial.user_attrs.get('error')}")
     build = float(trial.user_attrs["build_seconds"])
