@@ -20,6 +20,7 @@ import argparse
 import os
 import sys
 import time
+from typing import Any
 from collections.abc import Callable
 from pathlib import Path
 
@@ -58,12 +59,13 @@ def load_images(n: int) -> tuple[np.ndarray, str]:
     return rng.integers(0, 256, size=(n, 32, 32, 3), dtype=np.uint8), "random uint8"
 
 
-def image_data_generator() -> object:
+def image_data_generator() -> Any:
     try:
         from keras.preprocessing.image import ImageDataGenerator  # type: ignore[attr-defined]
     except ImportError:  # Keras 3 keeps it only in its legacy namespace
         from keras.src.legacy.preprocessing.image import ImageDataGenerator
     spec = AUGMENTATIONS["standard"]
+    assert spec is not None
     return ImageDataGenerator(
         rotation_range=spec.rotation,
         width_shift_range=spec.width_shift,
@@ -77,7 +79,9 @@ class Augmenter(keras.Model):
 
     def __init__(self, seed: int = 0) -> None:
         super().__init__()
-        self.augment = augmentation_layer("standard", seed=seed)
+        layer = augmentation_layer("standard", seed=seed)
+        assert layer is not None
+        self.augment = layer
 
     def call(self, x: object) -> object:
         return self.augment(ops.cast(x, "float32"), training=True)

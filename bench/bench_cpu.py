@@ -47,7 +47,8 @@ class Config:
     deterministic: bool = False
 
     def jit_compile(self) -> bool | str:
-        return {"auto": "auto", "on": True, "off": False}[self.jit]
+        settings: dict[str, bool | str] = {"auto": "auto", "on": True, "off": False}
+        return settings[self.jit]
 
 
 CONFIGS = (

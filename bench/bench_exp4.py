@@ -120,10 +120,10 @@ def summarise(runs: dict[str, list[dict[str, Any]]], args: argparse.Namespace) -
     for side in SIDES:
         for r in runs[side]:
             epochs = " ".join(f"{e:.1f}" for e in r["epochs"])
-            cpu = " ".join(f"{e:.1f}" for e in r["cpu_epochs"])
+            cpus = " ".join(f"{e:.1f}" for e in r["cpu_epochs"])
             acc = " ".join(f"{a:.4f}" for a in r["val_accuracy"])
             others = statistics.median(r["others_cores"])
-            print(f"  {side:6s} seed {r['seed']}: epochs [{epochs}] s, cpu [{cpu}] s, other processes "
+            print(f"  {side:6s} seed {r['seed']}: epochs [{epochs}] s, cpu [{cpus}] s, other processes "
                   f"{others:.2f} cores, xla {r['xla']}; test accuracy per epoch [{acc}]")
 
     wall = paired(runs, "per_epoch")

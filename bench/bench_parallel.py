@@ -70,9 +70,11 @@ def trial_times(url: str) -> dict[str, Any]:
     failed = [t for t in study.get_trials(deepcopy=False) if t.state.name == "FAIL"]
     if not done:
         return {"complete": 0, "failed": len(failed), "span": float("nan"), "busy": 0.0}
-    first = min(t.datetime_start for t in done)
-    last = max(t.datetime_complete for t in done)
-    busy = sum((t.datetime_complete - t.datetime_start).total_seconds() for t in done)
+    spans = [(t.datetime_start, t.datetime_complete) for t in done
+             if t.datetime_start is not None and t.datetime_complete is not None]  # a COMPLETE trial has both
+    first = min(start for start, _ in spans)
+    last = max(end for _, end in spans)
+    busy = sum((end - start).total_seconds() for start, end in spans)
     return {"complete": len(done), "failed": len(failed), "span": (last - first).total_seconds(),
             "busy": busy}
 

@@ -158,8 +158,8 @@ def run_hpo(workers: int, cache: bool, args: argparse.Namespace, folder: Path) -
         raise SystemExit(f"hpo launch -n {workers} failed with exit code {proc.returncode}; logs in {folder}")
     trials = optuna.load_study(study_name=name, storage=url).get_trials(deepcopy=False)
     done = [t for t in trials if t.state.name == "COMPLETE"]
-    first = min(t.datetime_start for t in done)
-    last = max(t.datetime_complete for t in done)
+    first = min(t.datetime_start for t in done if t.datetime_start is not None)  # a COMPLETE trial has both
+    last = max(t.datetime_complete for t in done if t.datetime_complete is not None)
     backends = {t.user_attrs.get("keras_backend") for t in done}
     return {
         "mode": f"hpo -n {workers}" + (" +cache" if cache else ""), "wall": wall,

@@ -325,8 +325,8 @@ def _figure(args: argparse.Namespace, data: dict[str, list[Any]], grid_best: flo
             xs = [e for e, v in zip(steps, run, strict=True) if v is not None]
             ax.step(xs, [v for v in run if v is not None], where="post", linewidth=0.8, alpha=0.6,
                     label=f"seed {seed}")
-        full = [(e, statistics.median(vs)) for e, vs in ((e, [r[i] for r in runs]) for i, e in enumerate(steps))
-                if all(v is not None for v in vs)]
+        at_step = [(e, [v for v in (r[i] for r in runs) if v is not None]) for i, e in enumerate(steps)]
+        full = [(e, statistics.median(vs)) for e, vs in at_step if len(vs) == len(runs)]  # every seed has a value
         ax.step([e for e, _ in full], [m for _, m in full], where="post", color="black", linewidth=2,
                 label="median over seeds")
         ax.step([p[0] for p in grid], [p[2] for p in grid], where="post", color="grey", linewidth=1.2,
