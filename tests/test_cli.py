@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+from collections import Counter
 import re
 import socket
 import subprocess
@@ -59,9 +60,11 @@ def test_create_launch_export_runs_the_whole_grid(tmp_path: Path, data_path: str
         else:
             assert best["test_accuracy"] in text and best["val_accuracy"] in text, fmt
 
-    # The artifacts of every trial sit beside the database.
+    # The artifacts of every trial sit beside the database: its curves, confusion matrix and
+    # metrics, and the model of each trial that was the best so far (keep_models, by default).
     files = [p for p in (tmp_path / "hpo-artifacts").rglob("*") if p.is_file()]
-    assert len(files) == 4 * 4
+    kinds = Counter(p.suffix for p in files)
+    assert kinds[".png"] == 2 * 4 and kinds[".json"] == 4 and 1 <= kinds[".keras"] <= 4, kinds
     # ... under names a person can read: study, what the file is, trial, a random part, its kind.
     named = re.compile(r"smallgrid-(learning_curves|confusion_matrix|metrics|model)_trial\d+-[0-9a-f]{8}"
                        r"\.(png|json|keras)")

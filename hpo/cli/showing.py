@@ -118,6 +118,7 @@ def report(ctx: click.Context, studies: tuple[str, ...], output: str, artifacts:
         checked_name(name)
     folder = paths.artifact_dir(url(ctx), artifacts, make=False)
     storage = open_storage_of(ctx, create=False)
+    check_whole(storage)  # it reads every study it reports: a damaged file is refused before any is written
     paths.folder(output, "--output", make=False)
     try:
         path = write_report(storage, list(studies), Path(output), artifacts=folder if folder.is_dir() else None,
