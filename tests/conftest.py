@@ -28,6 +28,17 @@ os.environ.setdefault("HPO_GRACE_PERIOD", "20")  # generous: a loaded 2-core mac
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark the tests tests/slow.py lists as slow: ``pytest -m "not slow"`` leaves them out."""
+    from slow import is_slow
+
+    for item in items:
+        if is_slow(item.nodeid):
+            item.add_marker(pytest.mark.slow)
+
+
 STUDIES = ROOT / "studies"
 POSTGRES_ADMIN = os.environ.get("HPO_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
 DEFAULT_DATA = ROOT.parent / "shared" / "datasets" / "cifar10-jpeg.tar.gz"
