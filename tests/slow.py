@@ -153,7 +153,6 @@ SLOW_TESTS = {
 }
 
 
-
 def is_slow(nodeid: str) -> bool:
     """Whether the test ``nodeid`` ("tests/test_x.py::test_y[param]") is one of the above."""
     file, _, test = nodeid.partition("::")
