@@ -17,7 +17,7 @@ from optuna.distributions import CategoricalDistribution
 from optuna.trial import TrialState
 
 from hpo.storage import records
-from conftest import ROOT, STUDIES, missing, ok, run_hpo, study_body, user_error, write_study
+from conftest import ROOT, STUDIES, created_study, missing, ok, run_hpo, study_body, user_error, write_study
 from hpo.study.files import load_definition
 from hpo.errors import ConfigError, HpoError
 from hpo.paths import OutputFolder, safe_name
@@ -286,3 +286,13 @@ def test_tolerance_allows_for_the_report_being_a_single_run() -> None:
     assert tolerance(0.0152, 3) == pytest.approx(2 * 0.0152 * (4 / 3) ** 0.5)
     assert tolerance(0.001, 10) == 0.01  # never below one point, a single run's noise
     assert tolerance(None, 1) == 0.01
+
+
+def test_a_report_with_nothing_to_report_by_default_names_the_studies_to_give_it(tmp_path: Path) -> None:
+    """A storage holding only a study of the user's own (no experiment, no search): the report
+    without names would be empty; it says which studies to name instead, and writes nothing."""
+    db = f"sqlite:///{tmp_path / 'hpo.db'}"
+    created_study(db, tmp_path)
+    user_error(run_hpo("report", "--output", str(tmp_path / "out"), storage=db, cwd=tmp_path),
+               "no experiment, search or confirmation to report by default", "hpo report grid --output DIR")
+    assert not (tmp_path / "out").exists()

@@ -30,6 +30,7 @@ from hpo.study.definition import PARAMETERS
 from hpo.results.curves import search_curve
 from hpo.results.rows import (best_trial_rows, confirmed_after, configuration_columns, configuration_rows,
                               confirmed_rows_of, export_columns)
+from hpo.errors import StudyNotFound
 from hpo.storage.url import StorageURL
 from hpo.study.create import load_study
 from hpo.results.table1 import (BEYOND_NOISE, NOISE_RULE, NOISE_TEST, NOT_RUN, TABLE1_COLUMNS, StudyResult, report_rows,
@@ -135,7 +136,12 @@ def select(storage: optuna.storages.BaseStorage, names: Sequence[str]) -> tuple[
     """The experiment studies (in report order) and the other studies to report on (without
     ``rows`` yet: :func:`table1_rows` fills them)."""
     if not names:
-        names = [name for name, record in records.records_by_name(storage).items() if _reported(record)]
+        by_name = records.records_by_name(storage)
+        names = [name for name, record in by_name.items() if _reported(record)]
+        if not names:  # an empty report would say nothing: say which studies there are to name
+            own = [name for name, record in by_name.items() if records.DEFINITION in record]
+            raise StudyNotFound("no experiment, search or confirmation to report by default; name the studies: "
+                                f"hpo report {' '.join(own[:5])} --output DIR" if own else "no studies to report yet")
     results = [StudyResult(*load_study(storage, name)) for name in dict.fromkeys(names)]
     experiments = sorted((r for r in results if r.definition.experiment is not None),
                          key=lambda r: (r.definition.experiment, r.name))
