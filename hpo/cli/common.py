@@ -142,15 +142,20 @@ def storage_flag(ctx: click.Context) -> str:
     commands then read it from HPO_STORAGE (see :func:`storage_hint`)."""
     if not ctx.find_root().ensure_object(dict).get("storage"):
         return ""
-    return ' --storage "$HPO_STORAGE"' if url(ctx).parsed.password else f" --storage '{url(ctx)}'"
+    return ' --storage "$HPO_STORAGE"' if _password_withheld(ctx) else f" --storage '{url(ctx)}'"
 
 
 def storage_hint(ctx: click.Context) -> str:
     """The line that goes before the printed commands when their URL is read from HPO_STORAGE."""
-    if storage_flag(ctx) != ' --storage "$HPO_STORAGE"':
+    if not _password_withheld(ctx):
         return ""
     return (f"(the storage URL's password is not printed; first: export HPO_STORAGE='{url(ctx)}', "
             "with the password in place of ***)\n")
+
+
+def _password_withheld(ctx: click.Context) -> bool:
+    """Whether --storage gave a URL with a password, which the printed commands leave out."""
+    return bool(ctx.find_root().ensure_object(dict).get("storage")) and bool(url(ctx).parsed.password)
 
 
 __all__ = ["checked_name", "is_study_file"]  # re-exported for the commands
