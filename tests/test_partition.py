@@ -128,7 +128,7 @@ def test_grid_survives_hosts_cut_off_mid_claim_mid_trial_and_idle(
         start("host1")
         start("host2")
         # Hosts 1 and 2 queue behind that row lock too. The server ends a session idle in a
-        # transaction (hpo.storage.open.postgres_connect_args), so they go on without host3.
+        # transaction (hpo.storage.connections.limit_idle_transactions), so they go on without host3.
         wait_for(lambda: sessions("host1") and sessions("host2"), 300, "hosts 1 and 2 to connect")
         wait_for(lambda: any(t.state == TrialState.RUNNING and _host_of(t) != "host3" for t in trials()), 90,
               "hosts 1 and 2 to claim a trial while host3's half-open claim holds a row lock")

@@ -4,9 +4,10 @@ Creating a study, filling its queue and queueing a retry are each a read followe
 (which slots exist? add the missing ones). Any number of processes on any hosts may do this at
 the same moment, so the read and the writes happen under a lock that the database itself holds:
 
-- PostgreSQL: a transaction-level advisory lock (``pg_advisory_xact_lock``) on a connection of
-  its own. Every host that reaches the database shares it, and the server drops it when the
-  holder's connection closes, so a crashed holder never leaves the study locked.
+- PostgreSQL: a transaction-level advisory lock (``pg_try_advisory_xact_lock``, tried until it is
+  free) on a connection of its own. Every host that reaches the database shares it, the server
+  drops it when the holder's transaction ends or its connection closes, so a crashed holder never
+  leaves the study locked, and it holds through PgBouncer's transaction pooling.
 - SQLite: an exclusive ``flock`` on ``<database>.lock`` beside the file. SQLite serves the
   processes of one host only (its locking does not hold over network filesystems), and so
   does this lock; the kernel drops it when the holder dies.
@@ -17,13 +18,15 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import random
+import time
 from pathlib import Path
 from collections.abc import Iterator
 
 import optuna
 import sqlalchemy
 
-from hpo.storage import records
+from hpo.storage import connections, records
 from hpo.errors import StorageError
 from hpo.storage.url import StorageURL
 
@@ -57,14 +60,12 @@ def study_lock(storage: optuna.storages.BaseStorage, study_name: str) -> Iterato
     """Hold the study's queue lock for the ``with`` block; waits while another process holds it."""
     engine = records.engine_of(storage)
     if engine.dialect.name == "postgresql":
-        with engine.connect() as conn, conn.begin():
-            # The lock's transaction sits idle while the queue is written through Optuna's own
-            # connections, so it gets a longer idle limit than hpo's other sessions (see
-            # hpo.storage.open.postgres_connect_args), yet a bounded one: a holder cut off from the
-            # network must not block every other process's queueing until the server's TCP
-            # gives up on it, which can take hours.
-            conn.execute(sqlalchemy.text(f"SET LOCAL idle_in_transaction_session_timeout = {LOCK_IDLE_LIMIT_S * 1000}"))
-            conn.execute(sqlalchemy.text("SELECT pg_advisory_xact_lock(:key)"), {"key": lock_key(study_name)})
+        # The lock's transaction sits idle while the queue is written through Optuna's own
+        # connections, so it gets a longer idle limit than hpo's other transactions (see
+        # hpo.storage.connections.limit_idle_transactions), yet a bounded one: a holder cut off
+        # from the network must not block every other process's queueing until the server's TCP
+        # gives up on it, which can take hours.
+        with _advisory_lock(engine, lock_key(study_name), idle_limit_s=LOCK_IDLE_LIMIT_S) as conn:
             yield StillHeld(conn)
         return
     with _file_lock(engine.url.database, f"study {study_name!r}"):
@@ -76,16 +77,51 @@ def schema_lock(url: StorageURL) -> Iterator[None]:
     """Held while a database's tables are created or checked: processes starting together on a
     new database take turns, so one creates the tables and the others find them made."""
     if url.backend == "postgresql":
-        engine = sqlalchemy.create_engine(url.secret, poolclass=sqlalchemy.pool.NullPool)
+        engine = sqlalchemy.create_engine(url.secret, **connections.engine_kwargs())
         try:
-            with engine.connect() as conn, conn.begin():
-                conn.execute(sqlalchemy.text("SELECT pg_advisory_xact_lock(:key)"), {"key": lock_key("\0schema")})
+            with _advisory_lock(engine, lock_key("\0schema")):
                 yield
         finally:
             engine.dispose()
         return
     with _file_lock(url.parsed.database, "the database"):
         yield
+
+
+@contextlib.contextmanager
+def _advisory_lock(engine: sqlalchemy.engine.Engine, key: int,
+                   idle_limit_s: int | None = None) -> Iterator[sqlalchemy.Connection]:
+    """A transaction holding PostgreSQL's advisory lock ``key`` for the ``with`` block.
+
+    A waiter holds no connection: it tries the lock (``pg_try_advisory_xact_lock``), and while
+    another process has it, closes its connection and tries again after a jittered pause. Waiting
+    inside ``pg_advisory_xact_lock`` would keep one server connection per waiter, and a fleet of
+    workers all queueing at a study's end would fill the server, the holder's own writes included.
+    A transaction-level lock is what PgBouncer's transaction pooling keeps: the server connection
+    is the client's for exactly that transaction.
+    """
+    delay = 0.02
+    while True:
+        conn = engine.connect()
+        transaction = conn.begin()
+        try:
+            if idle_limit_s is not None:
+                conn.execute(sqlalchemy.text(f"SET LOCAL idle_in_transaction_session_timeout = {idle_limit_s * 1000}"))
+            got = conn.execute(sqlalchemy.text("SELECT pg_try_advisory_xact_lock(:key)"), {"key": key}).scalar()
+        except BaseException:
+            conn.close()
+            raise
+        if got:
+            break
+        transaction.rollback()
+        conn.close()
+        time.sleep(delay * random.uniform(0.5, 1.5))
+        delay = min(delay * 1.5, 0.5)
+    try:
+        yield conn
+        transaction.commit()
+    finally:
+        conn.close()
 
 
 @contextlib.contextmanager

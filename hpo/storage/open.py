@@ -2,7 +2,8 @@
 
 SQLite is the embedded default, set up for several local worker processes (WAL journal and a
 busy timeout, so writers queue instead of failing with "database is locked"). PostgreSQL is for
-several machines: connections are checked before use, and :func:`retrying` rides out a restart.
+several machines: a process holds one connection at a time, only for a transaction
+(:mod:`hpo.storage.connections`), and :func:`retrying` rides out a restart.
 Workers beat for their trials themselves (:mod:`hpo.workers.liveness`), so Optuna's heartbeats stay off.
 """
 
@@ -22,6 +23,7 @@ import sqlalchemy
 import sqlalchemy.exc
 
 from hpo.errors import StorageError, StudyNotFound
+from hpo.storage import connections
 from hpo.storage.lock import schema_lock
 from hpo.storage.url import StorageURL, shown
 
@@ -121,25 +123,6 @@ def _where(engine: sqlalchemy.engine.Engine | None) -> str:
     return shown(engine.url)
 
 
-def postgres_connect_args(options: str = "", idle_in_transaction_s: int = 20) -> dict[str, str]:
-    """libpq settings for hpo's PostgreSQL connections: the URL's own ``options``, plus a
-    server-side limit on how long a session may sit idle inside a transaction.
-
-    A worker that loses the network in the middle of a transaction (claiming a trial holds the
-    trial's row under SELECT ... FOR UPDATE) leaves its session open on the server, idle in
-    transaction, its locks held: every other worker's claim waits behind that row until the
-    server's TCP notices the peer is gone, minutes or, without keepalives, hours. None of hpo's
-    transactions idles for more than a moment (``hpo.storage.lock`` exempts its own on purpose), so the
-    server ends such a session after ``idle_in_transaction_s``: its transaction rolls back, its
-    locks are freed, and when the network returns the worker finds the connection closed and
-    :func:`retrying` opens a new one. Client-side TCP timeouts (keepalives, tcp_user_timeout) are
-    left out on purpose: a cut-off worker then simply waits and resumes when the link returns,
-    instead of failing its database calls until ``retrying`` gives up.
-    """
-    limit = f"-c idle_in_transaction_session_timeout={idle_in_transaction_s * 1000}"
-    return {"options": f"{options} {limit}".strip()}
-
-
 def open_storage(url: StorageURL | str | None = None, *, retry_for: float = 0.0,
                  create: bool = True) -> optuna.storages.RDBStorage:
     """Open the storage behind ``url`` (a string is resolved as ``--storage`` is), creating its
@@ -150,16 +133,17 @@ def open_storage(url: StorageURL | str | None = None, *, retry_for: float = 0.0,
     left exactly as it was (no SQLite file, no tables).
     """
     url = url if isinstance(url, StorageURL) else StorageURL.resolve(url)
-    engine_kwargs: dict = {"pool_pre_ping": True}
     if url.backend == "sqlite":
         _check_sqlite(url.sqlite_file, create)
-        engine_kwargs["connect_args"] = {"timeout": SQLITE_BUSY_TIMEOUT_S}
+        engine_kwargs: dict = {"pool_pre_ping": True, "connect_args": {"timeout": SQLITE_BUSY_TIMEOUT_S}}
     else:
         if not create:
             _check_postgres(url)
-        engine_kwargs["connect_args"] = postgres_connect_args(str(url.parsed.query.get("options", "")))
+        engine_kwargs = connections.engine_kwargs()
 
     def connect() -> optuna.storages.RDBStorage:
+        if url.backend == "postgresql" and _postgres_has(url, "alembic_version"):  # Optuna makes it last
+            return optuna.storages.RDBStorage(url.secret, engine_kwargs=engine_kwargs)
         # Processes starting together on a new database would race to create its tables.
         with schema_lock(url):
             return optuna.storages.RDBStorage(url.secret, engine_kwargs=engine_kwargs)
@@ -174,6 +158,8 @@ def open_storage(url: StorageURL | str | None = None, *, retry_for: float = 0.0,
         raise StorageError(f"cannot use {url}: {_first_line(exc)}") from None
     if url.backend == "sqlite":
         _serialize_sqlite(storage.engine)
+    else:
+        connections.limit_idle_transactions(storage.engine)
     return storage
 
 
@@ -238,15 +224,21 @@ def _check_sqlite(path: Path | None, create: bool) -> None:
 
 def _check_postgres(url: StorageURL) -> None:
     """Raise :class:`StorageEmpty` if the database has no study tables, creating nothing."""
-    engine = sqlalchemy.create_engine(url.secret, poolclass=sqlalchemy.pool.NullPool)
     try:
-        has_tables = retrying(lambda: sqlalchemy.inspect(engine).has_table("studies"), what=f"read {url}", timeout=0)
+        has_tables = retrying(lambda: _postgres_has(url, "studies"), what=f"read {url}", timeout=0)
     except TRANSIENT_ERRORS as exc:
         raise StorageError(f"cannot connect to {url}: {_first_line(exc)}") from None
-    finally:
-        engine.dispose()
     if not has_tables:
         raise StorageEmpty(f"{url} holds no studies yet")
+
+
+def _postgres_has(url: StorageURL, table: str) -> bool:
+    """Whether the PostgreSQL database holds ``table`` (one short connection)."""
+    engine = sqlalchemy.create_engine(url.secret, **connections.engine_kwargs())
+    try:
+        return sqlalchemy.inspect(engine).has_table(table)
+    finally:
+        engine.dispose()
 
 
 def _serialize_sqlite(engine: sqlalchemy.engine.Engine) -> None:

@@ -142,7 +142,15 @@ def _record_inputs(study: optuna.Study, record: dict[str, Any], data: DataIdenti
 def record_inputs(storage: optuna.storages.BaseStorage, study: optuna.Study, data: DataIdentity | None,
                   builder: BuilderIdentity | None) -> None:
     """:func:`create_study`'s record of what an existing study trains with, for a worker given its
-    name: a study created before hpo recorded them takes the first worker's."""
+    name: a study created before hpo recorded them takes the first worker's.
+
+    Where both are recorded already (every study hpo created), this only compares, and takes no
+    lock: workers starting together do not queue for it (nor, on PostgreSQL, hold a connection
+    each while they wait)."""
+    record = records.record_of(study)
+    if (data is None or records.DATA_IDENTITY in record) and (builder is None or records.BUILDER in record):
+        _record_inputs(study, record, data, builder)
+        return
     with study_lock(storage, study.study_name):
         _record_inputs(study, records.record_of(study), data, builder)
 
