@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import multiprocessing
 from pathlib import Path
+from typing import Any
 
 import optuna
+import pytest
+from optuna.storages import RDBStorage
+from optuna.trial import TrialState
 
 from hpo.storage import records
-from hpo.study import queueing
+from hpo.study import plan, queueing
+from hpo.workers import liveness
 
 from hpo.storage.open import open_storage
 from hpo.study.create import load_study
@@ -89,3 +94,44 @@ def test_a_failed_point_is_retried_with_its_parameters_until_its_retries_are_use
     other, definition = created_study(storage_url, tmp_path, one_point, name="other")
     claim_and_fail(other, definition, fatal=True)  # a configuration no retry mends
     assert queueing.sync(other, definition) == 0
+
+
+def test_claims_follow_the_plan_s_order_with_a_retry_among_them(storage_url: str, tmp_path: Path) -> None:
+    """The database picks the claimed trial: the order is still plan.claim_order's, a retry included."""
+    body = study_body(study={"repeats": 2, "max_retries": 1, "share_prefixes": False}, learning_rate=[0.01, 0.001],
+                      epochs=[1, 3])
+    study, definition = created_study(storage_url, tmp_path, body)
+    first = queueing.claim(study, trial_sampler(definition))
+    assert first is not None
+    queueing.fail(study, first._trial_id, "lost")
+    assert queueing.sync(study, definition) == 1  # its retry: the same repeat and epochs, the last number
+    waiting = study._storage.get_all_trials(study._study_id, states=(optuna.trial.TrialState.WAITING,))
+    expected = [t.number for t in sorted(waiting, key=plan.claim_order)]
+    taken = []
+    while (trial := queueing.claim(study, trial_sampler(definition))) is not None:
+        taken.append(trial.number)
+    assert taken == expected
+    # The retry (repeat 0, 3 epochs) comes after the other 3-epoch point of repeat 0, before the rest.
+    assert len(taken) == 8 and taken.index(max(taken)) == 1
+
+
+def test_claim_recover_and_sync_read_no_list_of_the_queue(storage_url: str, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """Claiming, recovering and queueing cost a query or a few however many trials a study holds:
+    none of them reads the whole queue of WAITING trials (in a study of 100,000, seconds a call;
+    BENCHMARKS.md, r)."""
+    study, definition = created_study(storage_url, tmp_path)
+    trial = queueing.claim(study, trial_sampler(definition))
+    read = RDBStorage._get_trials
+
+    def no_listing(self: RDBStorage, study_id: int, states: Any, *args: Any) -> Any:
+        assert states is not None and TrialState.WAITING not in states, "read every WAITING trial"
+        return read(self, study_id, states, *args)
+
+    monkeypatch.setattr(RDBStorage, "_get_trials", no_listing)
+    assert queueing.fail(study, trial._trial_id, "lost")
+    assert liveness.recover(study, definition, liveness.Watch()) == 0
+    assert queueing.sync(study, definition) == 1
+    trial = queueing.claim(study, trial_sampler(definition))
+    assert trial is not None and trial.number == 1  # the oldest WAITING trial
+    trial.suggest_categorical("learning_rate", definition.grid["learning_rate"])  # Optuna's cache knows the trial

@@ -21,10 +21,11 @@ def test_the_private_optuna_names_hpo_uses_still_exist(tmp_path) -> None:
     storage = RDBStorage(f"sqlite:///{tmp_path / 'hpo.db'}")
     study = optuna.create_study(storage=storage, study_name="s")
     trial = study.ask()
-    assert records.storage_of(study) is study._storage
+    assert records.storage_of(study) is study._storage._backend  # past Optuna's cache
     assert records.study_id(study) == study._study_id
     assert records.trial_id(trial) == trial._trial_id
     assert records.engine_of(records.storage_of(study)) is storage.engine
+    assert records.claimed_trial(study, trial._trial_id).number == trial.number  # Optuna's cache told of it
     grid = GridSampler({"a": [1, 2], "b": ["x"]}, seed=0)
     assert sorted(records.grid_point(grid, i)["a"] for i in range(2)) == [1, 2]
 

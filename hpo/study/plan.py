@@ -168,11 +168,17 @@ def planned_epochs(trial: FrozenTrial) -> int:
     return int(trial.system_attrs.get(records.EPOCHS, 0))
 
 
-def claim_order(trial: FrozenTrial) -> tuple[int, int, int]:
-    """Which WAITING trial a worker takes first: a grid's repeats in turn (a study stopped early
-    holds whole repeats), within one the longest points first, so that the last runs of a study
-    are short and no worker waits long on another's; else the oldest."""
-    return int(trial.system_attrs.get(records.REPEAT, 0)), -planned_epochs(trial), trial.number
+# Which WAITING trial a worker takes first: a grid's repeats in turn (a study stopped early holds
+# whole repeats), within one the longest points first, so that the last runs of a study are short
+# and no worker waits long on another's; else the oldest. (system attribute, 1 ascending or -1
+# descending), compared in turn, a missing one as 0, then the trial's number: the database sorts
+# by it when a worker claims (hpo.storage.records.claim_next), so :func:`claim_order` is its twin.
+CLAIM_ORDER: tuple[tuple[str, int], ...] = ((records.REPEAT, 1), (records.EPOCHS, -1))
+
+
+def claim_order(trial: FrozenTrial) -> tuple[int, ...]:
+    """:data:`CLAIM_ORDER` as a sort key of stored trials: the first is claimed first."""
+    return (*(sign * int(trial.system_attrs.get(key, 0)) for key, sign in CLAIM_ORDER), trial.number)
 
 
 def check_fresh_seeds(search_trials: Sequence[FrozenTrial], search: StudyDefinition,

@@ -40,49 +40,74 @@ LIVE = (TrialState.WAITING, TrialState.RUNNING, TrialState.COMPLETE, TrialState.
 QUEUE_BATCH = 1000  # trials queued per transaction; the lock is checked between batches
 
 
-def counted_attempts(attempts: Sequence[FrozenTrial]) -> int:
+def counted_attempts(attempts: Sequence[FrozenTrial | records.Attempt]) -> int:
     """Failures that use up a retry: an interruption (SIGTERM, Ctrl-C) is not the trial's fault."""
-    return sum(1 for t in attempts if t.state == TrialState.FAIL and not t.system_attrs.get(records.INTERRUPTED))
+    return sum(1 for t in attempts if t.state == TrialState.FAIL and not _interrupted(t))
+
+
+def _interrupted(trial: FrozenTrial | records.Attempt) -> bool:
+    if isinstance(trial, records.Attempt):
+        return trial.interrupted
+    return bool(trial.system_attrs.get(records.INTERRUPTED))
 
 
 def sync(study: optuna.Study, definition: StudyDefinition) -> int:
     """Queue what the study's slots lack, under the study's lock; returns how many were added.
 
     Deciding from the stored states alone, under the lock, makes this idempotent: two
-    processes that recover the same dead trial at once queue one retry between them.
+    processes that recover the same dead trial at once queue one retry between them. A first
+    look without the lock finds, nearly always, nothing to queue, so idle workers polling a
+    study's end do not queue up for its lock (and, on PostgreSQL, for connections).
     """
+    if not missing_trials(study, definition):
+        return 0  # a slot that lacks a trial lacks it until someone queues one: the next look sees it
     with study_lock(records.storage_of(study), study.study_name) as still_held:
         return add_missing(study, definition, still_held)
 
 
 def add_missing(study: optuna.Study, definition: StudyDefinition, still_held: StillHeld) -> int:
-    """:func:`sync`'s work, for a caller that already holds the study's lock.
+    """:func:`sync`'s work, for a caller that already holds the study's lock."""
+    missing = missing_trials(study, definition)
+    storage = records.storage_of(study)
+    for start in range(0, len(missing), QUEUE_BATCH):
+        still_held()
+        records.add_waiting_trials(storage, study, missing[start:start + QUEUE_BATCH])
+    if len(missing) >= QUEUE_BATCH:
+        records.refresh_statistics(storage)  # else the next claims are planned for the tables as they were
+    for attrs in missing:
+        if records.RETRY_OF in attrs:
+            log.info("trial %d queued again (attempt %d)", attrs[records.RETRY_OF], attrs[records.ATTEMPT] + 1)
+    return len(missing)
+
+
+def missing_trials(study: optuna.Study, definition: StudyDefinition) -> list[dict[str, Any]]:
+    """The system attributes of the WAITING trials the study's slots lack, read from its trials.
 
     A slot with no trial yet gets its first (a study being created, or a create that died
     half-way). A slot whose trials all failed gets a retry, until its ``max_retries`` are used,
     unless its last failure was fatal (a configuration no retry can mend).
     A slot holding a WAITING, RUNNING, COMPLETE or PRUNED trial needs nothing.
     """
-    slots = plan.by_slot(study.get_trials(deepcopy=False))
+    # Asked of the database, not read from every trial (a study may hold 100,000): which slots
+    # hold no trial, and the attempts of those whose trials all failed; the whole trial only of
+    # a slot that gets a retry, which carries what its last try ran.
+    storage, study_id, n = records.storage_of(study), records.study_id(study), definition.n_trials
+    held = None if records.slots_held(storage, study_id, n) == n else records.held_slots(storage, study_id)
+    failed = records.attempts_of_slots_without(storage, study_id, LIVE)
     planned = plan.Slots(definition)
     missing = []
-    for slot in range(definition.n_trials):
-        attempts = slots.get(slot, [])
-        if any(t.state in LIVE for t in attempts):
-            continue
+    for slot in range(n):
+        attempts = failed.get(slot, [])
         if not attempts:
-            missing.append(planned.first_try(slot))
-            continue
+            if held is not None and slot not in held:
+                missing.append(planned.first_try(slot))
+            continue  # else it holds a live trial: nothing to add
         attempt = counted_attempts(attempts)
         # Else failed for good (its retries used up, or a failure no retry mends, hpo:fatal);
         # hpo status and export show it.
-        if attempt <= definition.max_retries and not attempts[-1].system_attrs.get(records.FATAL):
-            missing.append(_retry_attrs(attempts[-1], attempt))
-    storage = records.storage_of(study)
-    for start in range(0, len(missing), QUEUE_BATCH):
-        still_held()
-        records.add_waiting_trials(storage, study, missing[start:start + QUEUE_BATCH])
-    return len(missing)
+        if attempt <= definition.max_retries and not attempts[-1].fatal:
+            missing.append(_retry_attrs(storage.get_trial(attempts[-1].trial_id), attempt))
+    return missing
 
 
 def _retry_attrs(last: FrozenTrial, attempt: int) -> dict[str, Any]:
@@ -92,7 +117,6 @@ def _retry_attrs(last: FrozenTrial, attempt: int) -> dict[str, Any]:
     system_attrs.update({records.ATTEMPT: attempt, records.RETRY_OF: last.number})
     if last.params:
         system_attrs[records.FIXED_PARAMS] = dict(last.params)
-    log.info("trial %d queued again (attempt %d)", last.number, attempt + 1)
     return system_attrs
 
 
@@ -124,18 +148,18 @@ def claim(study: optuna.Study, sampler_for: Callable[[int], optuna.samplers.Base
     then made afresh by ``sampler_for(trial number)``: each trial samples with its own seed, so
     parallel workers never repeat each other's draws.
     """
-    storage = records.storage_of(study)
-    waiting = storage.get_all_trials(records.study_id(study), deepcopy=False, states=(TrialState.WAITING,))
-    for frozen in sorted(waiting, key=plan.claim_order):
-        if _take(storage, frozen, attrs):
-            study.sampler = sampler_for(frozen.number)
-            return optuna.Trial(study, records.trial_id(frozen))
-    return None
+    claimed = records.claim_next(records.storage_of(study), records.study_id(study), plan.CLAIM_ORDER,
+                                 {records.WORKER: holder(), **(attrs or {})})
+    if claimed is None:
+        return None
+    trial_id, number = claimed
+    study.sampler = sampler_for(number)
+    return records.claimed_trial(study, trial_id)
 
 
-def _take(storage: optuna.storages.RDBStorage, frozen: FrozenTrial, attrs: Mapping[str, Any] | None) -> bool:
+def _take(storage: optuna.storages.RDBStorage, trial_id: int, attrs: Mapping[str, Any] | None) -> bool:
     """WAITING -> RUNNING for this process; False if another was first."""
-    return records.claim_trial(storage, records.trial_id(frozen), {records.WORKER: holder(), **(attrs or {})})
+    return records.claim_trial(storage, trial_id, {records.WORKER: holder(), **(attrs or {})})
 
 
 def claim_group(study: optuna.Study, trial: optuna.Trial, attrs: Mapping[str, Any] | None = None) -> list[optuna.Trial]:
@@ -148,9 +172,8 @@ def claim_group(study: optuna.Study, trial: optuna.Trial, attrs: Mapping[str, An
     group = records.frozen(trial).system_attrs.get(records.GROUP)
     if group is None:
         return []
-    waiting = storage.get_all_trials(records.study_id(study), deepcopy=False, states=(TrialState.WAITING,))
-    return [optuna.Trial(study, records.trial_id(frozen)) for frozen in waiting
-            if frozen.system_attrs.get(records.GROUP) == group and _take(storage, frozen, attrs)]
+    waiting = records.waiting_with(storage, records.study_id(study), records.GROUP, group)
+    return [records.claimed_trial(study, trial_id) for trial_id in waiting if _take(storage, trial_id, attrs)]
 
 
 def fail(study: optuna.Study, trial_id: int, message: str, *, interrupted: bool = False, fatal: bool = False) -> bool:
