@@ -12,8 +12,10 @@ SLOW_FILES = (
     "tests/test_notebook.py",
     "tests/test_outputs.py",
     "tests/test_partition.py",
+    "tests/test_pgbouncer.py",
     "tests/test_recovery.py",
     "tests/test_secrets.py",
+    "tests/test_slurm.py",
 )
 
 # Tests of the other files, by function (every parameter).
@@ -61,6 +63,11 @@ SLOW_TESTS = {
     "tests/test_confirm.py": (
         "test_a_confirmation_retrains_the_best_configurations_with_seeds_the_search_never_used",
         "test_confirming_again_trains_nothing_twice",
+    ),
+    "tests/test_connections.py": (
+        "test_a_launch_of_four_workers_holds_at_most_one_connection_per_worker",
+        "test_a_worker_holds_no_connection_while_it_trains",
+        "test_more_workers_than_the_server_admits_take_turns_and_each_trial_runs_once",
     ),
     "tests/test_damaged_storage.py": (
         "test_a_damaged_database_is_one_line_for_every_command",
