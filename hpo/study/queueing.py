@@ -40,15 +40,9 @@ LIVE = (TrialState.WAITING, TrialState.RUNNING, TrialState.COMPLETE, TrialState.
 QUEUE_BATCH = 1000  # trials queued per transaction; the lock is checked between batches
 
 
-def counted_attempts(attempts: Sequence[FrozenTrial | records.Attempt]) -> int:
+def counted_attempts(attempts: Sequence[records.Attempt]) -> int:
     """Failures that use up a retry: an interruption (SIGTERM, Ctrl-C) is not the trial's fault."""
-    return sum(1 for t in attempts if t.state == TrialState.FAIL and not _interrupted(t))
-
-
-def _interrupted(trial: FrozenTrial | records.Attempt) -> bool:
-    if isinstance(trial, records.Attempt):
-        return trial.interrupted
-    return bool(trial.system_attrs.get(records.INTERRUPTED))
+    return sum(1 for t in attempts if t.state == TrialState.FAIL and not t.interrupted)
 
 
 def sync(study: optuna.Study, definition: StudyDefinition) -> int:
@@ -138,7 +132,7 @@ HOST = _machine()
 
 def claim(study: optuna.Study, sampler_for: Callable[[int], optuna.samplers.BaseSampler],
           attrs: Mapping[str, Any] | None = None) -> optuna.Trial | None:
-    """Move a WAITING trial (the first in :func:`hpo.study.plan.claim_order`) to RUNNING for this
+    """Move a WAITING trial (the first in :data:`hpo.study.plan.CLAIM_ORDER`) to RUNNING for this
     process, or return None if none is left.
 
     The claim is one transaction under the trial's row lock (SELECT ... FOR UPDATE on
@@ -149,7 +143,7 @@ def claim(study: optuna.Study, sampler_for: Callable[[int], optuna.samplers.Base
     parallel workers never repeat each other's draws.
     """
     claimed = records.claim_next(records.storage_of(study), records.study_id(study), plan.CLAIM_ORDER,
-                                 {records.WORKER: holder(), **(attrs or {})})
+                                 _holder_attrs(attrs))
     if claimed is None:
         return None
     trial_id, number = claimed
@@ -159,7 +153,12 @@ def claim(study: optuna.Study, sampler_for: Callable[[int], optuna.samplers.Base
 
 def _take(storage: optuna.storages.RDBStorage, trial_id: int, attrs: Mapping[str, Any] | None) -> bool:
     """WAITING -> RUNNING for this process; False if another was first."""
-    return records.claim_trial(storage, trial_id, {records.WORKER: holder(), **(attrs or {})})
+    return records.claim_trial(storage, trial_id, _holder_attrs(attrs))
+
+
+def _holder_attrs(attrs: Mapping[str, Any] | None) -> dict[str, Any]:
+    """What a claim records on its trial: who holds it, and the claimer's own ``attrs``."""
+    return {records.WORKER: holder(), **(attrs or {})}
 
 
 def claim_group(study: optuna.Study, trial: optuna.Trial, attrs: Mapping[str, Any] | None = None) -> list[optuna.Trial]:
