@@ -143,7 +143,9 @@ def open_storage(url: StorageURL | str | None = None, *, retry_for: float = 0.0,
 
     def connect() -> optuna.storages.RDBStorage:
         if url.backend == "postgresql" and _postgres_has(url, "alembic_version"):  # Optuna makes it last
-            return optuna.storages.RDBStorage(url.secret, engine_kwargs=engine_kwargs)
+            storage = _existing_postgres(url, engine_kwargs)
+            if storage is not None:
+                return storage
         # Processes starting together on a new database would race to create its tables.
         with schema_lock(url):
             return optuna.storages.RDBStorage(url.secret, engine_kwargs=engine_kwargs)
@@ -230,6 +232,23 @@ def _check_postgres(url: StorageURL) -> None:
         raise StorageError(f"cannot connect to {url}: {_first_line(exc)}") from None
     if not has_tables:
         raise StorageEmpty(f"{url} holds no studies yet")
+
+
+def _existing_postgres(url: StorageURL, engine_kwargs: dict) -> optuna.storages.RDBStorage | None:
+    """Optuna's storage of a PostgreSQL database whose tables exist and are of this Optuna's
+    schema version, or None (then Optuna's own check, under the schema lock, says what is wrong).
+
+    Optuna's check reads the schema version on a second connection while its first is still open:
+    two server connections per process, for a moment, where hpo holds one. So it is skipped and
+    the version compared here, one connection after another.
+    """
+    storage = optuna.storages.RDBStorage(url.secret, engine_kwargs=engine_kwargs,
+                                         skip_compatibility_check=True, skip_table_creation=True)
+    versions = storage._version_manager  # Optuna's own reader of the schema version
+    if versions.get_current_version() == versions.get_head_version():
+        return storage
+    storage.engine.dispose()
+    return None
 
 
 def _postgres_has(url: StorageURL, table: str) -> bool:
