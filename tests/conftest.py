@@ -39,6 +39,19 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.slow)
 
 
+@pytest.fixture(autouse=True)
+def _no_process_outlives_its_test() -> Iterator[None]:
+    """Kill any ``multiprocessing`` child a test left running (one that failed while its
+    processes waited): at exit, multiprocessing joins every child, so one left waiting would
+    keep pytest from ever exiting, its report printed and the run never ending."""
+    import multiprocessing
+
+    yield
+    for child in multiprocessing.active_children():
+        child.kill()
+        child.join(timeout=10)
+
+
 STUDIES = ROOT / "studies"
 POSTGRES_ADMIN = os.environ.get("HPO_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
 DEFAULT_DATA = ROOT.parent / "shared" / "datasets" / "cifar10-jpeg.tar.gz"

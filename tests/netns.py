@@ -114,6 +114,10 @@ class Forwarder:
         with self._lock:
             self._closed = True
             sockets, self._sockets = self._sockets, []
+        # Closing alone does not end an accept() blocked in another thread: on Linux the socket
+        # would go on listening, and the next test's forwarder on the same address could not bind.
+        with contextlib.suppress(OSError):
+            self._server.shutdown(socket.SHUT_RDWR)
         self._server.close()
         for s in sockets:
             with contextlib.suppress(OSError):

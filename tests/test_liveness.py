@@ -24,6 +24,7 @@ from optuna.artifacts import get_all_artifact_meta
 from optuna.trial import FrozenTrial, TrialState
 
 from hpo.results.status import study_status
+from hpo.storage.open import StorageEmpty, open_storage
 from hpo.storage import records
 from hpo.study import queueing
 from hpo.study.plan import trial_sampler
@@ -49,9 +50,9 @@ def _worker(storage: str, study: str | Path, data_path: str, log: Path, *, env: 
 
 
 def _trials(storage: str, name: str) -> list[FrozenTrial]:
-    try:
-        return optuna.load_study(study_name=name, storage=storage).get_trials()
-    except KeyError:  # not created yet
+    try:  # hpo's read-only opening: Optuna's would create the tables, racing a launcher's creation
+        return optuna.load_study(study_name=name, storage=open_storage(storage, create=False)).get_trials()
+    except (StorageEmpty, KeyError):  # not created yet
         return []
 
 

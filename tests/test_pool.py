@@ -16,6 +16,7 @@ import optuna
 import pytest
 
 from hpo.storage import records
+from hpo.storage.open import StorageEmpty, open_storage
 from hpo.errors import HpoError
 from hpo.workers.placement import Placement, check_workers, default_workers, describe, max_workers, plan
 from hpo.workers.progress import Progress
@@ -208,9 +209,11 @@ def _launcher(db: str, study: Path, data_path: str, tmp_path: Path) -> subproces
 
 
 def _training(db: str) -> list[optuna.trial.FrozenTrial]:
+    # hpo's own opening, read-only: Optuna's would create the tables itself, racing the launcher's
+    # creation of them (two processes stamping the schema version at once on a new file).
     try:
-        trials = optuna.load_study(study_name="long", storage=db).get_trials()
-    except KeyError:
+        trials = optuna.load_study(study_name="long", storage=open_storage(db, create=False)).get_trials()
+    except (StorageEmpty, KeyError):
         return []
     return [t for t in trials if t.state == optuna.trial.TrialState.RUNNING and t.intermediate_values]
 
