@@ -99,6 +99,7 @@ SLOW_TESTS = {
         "test_a_worker_whose_build_hangs_stops_within_seconds_of_a_signal",
         "test_ctrl_c_during_a_dry_build_still_stops_create",
         "test_ten_thousand_values_of_a_builders_parameter_are_not_ten_thousand_dry_builds",
+        "test_on_postgresql_a_create_killed_under_the_queue_lock_leaves_nothing",
     ),
     "tests/test_liveness.py": (
         "test_a_bystander_with_a_short_grace_period_never_fails_a_healthy_trial",

@@ -141,10 +141,6 @@ def _claim_and_finish(url: str, name: str, barrier: Any, out: Any) -> None:
     out.put(done)
 
 
-@pytest.mark.xfail(run=False, strict=True, reason=(
-    "issue 28: a process that holds a connection and opens a second one inside it (the writes under "
-    "the queue lock, Optuna's schema check) waits for room like any other, so processes that each hold "
-    "one can wait for each other; this hung once in three runs on a loaded machine (2026-12-03)"))
 def test_more_workers_than_the_server_admits_take_turns_and_each_trial_runs_once(
         limited_url: str, tmp_path: Path) -> None:
     """Six processes claim and complete the trials of one study through a role the server admits
@@ -161,7 +157,7 @@ def test_more_workers_than_the_server_admits_take_turns_and_each_trial_runs_once
     procs = [ctx.Process(target=_claim_and_finish, args=(limited_url, "crowd", barrier, out)) for _ in range(6)]
     for p in procs:
         p.start()
-    claimed = [number for _ in procs for number in out.get(timeout=600)]
+    claimed = [number for _ in procs for number in out.get(timeout=300)]
     for p in procs:
         p.join(timeout=60)
         assert p.exitcode == 0
@@ -209,3 +205,68 @@ def test_the_threads_of_a_process_take_turns_for_one_connection(postgres_url: st
         thread.join()
     assert not errors
     assert (peak, held) == (1, 0)
+
+
+def test_the_writes_under_the_queue_lock_go_through_the_lock_s_own_connection(postgres_url: str) -> None:
+    """Creating a study (the lock, then its 27 trials queued under it) and queueing a retry hold
+    one connection at a time: a holder that asked for a second while holding the first could,
+    on a full server, wait for a slot that other holders would never give back."""
+    from hpo.storage.open import open_storage
+    from hpo.study import queueing
+    from hpo.study.create import create_study
+    from hpo.study.files import load_definition
+    from hpo.study.plan import trial_sampler
+    from conftest import STUDIES
+
+    storage = open_storage(postgres_url)
+    held, peak = 0, 0
+
+    def opened(*_: object) -> None:
+        nonlocal held, peak
+        held += 1
+        peak = max(peak, held)
+
+    def closed(*_: object) -> None:
+        nonlocal held
+        held -= 1
+
+    sqlalchemy.event.listen(storage.engine, "checkout", opened)
+    sqlalchemy.event.listen(storage.engine, "checkin", closed)
+    definition = load_definition(STUDIES / "exp3.toml")
+    study, created = create_study(storage, definition)
+    assert created and len(study.get_trials(deepcopy=False)) == 27
+    trial = queueing.claim(study, trial_sampler(definition))
+    assert trial is not None and queueing.fail(study, trial._trial_id, "lost")
+    assert queueing.sync(study, definition) == 1  # its retry, queued under the lock
+    assert (peak, held) == (1, 0)
+
+
+def test_a_create_that_fails_under_the_queue_lock_leaves_nothing_queued(postgres_url: str,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """The writes under the lock are one transaction: a create stopped half-way through queueing
+    (here by a failing write of the second batch) leaves no trial behind, and the next create
+    queues the whole grid once."""
+    from hpo.storage import records
+    from hpo.storage.open import open_storage
+    from hpo.study import queueing
+    from hpo.study.create import create_study
+    from hpo.study.files import load_definition
+    from conftest import STUDIES
+
+    definition = load_definition(STUDIES / "exp3.toml")
+    add, batches = records.add_waiting_trials, []
+
+    def second_batch_fails(*args: Any) -> None:
+        batches.append(1)
+        if len(batches) == 2:
+            raise sqlalchemy.exc.OperationalError("INSERT", {}, Exception("server closed the connection"))
+        add(*args)
+
+    monkeypatch.setattr(queueing, "QUEUE_BATCH", 10)
+    monkeypatch.setattr(records, "add_waiting_trials", second_batch_fails)
+    with pytest.raises(sqlalchemy.exc.OperationalError):
+        create_study(open_storage(postgres_url), definition)
+    assert optuna.get_all_study_names(open_storage(postgres_url)) == []  # not even the study
+    monkeypatch.setattr(records, "add_waiting_trials", add)
+    study, _ = create_study(open_storage(postgres_url), definition)
+    assert sorted(t.system_attrs[records.SLOT] for t in study.get_trials(deepcopy=False)) == list(range(27))

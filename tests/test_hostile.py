@@ -24,6 +24,7 @@ import pytest
 import sqlalchemy
 
 from hpo.storage import records
+from hpo.storage.lock import lock_key
 
 from conftest import ok, own_model_study, run_hpo, study_body, user_error, wait_for, write_npz, write_study
 
@@ -447,12 +448,54 @@ def _queued(storage_url: str) -> int:
         engine.dispose()
 
 
-def test_a_create_killed_while_queueing_is_finished_only_with_its_own_definition(storage_url: str,
-                                                                               tmp_path: Path) -> None:
+def _holds_queue_lock(storage_url: str, study_name: str) -> bool:
+    """Whether a session of this PostgreSQL database holds the study's queue lock now."""
+    key = lock_key(study_name) & 0xFFFFFFFFFFFFFFFF  # pg_locks shows a bigint key as two unsigned halves
+    engine = sqlalchemy.create_engine(storage_url)
+    try:
+        with engine.connect() as conn:
+            return bool(conn.execute(sqlalchemy.text(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted AND classid = :high "
+                "AND objid = :low AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"),
+                {"high": key >> 32, "low": key & 0xFFFFFFFF}).scalar_one())
+    finally:
+        engine.dispose()
+
+
+def _big_grid(tmp_path: Path) -> Path:
+    """A study of 3,000 grid points, long enough to queue for a kill to land part-way."""
     write_npz(tmp_path / "shapes.npz")
     rates = [round(0.0001 * (i + 1), 6) for i in range(100)]
-    big = write_study(tmp_path, "grid", study_body(data={"source": "shapes.npz"}, learning_rate=rates,
-                                                   batch_size=list(range(1, 31))))
+    return write_study(tmp_path, "grid", study_body(data={"source": "shapes.npz"}, learning_rate=rates,
+                                                    batch_size=list(range(1, 31))))
+
+
+@pytest.mark.postgres
+def test_on_postgresql_a_create_killed_under_the_queue_lock_leaves_nothing(postgres_url: str, tmp_path: Path) -> None:
+    """On PostgreSQL what a create writes under the study's lock is one transaction: killed
+    there, it leaves no study and no trial, and any create after it starts afresh."""
+    big = _big_grid(tmp_path)
+    proc = subprocess.Popen([sys.executable, "-m", "hpo", "--storage", postgres_url, "create", str(big)],
+                            cwd=tmp_path, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: _holds_queue_lock(postgres_url, "grid") or proc.poll() is not None, 120,
+                 "the create to hold the queue lock", interval=0.02)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL  # killed, not finished
+    assert _queued(postgres_url) == 0 and optuna.get_all_study_names(postgres_url) == []
+    (tmp_path / "other").mkdir()
+    small = write_study(tmp_path / "other", "grid", study_body(data={"source": "../shapes.npz"}))
+    ok(run_hpo("create", str(small), storage=postgres_url, cwd=tmp_path))
+    assert len(optuna.load_study(study_name="grid", storage=postgres_url).get_trials(deepcopy=False)) == 1
+
+
+def test_a_create_killed_while_queueing_is_finished_only_with_its_own_definition(tmp_path: Path) -> None:
+    """On SQLite the trials are queued a batch per transaction: a create killed part-way leaves
+    what it queued, and only a create of the same definition finishes it."""
+    storage_url = f"sqlite:///{tmp_path / 'hpo.db'}"
+    big = _big_grid(tmp_path)
     proc = subprocess.Popen([sys.executable, "-m", "hpo", "--storage", storage_url, "create", str(big)],
                             cwd=tmp_path, stderr=subprocess.DEVNULL)
     try:

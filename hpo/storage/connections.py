@@ -7,8 +7,10 @@ services) that capped a fleet at about two dozen workers. So:
 - **None kept.** Every transaction opens a connection and closes it (:class:`OneAtATime`, a
   ``NullPool``): a worker that trains, and a launcher that only watches, hold none.
 - **One at a time per process.** The threads of a process (a worker's heartbeat beside its
-  recording) take turns for that one connection; only a thread that already holds one may open
-  a second, as the study's queue lock does for the writes made under it (:mod:`hpo.storage.lock`).
+  recording) take turns for that one connection. A thread that holds one may open a second
+  (re-entrant), but hpo's own code does not: the writes made under the study's queue lock run
+  on the lock's connection (:mod:`hpo.storage.lock`); only the creation of a new database's
+  tables, once, nests Optuna's connections inside the schema lock's.
 - **A full server is waited for.** A connection the server refuses because every slot is taken
   ("too many clients", or PgBouncer's ``max_client_conn``) is tried again after a jittered wait,
   so more workers than slots take turns instead of failing.

@@ -5,9 +5,11 @@ Creating a study, filling its queue and queueing a retry are each a read followe
 the same moment, so the read and the writes happen under a lock that the database itself holds:
 
 - PostgreSQL: a transaction-level advisory lock (``pg_try_advisory_xact_lock``, tried until it is
-  free) on a connection of its own. Every host that reaches the database shares it, the server
-  drops it when the holder's transaction ends or its connection closes, so a crashed holder never
-  leaves the study locked, and it holds through PgBouncer's transaction pooling.
+  free). Every host that reaches the database shares it, the server drops it when the holder's
+  transaction ends or its connection closes, so a crashed holder never leaves the study locked,
+  and it holds through PgBouncer's transaction pooling. The reads and writes made under it run
+  in the lock's own transaction (savepoints for each of Optuna's commits): one connection per
+  holder, and all of it durable, or none of it, when the lock is let go.
 - SQLite: an exclusive ``flock`` on ``<database>.lock`` beside the file. SQLite serves the
   processes of one host only (its locking does not hold over network filesystems), and so
   does this lock; the kernel drops it when the holder dies.
@@ -25,6 +27,7 @@ from collections.abc import Iterator
 
 import optuna
 import sqlalchemy
+import sqlalchemy.orm
 
 from hpo.storage import connections, records
 from hpo.errors import StorageError
@@ -37,8 +40,9 @@ class StillHeld:
     """Asks the database, before each write made under the lock, whether the lock still holds.
 
     A holder cut off for longer than :data:`LOCK_IDLE_LIMIT_S` loses the lock (the server ends
-    its session); checking before every write stops it at its next one, instead of letting it
-    queue what another process, holding the lock now, may queue too.
+    its session, rolling back what it wrote under it). On PostgreSQL the writes run in the lock's
+    transaction, so they would fail anyway; the check fails the holder before it builds the next
+    batch. On SQLite (a file lock, held until the process lets go or dies) there is nothing to ask.
     """
 
     def __init__(self, conn: sqlalchemy.Connection | None = None) -> None:
@@ -60,16 +64,42 @@ def study_lock(storage: optuna.storages.BaseStorage, study_name: str) -> Iterato
     """Hold the study's queue lock for the ``with`` block; waits while another process holds it."""
     engine = records.engine_of(storage)
     if engine.dialect.name == "postgresql":
-        # The lock's transaction sits idle while the queue is written through Optuna's own
-        # connections, so it gets a longer idle limit than hpo's other transactions (see
-        # hpo.storage.connections.limit_idle_transactions), yet a bounded one: a holder cut off
-        # from the network must not block every other process's queueing until the server's TCP
-        # gives up on it, which can take hours.
-        with _advisory_lock(engine, lock_key(study_name), idle_limit_s=LOCK_IDLE_LIMIT_S) as conn:
+        # The lock's transaction waits, between its statements, on the holder's own work (the
+        # trials to queue worked out from the stored ones), so it gets a longer idle limit than hpo's
+        # other transactions (see hpo.storage.connections.limit_idle_transactions), yet a bounded
+        # one: a holder cut off from the network must not block every other process's queueing
+        # until the server's TCP gives up on it, which can take hours.
+        with _advisory_lock(engine, lock_key(study_name), idle_limit_s=LOCK_IDLE_LIMIT_S) as conn, \
+                _sessions_on(storage, conn):
             yield StillHeld(conn)
         return
     with _file_lock(engine.url.database, f"study {study_name!r}"):
         yield StillHeld()  # a flock holds until this process lets go or dies
+
+
+@contextlib.contextmanager
+def _sessions_on(storage: optuna.storages.BaseStorage, conn: sqlalchemy.Connection) -> Iterator[None]:
+    """Make the storage's sessions, in this thread, run on the lock's connection, inside its
+    transaction: each one's commit a SAVEPOINT released, the writes made durable together when
+    the lock's transaction commits.
+
+    Writes on a second connection, opened while the lock's is held, would make each holder hold
+    two at once and wait for the second: on a server, a role or a PgBouncer pool whose slots are
+    all taken, holders could wait for each other, their locks idling past their limit. So the
+    holder never asks for a second, and a holder that dies or is cut off leaves nothing half
+    queued: its whole transaction rolls back.
+    """
+    registry = records.scoped_session_of(storage).registry
+    before = registry() if registry.has() else None
+    registry.set(sqlalchemy.orm.Session(bind=conn, join_transaction_mode="create_savepoint"))
+    try:
+        yield
+    finally:
+        registry().close()
+        if before is not None:
+            registry.set(before)
+        else:
+            registry.clear()
 
 
 @contextlib.contextmanager

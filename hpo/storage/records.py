@@ -143,6 +143,12 @@ def engine_of(storage: optuna.storages.BaseStorage) -> Any:
     return backend.engine
 
 
+def scoped_session_of(storage: optuna.storages.BaseStorage) -> Any:
+    """The thread-local session registry every transaction of an RDB storage goes through,
+    Optuna's and hpo's (:func:`hpo.storage.lock.study_lock` points it at the lock's connection)."""
+    return _backend(storage).scoped_session
+
+
 def study_id(study: optuna.Study) -> int:
     return study._study_id
 
@@ -346,11 +352,11 @@ def refresh_statistics(storage: optuna.storages.BaseStorage) -> None:
     autovacuum would count them, a minute or so later). A user who does not own the tables gets
     the server's warning, no error. SQLite plans without statistics.
     """
-    engine = engine_of(storage)
-    if engine.dialect.name == "postgresql":
-        with engine.begin() as conn:
-            conn.execute(sqlalchemy.text(f"ANALYZE {models.TrialModel.__tablename__}, "
-                                         f"{models.TrialSystemAttributeModel.__tablename__}"))
+    backend = _backend(storage)
+    if backend.engine.dialect.name == "postgresql":
+        with _create_scoped_session(backend.scoped_session) as session:  # under the queue lock, its transaction
+            session.execute(sqlalchemy.text(f"ANALYZE {models.TrialModel.__tablename__}, "
+                                            f"{models.TrialSystemAttributeModel.__tablename__}"))
 
 
 def claim_trial(storage: optuna.storages.BaseStorage, trial_id: int, system_attrs: Mapping[str, Any]) -> bool:

@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 
 
 LIVE = (TrialState.WAITING, TrialState.RUNNING, TrialState.COMPLETE, TrialState.PRUNED)
-QUEUE_BATCH = 1000  # trials queued per transaction; the lock is checked between batches
+QUEUE_BATCH = 1000  # trials per write: an SQLite transaction, a savepoint of the lock's transaction on PostgreSQL
 
 
 def counted_attempts(attempts: Sequence[records.Attempt]) -> int:
