@@ -166,6 +166,27 @@ def test_more_workers_than_the_server_admits_take_turns_and_each_trial_runs_once
     assert Counter(t.state for t in trials) == {TrialState.COMPLETE: 30}
 
 
+class CheckedOut:
+    """Counts, from inside the process, the connections an engine has open: opened (checked
+    out) and not yet closed (checked in). The server lists a closed session until its server
+    process has exited, a moment later, so its own count cannot tell one at a time from two."""
+
+    def __init__(self, engine: sqlalchemy.engine.Engine) -> None:
+        self.held = self.peak = 0
+        self._lock = threading.Lock()
+        sqlalchemy.event.listen(engine, "checkout", self._opened)
+        sqlalchemy.event.listen(engine, "checkin", self._closed)
+
+    def _opened(self, *_: object) -> None:
+        with self._lock:
+            self.held += 1
+            self.peak = max(self.peak, self.held)
+
+    def _closed(self, *_: object) -> None:
+        with self._lock:
+            self.held -= 1
+
+
 def test_the_threads_of_a_process_take_turns_for_one_connection(postgres_url: str) -> None:
     """Four threads of one process reading the storage at once (a worker's heartbeat beside its
     recording, say) never hold more than one connection between them. Counted by the process
@@ -175,21 +196,7 @@ def test_the_threads_of_a_process_take_turns_for_one_connection(postgres_url: st
 
     storage = open_storage(postgres_url)
     errors: list[BaseException] = []
-    held, peak, lock = 0, 0, threading.Lock()
-
-    def opened(*_: object) -> None:
-        nonlocal held, peak
-        with lock:
-            held += 1
-            peak = max(peak, held)
-
-    def closed(*_: object) -> None:
-        nonlocal held
-        with lock:
-            held -= 1
-
-    sqlalchemy.event.listen(storage.engine, "checkout", opened)
-    sqlalchemy.event.listen(storage.engine, "checkin", closed)
+    checked_out = CheckedOut(storage.engine)
 
     def hammer() -> None:
         try:
@@ -204,7 +211,7 @@ def test_the_threads_of_a_process_take_turns_for_one_connection(postgres_url: st
     for thread in threads:
         thread.join()
     assert not errors
-    assert (peak, held) == (1, 0)
+    assert (checked_out.peak, checked_out.held) == (1, 0)
 
 
 def test_the_writes_under_the_queue_lock_go_through_the_lock_s_own_connection(postgres_url: str) -> None:
@@ -219,26 +226,14 @@ def test_the_writes_under_the_queue_lock_go_through_the_lock_s_own_connection(po
     from conftest import STUDIES
 
     storage = open_storage(postgres_url)
-    held, peak = 0, 0
-
-    def opened(*_: object) -> None:
-        nonlocal held, peak
-        held += 1
-        peak = max(peak, held)
-
-    def closed(*_: object) -> None:
-        nonlocal held
-        held -= 1
-
-    sqlalchemy.event.listen(storage.engine, "checkout", opened)
-    sqlalchemy.event.listen(storage.engine, "checkin", closed)
+    checked_out = CheckedOut(storage.engine)
     definition = load_definition(STUDIES / "exp3.toml")
     study, created = create_study(storage, definition)
     assert created and len(study.get_trials(deepcopy=False)) == 27
     trial = queueing.claim(study, trial_sampler(definition))
     assert trial is not None and queueing.fail(study, trial._trial_id, "lost")
     assert queueing.sync(study, definition) == 1  # its retry, queued under the lock
-    assert (peak, held) == (1, 0)
+    assert (checked_out.peak, checked_out.held) == (1, 0)
 
 
 def test_a_create_that_fails_under_the_queue_lock_leaves_nothing_queued(postgres_url: str,

@@ -79,21 +79,17 @@ def test_a_holder_that_dies_lets_go(storage_url: str) -> None:
     # A queue each: the holder is killed the moment its message arrives, maybe before its queue's
     # feeder thread has let go of the queue's lock, which would then stay taken for good.
     said, says = ctx.Queue(), ctx.Queue()
-    holder = ctx.Process(target=_hold, args=(storage_url, "grid", said, 600), daemon=True)
+    holder = ctx.Process(target=_hold, args=(storage_url, "grid", said, 600))
     holder.start()
     kind, pid, _ = said.get(timeout=120)
     assert kind == "in"
     os.kill(pid, signal.SIGKILL)
     holder.join(timeout=30)
     killed_at = time.monotonic()
-    waiter = ctx.Process(target=_hold, args=(storage_url, "grid", says, 0), daemon=True)
+    waiter = ctx.Process(target=_hold, args=(storage_url, "grid", says, 0))  # killed by conftest if it hangs
     waiter.start()
-    try:
-        kind, _, got_at = _next(says, waiter, timeout=120)
-        waiter.join(timeout=60)
-    finally:
-        if waiter.is_alive():  # a waiter left running would keep pytest from exiting
-            waiter.kill()
+    kind, _, got_at = _next(says, waiter, timeout=120)
+    waiter.join(timeout=60)
     assert kind == "in" and waiter.exitcode == 0
     assert got_at - killed_at < 30  # the server (or the kernel) dropped the dead holder's lock
 
