@@ -93,6 +93,11 @@ class OneAtATime(sqlalchemy.pool.NullPool):
             _GATE.release()
 
 
+# SQLAlchemy names a pool's logger after its class, here under hpo's own, whose INFO lines hpo
+# shows: every disposed engine would print "Pool recreating" on each command.
+logging.getLogger(f"{__name__}.{OneAtATime.__name__}").setLevel(logging.WARNING)
+
+
 def _connect_when_room(connect: Any) -> Any:
     """``connect()``, tried again while the server (or the pooler in front of it) has no free slot."""
     deadline = time.monotonic() + FULL_SERVER_WAIT_S
